@@ -1,0 +1,105 @@
+//! `node run`: one node in the foreground, from start to graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use runtime::NodeBuilder;
+use runtime::config::ClusterConfig;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// How often the Prometheus recorder folds histograms (required with `install_recorder`).
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=warn,ractor=warn"));
+    let json = std::env::var("ACTORHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+pub fn run(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(format!("{node_id}-worker"))
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_node(config, node_id))
+}
+
+async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    runtime::metrics::describe();
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let http_addr = config.node(node_id)?.http_addr;
+    let shutdown_timeout = Duration::from_millis(config.web.shutdown_timeout_ms);
+    let secret =
+        config.web.jwt_secret.clone().context(
+            "`web.jwt_secret` is not set; set it in the config or in ACTORHUB_JWT_SECRET",
+        )?;
+
+    let mut node = NodeBuilder::new(config, node_id)?
+        .start()
+        .await
+        .context("cannot start the node")?;
+    let state = web::AppState {
+        runtime: node.runtime(),
+        metrics,
+        tokens: Arc::new(web::auth::TokenKeys::new(secret.as_bytes())),
+    };
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = web::serve(http_addr, state, async move {
+        let _ = http_stopped.await;
+    })
+    .await?;
+    tracing::info!(node = node_id, url = %format!("http://{http_addr}/"), "serving HTTP");
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let outcome = tokio::select! {
+        _ = terminate.recv() => Ok("SIGTERM"),
+        _ = interrupt.recv() => Ok("SIGINT"),
+        () = node.stopped() => Err(anyhow::anyhow!("the supervision tree gave up after repeated failures; see the errors above")),
+    };
+    let reason = match outcome {
+        Ok(reason) => reason,
+        Err(error) => return Err(error),
+    };
+    tracing::info!(
+        node = node_id,
+        signal = reason,
+        deadline_ms = shutdown_timeout.as_millis() as u64,
+        "graceful shutdown"
+    );
+    let _ = stop_http.send(());
+    if tokio::time::timeout(shutdown_timeout, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP connections still open at the deadline; closing them");
+    }
+    node.shutdown(shutdown_timeout).await;
+    tracing::info!(node = node_id, "stopped");
+    Ok(())
+}

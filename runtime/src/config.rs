@@ -1,0 +1,497 @@
+//! The typed cluster configuration (`cluster.toml`): parsing, defaults and validation.
+//!
+//! Parsing rejects unknown keys and missing fields with a message that names the key;
+//! [`ClusterConfig::validate`] then checks what serde cannot (duplicate ids and ports,
+//! sane timings). Reading files and the environment is the `node` binary's job: it hands
+//! the text and any secret overrides to [`ClusterConfig::from_toml`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RuntimeError};
+
+/// The whole of `cluster.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub entities: EntitySection,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub web: WebSection,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// `[cluster]`: membership, the handshake secret and failure detection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// A name for logs and metrics; nodes of different clusters must not share a cookie.
+    pub name: String,
+    /// Shared secret of the inter-node handshake. `ACTORHUB_COOKIE` overrides it.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// Parent of every node's own data directory (`<data_dir>/<node id>`).
+    pub data_dir: PathBuf,
+    #[serde(default = "defaults::heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A peer not heard from for this long is declared down.
+    #[serde(default = "defaults::failure_timeout_ms")]
+    pub failure_timeout_ms: u64,
+    #[serde(default = "defaults::reconnect_backoff_min_ms")]
+    pub reconnect_backoff_min_ms: u64,
+    #[serde(default = "defaults::reconnect_backoff_max_ms")]
+    pub reconnect_backoff_max_ms: u64,
+    /// A cluster connection that has not finished its handshake by then is closed.
+    #[serde(default = "defaults::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Largest frame accepted from a peer; ractor_cluster drops the link above it.
+    #[serde(default = "defaults::frame_bytes_max")]
+    pub frame_bytes_max: u64,
+}
+
+/// `[entities]`: virtual actor lifecycle and journal batching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntitySection {
+    /// An entity with no message for this long is passivated.
+    #[serde(default = "defaults::passivate_after_ms")]
+    pub passivate_after_ms: u64,
+    /// Default deadline of `EntityRef::ask`, retries included.
+    #[serde(default = "defaults::ask_timeout_ms")]
+    pub ask_timeout_ms: u64,
+    /// Deadline of one remote attempt inside an ask.
+    #[serde(default = "defaults::attempt_timeout_ms")]
+    pub attempt_timeout_ms: u64,
+    /// Commands an entity holds (queued, in the open batch or in flight) before it sheds load.
+    #[serde(default = "defaults::pending_commands_max")]
+    pub pending_commands_max: usize,
+    /// Events in one journal object (one group commit).
+    #[serde(default = "defaults::batch_events_max")]
+    pub batch_events_max: usize,
+    /// A snapshot is written after this many events since the last one.
+    #[serde(default = "defaults::snapshot_every_events")]
+    pub snapshot_every_events: u64,
+    /// Restarts of one entity allowed within `restart_period_ms` before it is held back.
+    #[serde(default = "defaults::entity_restarts_max")]
+    pub restarts_max: u32,
+    #[serde(default = "defaults::restart_period_ms")]
+    pub restart_period_ms: u64,
+}
+
+/// `[storage]`: where journals and files live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// `file:///abs/dir`, a relative `file:dir` (against the config file), or `s3://bucket`.
+    #[serde(default = "defaults::object_store_url")]
+    pub url: String,
+    /// S3-compatible endpoint (MinIO and friends); the AWS default otherwise.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// `ACTORHUB_S3_ACCESS_KEY_ID` / `ACTORHUB_S3_SECRET_ACCESS_KEY` override these.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    /// fsync every journal object on the local directory store before acknowledging it.
+    #[serde(default = "defaults::fsync")]
+    pub fsync: bool,
+}
+
+/// `[web]`: HTTP and token settings shared by every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSection {
+    /// HS256 secret of session tokens. `ACTORHUB_JWT_SECRET` overrides it.
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    #[serde(default = "defaults::token_ttl_s")]
+    pub token_ttl_s: u64,
+    /// Grace period for in-flight requests on shutdown.
+    #[serde(default = "defaults::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+}
+
+/// One `[[node]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    /// `host:port` peers dial; the host must be reachable by every other node.
+    pub cluster_addr: SocketAddr,
+    /// `host:port` of the node's HTTP and WebSocket server.
+    pub http_addr: SocketAddr,
+    /// Address the cluster listener binds; defaults to `cluster_addr`'s IP.
+    #[serde(default)]
+    pub listen_ip: Option<std::net::IpAddr>,
+}
+
+mod defaults {
+    pub fn heartbeat_interval_ms() -> u64 {
+        250
+    }
+    pub fn failure_timeout_ms() -> u64 {
+        1500
+    }
+    pub fn reconnect_backoff_min_ms() -> u64 {
+        100
+    }
+    pub fn reconnect_backoff_max_ms() -> u64 {
+        5_000
+    }
+    pub fn handshake_timeout_ms() -> u64 {
+        3_000
+    }
+    pub fn frame_bytes_max() -> u64 {
+        4 * 1024 * 1024
+    }
+    pub fn passivate_after_ms() -> u64 {
+        120_000
+    }
+    pub fn ask_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn attempt_timeout_ms() -> u64 {
+        1_000
+    }
+    pub fn pending_commands_max() -> usize {
+        10_000
+    }
+    pub fn batch_events_max() -> usize {
+        512
+    }
+    pub fn snapshot_every_events() -> u64 {
+        500
+    }
+    pub fn entity_restarts_max() -> u32 {
+        5
+    }
+    pub fn restart_period_ms() -> u64 {
+        10_000
+    }
+    pub fn fsync() -> bool {
+        true
+    }
+    pub fn object_store_url() -> String {
+        "file:data/objects".to_string()
+    }
+    pub fn token_ttl_s() -> u64 {
+        3_600
+    }
+    pub fn shutdown_timeout_ms() -> u64 {
+        5_000
+    }
+}
+
+impl Default for EntitySection {
+    fn default() -> Self {
+        Self {
+            passivate_after_ms: defaults::passivate_after_ms(),
+            ask_timeout_ms: defaults::ask_timeout_ms(),
+            attempt_timeout_ms: defaults::attempt_timeout_ms(),
+            pending_commands_max: defaults::pending_commands_max(),
+            batch_events_max: defaults::batch_events_max(),
+            snapshot_every_events: defaults::snapshot_every_events(),
+            restarts_max: defaults::entity_restarts_max(),
+            restart_period_ms: defaults::restart_period_ms(),
+        }
+    }
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            url: defaults::object_store_url(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            fsync: defaults::fsync(),
+        }
+    }
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            token_ttl_s: defaults::token_ttl_s(),
+            shutdown_timeout_ms: defaults::shutdown_timeout_ms(),
+        }
+    }
+}
+
+/// Secrets and paths that come from outside the file (the environment, the file's location).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigOverrides {
+    pub cookie: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    /// Relative paths in the file are resolved against this directory.
+    pub base_dir: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    /// Parses and validates `cluster.toml` text. `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str, overrides: ConfigOverrides) -> Result<Self> {
+        let mut config: ClusterConfig = toml::from_str(text)
+            .map_err(|error| RuntimeError::Config(format!("{origin}: {}", error)))?;
+        if let Some(cookie) = overrides.cookie {
+            config.cluster.cookie = Some(cookie);
+        }
+        if let Some(secret) = overrides.jwt_secret {
+            config.web.jwt_secret = Some(secret);
+        }
+        if let Some(key) = overrides.s3_access_key_id {
+            config.storage.access_key_id = Some(key);
+        }
+        if let Some(key) = overrides.s3_secret_access_key {
+            config.storage.secret_access_key = Some(key);
+        }
+        if let Some(base) = overrides.base_dir {
+            config.resolve_paths(&base);
+        }
+        config.validate().map_err(|error| match error {
+            RuntimeError::Config(message) => RuntimeError::Config(format!("{origin}: {message}")),
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        if self.cluster.data_dir.is_relative() {
+            self.cluster.data_dir = base.join(&self.cluster.data_dir);
+        }
+        if let Some(relative) = self.storage.url.strip_prefix("file:")
+            && !relative.starts_with('/')
+        {
+            self.storage.url = format!("file://{}", base.join(relative).display());
+        }
+    }
+
+    /// Checks what the types alone cannot: uniqueness, ranges, required secrets.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(RuntimeError::Config(message));
+        if self.nodes.is_empty() {
+            return fail("`node`: at least one [[node]] entry is required".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !valid_node_id(&node.id) {
+                return fail(format!(
+                    "`node[{index}].id` = {:?}: use 1-32 characters of a-z, 0-9, '-' or '_'",
+                    node.id
+                ));
+            }
+            if !ids.insert(node.id.as_str()) {
+                return fail(format!(
+                    "`node[{index}].id`: duplicate node id {:?}",
+                    node.id
+                ));
+            }
+            for (key, addr) in [
+                ("cluster_addr", node.cluster_addr),
+                ("http_addr", node.http_addr),
+            ] {
+                if addr.port() == 0 {
+                    return fail(format!(
+                        "`node[{index}].{key}`: port 0 is not allowed, peers must know it"
+                    ));
+                }
+                if !addrs.insert(addr) {
+                    return fail(format!(
+                        "`node[{index}].{key}`: duplicate address {addr} (every node needs its own ports)"
+                    ));
+                }
+            }
+        }
+        let cluster = &self.cluster;
+        match cluster.cookie.as_deref() {
+            None | Some("") => {
+                return fail(
+                    "`cluster.cookie`: missing; set it in the file or in ACTORHUB_COOKIE".into(),
+                );
+            }
+            Some(_) => {}
+        }
+        if cluster.heartbeat_interval_ms == 0 {
+            return fail("`cluster.heartbeat_interval_ms`: must be above 0".into());
+        }
+        if cluster.failure_timeout_ms < 2 * cluster.heartbeat_interval_ms {
+            return fail(format!(
+                "`cluster.failure_timeout_ms` = {}: must be at least twice `heartbeat_interval_ms` ({})",
+                cluster.failure_timeout_ms, cluster.heartbeat_interval_ms
+            ));
+        }
+        if cluster.reconnect_backoff_min_ms == 0
+            || cluster.reconnect_backoff_max_ms < cluster.reconnect_backoff_min_ms
+        {
+            return fail("`cluster.reconnect_backoff_*_ms`: need 0 < min <= max".into());
+        }
+        if !(64 * 1024..=16 * 1024 * 1024).contains(&cluster.frame_bytes_max) {
+            return fail("`cluster.frame_bytes_max`: must be between 64 KiB and 16 MiB".into());
+        }
+        let entities = &self.entities;
+        if entities.batch_events_max == 0 || entities.pending_commands_max == 0 {
+            return fail(
+                "`entities.batch_events_max` and `entities.pending_commands_max` must be above 0"
+                    .into(),
+            );
+        }
+        if entities.attempt_timeout_ms == 0 || entities.ask_timeout_ms < entities.attempt_timeout_ms
+        {
+            return fail(
+                "`entities.ask_timeout_ms` must be at least `entities.attempt_timeout_ms` (> 0)"
+                    .into(),
+            );
+        }
+        if !(self.storage.url.starts_with("file://") || self.storage.url.starts_with("s3://")) {
+            return fail(format!(
+                "`storage.url` = {:?}: use file:///dir, file:relative/dir or s3://bucket",
+                self.storage.url
+            ));
+        }
+        if let Some(secret) = &self.web.jwt_secret
+            && secret.len() < 16
+        {
+            return fail("`web.jwt_secret`: use at least 16 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The `[[node]]` entry of `id`.
+    pub fn node(&self, id: &str) -> Result<&NodeConfig> {
+        self.nodes.iter().find(|node| node.id == id).ok_or_else(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|node| node.id.as_str()).collect();
+            RuntimeError::Config(format!(
+                "no [[node]] with id {id:?}; the config has {known:?}"
+            ))
+        })
+    }
+
+    /// The node's own data directory.
+    pub fn node_data_dir(&self, id: &str) -> PathBuf {
+        self.cluster.data_dir.join(id)
+    }
+
+    pub fn cookie(&self) -> &str {
+        self.cluster.cookie.as_deref().unwrap_or_default()
+    }
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id.bytes().all(|byte| {
+            byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [cluster]
+        name = "t"
+        cookie = "secret-cookie"
+        data_dir = "data"
+        [[node]]
+        id = "n1"
+        cluster_addr = "127.0.0.1:7101"
+        http_addr = "127.0.0.1:8101"
+        [[node]]
+        id = "n2"
+        cluster_addr = "127.0.0.1:7102"
+        http_addr = "127.0.0.1:8102"
+    "#;
+
+    fn parse(text: &str) -> Result<ClusterConfig> {
+        ClusterConfig::from_toml(text, "test.toml", ConfigOverrides::default())
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config should have been rejected"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.cluster.heartbeat_interval_ms, 250);
+        assert_eq!(config.cluster.failure_timeout_ms, 1500);
+        assert_eq!(config.node("n2").expect("n2").http_addr.port(), 8102);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = GOOD.replace("name = \"t\"", "name = \"t\"\nheartbeat_ms = 5");
+        assert!(
+            error_of(&text).contains("heartbeat_ms"),
+            "{}",
+            error_of(&text)
+        );
+    }
+
+    #[test]
+    fn duplicate_port_is_named() {
+        let text = GOOD.replace("127.0.0.1:8102", "127.0.0.1:8101");
+        let message = error_of(&text);
+        assert!(
+            message.contains("node[1].http_addr") && message.contains("duplicate"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn duplicate_id_is_named() {
+        let message = error_of(&GOOD.replace("id = \"n2\"", "id = \"n1\""));
+        assert!(message.contains("duplicate node id"), "{message}");
+    }
+
+    #[test]
+    fn missing_id_is_named() {
+        let message = error_of(&GOOD.replace("id = \"n2\"", ""));
+        assert!(message.contains("missing field `id`"), "{message}");
+    }
+
+    #[test]
+    fn cookie_may_come_from_overrides() {
+        let text = GOOD.replace("cookie = \"secret-cookie\"", "");
+        assert!(error_of(&text).contains("ACTORHUB_COOKIE"));
+        let overrides = ConfigOverrides {
+            cookie: Some("from-env".into()),
+            ..Default::default()
+        };
+        let config =
+            ClusterConfig::from_toml(&text, "t", overrides).expect("valid with env cookie");
+        assert_eq!(config.cookie(), "from-env");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let overrides = ConfigOverrides {
+            base_dir: Some("/etc/hub".into()),
+            ..Default::default()
+        };
+        let config = ClusterConfig::from_toml(GOOD, "t", overrides).expect("valid");
+        assert_eq!(config.cluster.data_dir, PathBuf::from("/etc/hub/data"));
+        assert_eq!(config.storage.url, "file:///etc/hub/data/objects");
+    }
+}

@@ -1,0 +1,429 @@
+//! Entities (virtual actors): the trait an application implements, the context it gets, and
+//! [`EntityRef`], the location-transparent handle to call one.
+//!
+//! An entity is event-sourced. `handle` decides, synchronously, what a command means: it may
+//! persist events through the [`Context`] and returns the reply. The runtime applies the events
+//! to the durable state at once (so the next command sees them), appends them to the journal
+//! with other commands' events (group commit), and only when the append is durable runs
+//! `on_durable` (side effects such as broadcasting) and sends the replies. A reply therefore
+//! never announces something that could still be lost.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use ractor::{ActorRef, RpcReplyPort};
+use serde::Deserialize;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, Wire};
+use crate::error::{Result, RuntimeError};
+use crate::host::HostMsg;
+use crate::id::{EntityId, MsgId};
+use crate::metrics as names;
+use crate::runtime::Runtime;
+use crate::shards::{Delivery, ShardMsg};
+
+/// An entity kind. One value of the implementing type exists per active entity.
+pub trait Entity: Sized + Send + 'static {
+    /// The kind's name: part of every entity id and journal path. Never rename it.
+    const KIND: &'static str;
+    type Command: Serialize + DeserializeOwned + Send + 'static;
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    type Event: Serialize + DeserializeOwned + Send + 'static;
+    /// Durable state: rebuilt from snapshot + events, written into snapshots.
+    type State: Serialize + DeserializeOwned + Default + Send + 'static;
+    /// What the application hands every entity of this kind (pools, pub/sub handles...).
+    type Deps: Clone + Send + Sync + 'static;
+
+    /// Builds the non-durable part of the entity when it is activated.
+    fn activate(key: &str, deps: &Self::Deps) -> Self;
+
+    /// Applies one event to the durable state. Must be deterministic: it runs on replay too.
+    fn apply(state: &mut Self::State, seq: u64, event: &Self::Event);
+
+    /// Decides what a command means; persist events with `context.persist`.
+    fn handle(
+        &mut self,
+        state: &Self::State,
+        command: Self::Command,
+        context: &mut Context<'_, Self>,
+    ) -> Self::Reply;
+
+    /// Runs after events are durable and before their replies are sent. `context.persist`
+    /// is not allowed here.
+    fn on_durable(
+        &mut self,
+        _state: &Self::State,
+        _events: &[(u64, Self::Event)],
+        _context: &mut Context<'_, Self>,
+    ) {
+    }
+
+    /// Runs once the state is loaded, before any command: resume work, schedule timers.
+    fn on_ready(&mut self, _state: &Self::State, _context: &mut Context<'_, Self>) {}
+}
+
+/// What an entity can do while handling a command.
+pub struct Context<'a, E: Entity> {
+    pub(crate) entity: &'a EntityId,
+    pub(crate) runtime: &'a Runtime,
+    pub(crate) myself: &'a ActorRef<crate::entity_actor::EntityMsg>,
+    pub(crate) next_seq: u64,
+    pub(crate) durable_head: u64,
+    pub(crate) events: Vec<E::Event>,
+    pub(crate) persist_allowed: bool,
+    pub(crate) passivate: bool,
+}
+
+impl<E: Entity> Context<'_, E> {
+    /// Records an event; returns the sequence number it will have once durable.
+    ///
+    /// # Panics
+    /// In `on_durable`: events there would be acknowledged without being journaled first.
+    pub fn persist(&mut self, event: E::Event) -> u64 {
+        assert!(
+            self.persist_allowed,
+            "{}: persist() is not allowed in on_durable",
+            self.entity
+        );
+        let seq = self.next_seq + self.events.len() as u64;
+        self.events.push(event);
+        seq
+    }
+
+    pub fn key(&self) -> &str {
+        &self.entity.key
+    }
+
+    pub fn id(&self) -> &EntityId {
+        self.entity
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        self.runtime
+    }
+
+    /// The last durable sequence number.
+    pub fn durable_head(&self) -> u64 {
+        self.durable_head
+    }
+
+    /// Runs `work` off the entity and hands its result back as a command (no reply is sent).
+    /// Use it for slow or blocking work: the entity keeps serving meanwhile.
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = E::Command> + Send + 'static,
+    {
+        let myself = self.myself.clone();
+        tokio::spawn(async move {
+            let command = work.await;
+            let delivery = Delivery {
+                msg_id: None,
+                payload: codec::encode(&command),
+                reply: None,
+            };
+            // The entity may have stopped meanwhile; its next activation re-derives the work.
+            let _ = myself.cast(crate::entity_actor::EntityMsg::Deliver(delivery));
+        });
+    }
+
+    /// Asks the runtime to passivate this entity once its pending appends are durable.
+    pub fn passivate(&mut self) {
+        self.passivate = true;
+    }
+}
+
+/// The answer of an entity's host to a delivered message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AskOutcome {
+    /// The encoded reply.
+    Reply(Vec<u8>),
+    /// The receiving node does not own the entity; `owner` is who it thinks does.
+    NotOwner { owner: Option<String> },
+    /// Permanent refusal: unknown kind, undecodable command, overload.
+    Rejected(String),
+    /// Temporary: the entity is restarting or its journal is failing. Retry with the same id.
+    Unavailable(String),
+}
+
+/// A message on its way to an entity on another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub entity: EntityId,
+    pub msg_id: MsgId,
+    pub payload: Vec<u8>,
+    pub from: String,
+}
+
+/// Reply port type shared by the local and remote paths.
+pub type ReplyPort = RpcReplyPort<Wire<AskOutcome>>;
+
+/// A location-transparent handle to one entity. Cheap to clone and to create.
+pub struct EntityRef<E: Entity> {
+    id: EntityId,
+    runtime: Runtime,
+    kind: PhantomData<fn() -> E>,
+}
+
+impl<E: Entity> Clone for EntityRef<E> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            runtime: self.runtime.clone(),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<E: Entity> std::fmt::Debug for EntityRef<E> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "EntityRef({})", self.id)
+    }
+}
+
+/// Why one attempt of an ask did not produce an answer; decides how to retry.
+enum AttemptError {
+    /// Try the named node next, at once.
+    Redirect(Option<String>),
+    /// Wait for the view to change or a short backoff, then retry.
+    Retry(String),
+    /// Give up.
+    Fatal(RuntimeError),
+}
+
+/// Pause between attempts when nothing better to wait for is known.
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// Attempts of one ask, whatever its deadline.
+const ASK_ATTEMPTS_MAX: u32 = 50;
+
+impl<E: Entity> EntityRef<E> {
+    pub(crate) fn new(runtime: Runtime, key: impl Into<String>) -> Self {
+        Self {
+            id: EntityId::new(E::KIND, key),
+            runtime,
+            kind: PhantomData,
+        }
+    }
+
+    pub fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    /// Asks with the configured default deadline.
+    pub async fn ask(&self, command: E::Command) -> Result<E::Reply> {
+        let timeout = self.runtime.config().entities.ask_timeout_ms;
+        self.ask_with(command, Duration::from_millis(timeout), None)
+            .await
+    }
+
+    /// Asks with an explicit deadline and, for client retries, an explicit message id.
+    /// Retries on another owner with the same message id until the deadline when the owner
+    /// dies, does not answer, or is not the owner anymore.
+    pub async fn ask_with(
+        &self,
+        command: E::Command,
+        timeout: Duration,
+        msg_id: Option<MsgId>,
+    ) -> Result<E::Reply> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let envelope = Envelope {
+            entity: self.id.clone(),
+            msg_id: msg_id.unwrap_or_else(|| self.runtime.next_msg_id()),
+            payload: codec::encode(&command),
+            from: self.runtime.node_id().to_string(),
+        };
+        let mut views = self.runtime.watch_view();
+        let mut hint: Option<String> = None;
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut last_error = String::from("no attempt made");
+        for attempt in 0..ASK_ATTEMPTS_MAX {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let view = views.borrow_and_update().clone();
+            let target = hint
+                .take()
+                .filter(|node| view.is_up(node))
+                .or_else(|| view.owner(&self.id.kind, &self.id.key).map(str::to_string));
+            let Some(target) = target else {
+                last_error = "no member is up".into();
+                let _ = tokio::time::timeout(deadline - now, views.changed()).await;
+                continue;
+            };
+            match self.attempt(&target, &envelope, deadline).await {
+                Ok(bytes) => {
+                    metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
+                    return codec::decode(&bytes, "entity reply");
+                }
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::Redirect(owner)) => {
+                    metrics::counter!(names::ASK_RETRIES_TOTAL, "reason" => "not owner")
+                        .increment(1);
+                    last_error = format!("{target} is not the owner");
+                    hint = owner.filter(|owner| owner != &target);
+                    if hint.is_none() || attempt > 2 {
+                        // Views disagree: give membership a moment to converge.
+                        wait_for_change(&mut views, backoff, deadline).await;
+                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    }
+                }
+                Err(AttemptError::Retry(reason)) => {
+                    metrics::counter!(names::ASK_RETRIES_TOTAL, "reason" => "unavailable")
+                        .increment(1);
+                    last_error = format!("{target}: {reason}");
+                    wait_for_change(&mut views, backoff, deadline).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+        Err(RuntimeError::Timeout {
+            entity: self.id.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+            last_error,
+        })
+    }
+
+    /// Sends without waiting for an answer (at most once; use `ask` when it must arrive).
+    pub fn tell(&self, command: E::Command) -> Result<()> {
+        let view = self.runtime.view();
+        let owner = view
+            .owner(&self.id.kind, &self.id.key)
+            .ok_or_else(|| RuntimeError::Unavailable("no member is up".into()))?
+            .to_string();
+        let delivery = Delivery {
+            msg_id: Some(self.runtime.next_msg_id()),
+            payload: codec::encode(&command),
+            reply: None,
+        };
+        if owner == self.runtime.node_id() {
+            let shards = self.runtime.shards()?;
+            return shards
+                .cast(ShardMsg::Deliver {
+                    entity: self.id.clone(),
+                    delivery,
+                })
+                .map_err(|error| RuntimeError::Unavailable(error.to_string()));
+        }
+        let host = self.runtime.peer_host(&owner)?;
+        let envelope = Envelope {
+            entity: self.id.clone(),
+            msg_id: delivery
+                .msg_id
+                .unwrap_or_else(|| self.runtime.next_msg_id()),
+            payload: delivery.payload,
+            from: self.runtime.node_id().to_string(),
+        };
+        host.cast(HostMsg::Tell(Wire::new(envelope)))
+            .map_err(|error| RuntimeError::Unavailable(error.to_string()))
+    }
+
+    async fn attempt(
+        &self,
+        target: &str,
+        envelope: &Envelope,
+        deadline: Instant,
+    ) -> std::result::Result<Vec<u8>, AttemptError> {
+        let attempt_timeout =
+            Duration::from_millis(self.runtime.config().entities.attempt_timeout_ms);
+        let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
+        let outcome = if target == self.runtime.node_id() {
+            self.attempt_local(envelope, timeout).await?
+        } else {
+            self.attempt_remote(target, envelope, timeout).await?
+        };
+        match outcome {
+            AskOutcome::Reply(bytes) => Ok(bytes),
+            AskOutcome::NotOwner { owner } => Err(AttemptError::Redirect(owner)),
+            AskOutcome::Unavailable(reason) => Err(AttemptError::Retry(reason)),
+            AskOutcome::Rejected(reason) => Err(AttemptError::Fatal(RuntimeError::Rejected {
+                entity: self.id.to_string(),
+                reason,
+            })),
+        }
+    }
+
+    async fn attempt_local(
+        &self,
+        envelope: &Envelope,
+        timeout: Duration,
+    ) -> std::result::Result<AskOutcome, AttemptError> {
+        let shards = self
+            .runtime
+            .shards()
+            .map_err(|error| AttemptError::Retry(error.to_string()))?;
+        let (sender, receiver) = ractor::concurrency::oneshot();
+        let delivery = Delivery {
+            msg_id: Some(envelope.msg_id),
+            payload: envelope.payload.clone(),
+            reply: Some(sender.into()),
+        };
+        shards
+            .cast(ShardMsg::Deliver {
+                entity: self.id.clone(),
+                delivery,
+            })
+            .map_err(|error| AttemptError::Retry(error.to_string()))?;
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(wire)) => wire
+                .into_inner()
+                .map_err(|error| AttemptError::Retry(error.to_string())),
+            Ok(Err(_)) => Err(AttemptError::Retry(
+                "the entity stopped before answering".into(),
+            )),
+            Err(_) => Err(AttemptError::Retry(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn attempt_remote(
+        &self,
+        target: &str,
+        envelope: &Envelope,
+        timeout: Duration,
+    ) -> std::result::Result<AskOutcome, AttemptError> {
+        let host = self
+            .runtime
+            .peer_host(target)
+            .map_err(|error| AttemptError::Retry(error.to_string()))?;
+        let envelope = envelope.clone();
+        let result = host
+            .call(
+                |port| HostMsg::Ask(Wire::new(envelope), port),
+                Some(timeout),
+            )
+            .await;
+        match result {
+            Ok(ractor::rpc::CallResult::Success(wire)) => wire.into_inner().map_err(|error| {
+                metrics::counter!(names::WIRE_DECODE_ERRORS_TOTAL, "message" => "ask reply")
+                    .increment(1);
+                AttemptError::Retry(error.to_string())
+            }),
+            Ok(ractor::rpc::CallResult::Timeout) => Err(AttemptError::Retry(format!(
+                "{target} did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(ractor::rpc::CallResult::SenderError) => {
+                Err(AttemptError::Retry(format!("the link to {target} closed")))
+            }
+            Err(error) => Err(AttemptError::Retry(format!(
+                "cannot reach {target}: {error}"
+            ))),
+        }
+    }
+}
+
+async fn wait_for_change(
+    views: &mut tokio::sync::watch::Receiver<crate::membership::View>,
+    pause: Duration,
+    deadline: Instant,
+) {
+    let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+    let _ = tokio::time::timeout(pause, views.changed()).await;
+}

@@ -1,0 +1,656 @@
+//! Membership and failure detection: who is in the cluster, who is up, and since when.
+//!
+//! ractor_cluster gives sessions and a cookie handshake but no reconnect and no failure
+//! detector (a frozen or partitioned peer is never noticed). [`MembershipActor`] adds both:
+//! - it dials every configured peer and re-dials with capped, jittered exponential backoff
+//!   forever; duplicate sessions are left to ractor_cluster's election;
+//! - it sends a heartbeat to every connected peer each `heartbeat_interval_ms` through the
+//!   peer's [`HeartbeatActor`] (one of the few remotable actors) and declares a peer down after
+//!   `failure_timeout_ms` without hearing from it, closing its sessions so ractor_cluster
+//!   drops the stale proxies; a closed connection (a killed process) is down at once;
+//! - it closes connections whose handshake does not finish in `handshake_timeout_ms`
+//!   (ractor_cluster has no such timeout, so garbage on the cluster port would linger);
+//! - it publishes the [`View`] on a watch channel and each transition as a
+//!   [`MembershipEvent`] on a broadcast channel, logs it and counts it.
+//!
+//! **Architecture Invariant:** only this actor writes the view; everything else reads it.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
+use ractor_cluster::node::NodeServerSessionInformation;
+use ractor_cluster::{
+    NodeEventSubscription, NodeServerMessage, NodeSessionMessage, RactorClusterMessage,
+    RactorMessage,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch};
+
+use crate::codec::Wire;
+use crate::metrics as names;
+
+/// Membership events kept for slow subscribers before they start missing some.
+pub const EVENTS_BUFFERED_MAX: usize = 1024;
+
+/// Up or down, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Up,
+    Down,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Up => "up",
+            MemberState::Down => "down",
+        }
+    }
+}
+
+/// One member in the view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: String,
+    pub state: MemberState,
+    /// Unix time (ms) of the last transition.
+    pub since_ms: u64,
+    /// The member's incarnation (restart counter) as last heard; 0 if never heard.
+    pub incarnation: u64,
+    pub http_addr: SocketAddr,
+}
+
+/// What this node believes about the cluster. Placement is computed from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub me: String,
+    /// Every configured node, in config order, this node included.
+    pub members: Vec<MemberStatus>,
+    /// Bumped on every change.
+    pub epoch: u64,
+    /// True once every peer was seen up, or the join grace period passed: before that,
+    /// placement would move entities needlessly, so `/readyz` waits for it.
+    pub settled: bool,
+}
+
+impl View {
+    /// Members that are up, this node included.
+    pub fn up_members(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|member| member.state == MemberState::Up)
+            .map(|member| member.id.as_str())
+    }
+
+    pub fn is_up(&self, id: &str) -> bool {
+        self.members
+            .iter()
+            .any(|member| member.id == id && member.state == MemberState::Up)
+    }
+
+    /// The owner of `(kind, key)` in this view.
+    pub fn owner(&self, kind: &str, key: &str) -> Option<&str> {
+        crate::placement::owner(kind, key, self.up_members())
+    }
+
+    pub fn member(&self, id: &str) -> Option<&MemberStatus> {
+        self.members.iter().find(|member| member.id == id)
+    }
+}
+
+/// A transition, as published to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MembershipEvent {
+    pub member: String,
+    pub state: MemberState,
+    pub at_ms: u64,
+    pub incarnation: u64,
+    pub reason: String,
+}
+
+/// Timing knobs, from `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct MembershipTimings {
+    pub heartbeat_interval: Duration,
+    pub failure_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+/// A configured peer.
+#[derive(Debug, Clone)]
+pub struct PeerAddress {
+    pub id: String,
+    pub cluster_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+pub struct MembershipArgs {
+    pub me: String,
+    pub my_http_addr: SocketAddr,
+    pub incarnation: u64,
+    pub peers: Vec<PeerAddress>,
+    pub node_server: ActorRef<NodeServerMessage>,
+    pub timings: MembershipTimings,
+    pub view: watch::Sender<View>,
+    pub events: broadcast::Sender<MembershipEvent>,
+}
+
+/// A heartbeat between membership actors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub from: String,
+    pub incarnation: u64,
+    pub pong: bool,
+    /// The pinger's clock (µs since its start), echoed in the pong to measure RTT.
+    pub sent_at_us: u64,
+}
+
+/// The remotable face of membership: receives heartbeats from peers.
+#[derive(RactorClusterMessage)]
+pub enum HeartbeatMsg {
+    Beat(Wire<Heartbeat>),
+}
+
+/// pg group of a node's heartbeat actor.
+pub fn heartbeat_group(node: &str) -> String {
+    format!("actorhub.heartbeat.{node}")
+}
+
+/// Forwards heartbeats from the wire to the local membership actor.
+pub struct HeartbeatActor;
+
+impl Actor for HeartbeatActor {
+    type Msg = HeartbeatMsg;
+    type State = (String, ActorRef<MembershipMsg>);
+    type Arguments = (String, ActorRef<MembershipMsg>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HeartbeatMsg>,
+        (me, membership): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(heartbeat_group(&me), vec![myself.get_cell()]);
+        Ok((me, membership))
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<HeartbeatMsg>,
+        message: HeartbeatMsg,
+        (_, membership): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let HeartbeatMsg::Beat(wire) = message;
+        match wire.into_inner() {
+            Ok(beat) => membership.cast(MembershipMsg::Heartbeat(beat))?,
+            Err(error) => {
+                metrics::counter!(names::WIRE_DECODE_ERRORS_TOTAL, "message" => "heartbeat")
+                    .increment(1);
+                tracing::warn!(%error, "dropped an undecodable heartbeat from a peer");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Local messages of the membership actor.
+#[derive(RactorMessage)]
+pub enum MembershipMsg {
+    Tick,
+    SessionOpened(NodeServerSessionInformation),
+    SessionReady(NodeServerSessionInformation),
+    SessionClosed(NodeServerSessionInformation),
+    DialFinished {
+        peer: String,
+        result: Result<(), String>,
+    },
+    Heartbeat(Heartbeat),
+}
+
+/// Forwards ractor_cluster's session events into the membership actor (callbacks must be cheap).
+struct SessionEventForwarder(ActorRef<MembershipMsg>);
+
+impl NodeEventSubscription for SessionEventForwarder {
+    fn node_session_opened(&self, session: NodeServerSessionInformation) {
+        let _ = self.0.cast(MembershipMsg::SessionOpened(session));
+    }
+    fn node_session_disconnected(&self, session: NodeServerSessionInformation) {
+        let _ = self.0.cast(MembershipMsg::SessionClosed(session));
+    }
+    fn node_session_authenticated(&self, _session: NodeServerSessionInformation) {}
+    fn node_session_ready(&self, session: NodeServerSessionInformation) {
+        let _ = self.0.cast(MembershipMsg::SessionReady(session));
+    }
+}
+
+/// Per-peer bookkeeping. Only the membership actor touches it.
+struct Peer {
+    address: PeerAddress,
+    state: MemberState,
+    since_ms: u64,
+    incarnation: u64,
+    last_heard: Instant,
+    /// Sessions that finished their handshake.
+    sessions: HashMap<ActorId, ActorRef<NodeSessionMessage>>,
+    dialing: bool,
+    next_dial_at: Instant,
+    backoff: Duration,
+}
+
+pub struct MembershipState {
+    me: String,
+    my_http_addr: SocketAddr,
+    incarnation: u64,
+    peers: Vec<Peer>,
+    /// Sessions opened (either direction) whose handshake has not finished yet.
+    handshaking: HashMap<ActorId, (Instant, ActorRef<NodeSessionMessage>)>,
+    node_server: ActorRef<NodeServerMessage>,
+    timings: MembershipTimings,
+    view: watch::Sender<View>,
+    events: broadcast::Sender<MembershipEvent>,
+    started: Instant,
+    started_ms: u64,
+    last_tick: Instant,
+    epoch: u64,
+    settled: bool,
+    ticker: Option<JoinHandle<()>>,
+}
+
+pub struct MembershipActor;
+
+impl Actor for MembershipActor {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
+        args.node_server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "actorhub.membership".to_string(),
+                subscription: Box::new(SessionEventForwarder(myself.clone())),
+            })?;
+        let now = Instant::now();
+        let peers = args
+            .peers
+            .into_iter()
+            .map(|address| Peer {
+                address,
+                state: MemberState::Down,
+                since_ms: unix_ms(),
+                incarnation: 0,
+                last_heard: now,
+                sessions: HashMap::new(),
+                dialing: false,
+                next_dial_at: now,
+                backoff: args.timings.backoff_min,
+            })
+            .collect();
+        let ticker = myself.send_interval(args.timings.heartbeat_interval, || MembershipMsg::Tick);
+        let mut state = MembershipState {
+            me: args.me,
+            my_http_addr: args.my_http_addr,
+            incarnation: args.incarnation,
+            peers,
+            handshaking: HashMap::new(),
+            node_server: args.node_server,
+            timings: args.timings,
+            view: args.view,
+            events: args.events,
+            started: now,
+            started_ms: unix_ms(),
+            last_tick: now,
+            epoch: 0,
+            settled: false,
+            ticker: Some(ticker),
+        };
+        state.settled = state.peers.is_empty();
+        state.publish();
+        tracing::info!(node = %state.me, incarnation = state.incarnation, peers = state.peers.len(), "membership started");
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MembershipMsg>,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(ticker) = state.ticker.take() {
+            ticker.abort();
+        }
+        state
+            .node_server
+            .cast(NodeServerMessage::UnsubscribeToEvents(
+                "actorhub.membership".to_string(),
+            ))?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<MembershipMsg>,
+        message: MembershipMsg,
+        state: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            MembershipMsg::Tick => state.tick(&myself),
+            MembershipMsg::SessionOpened(session) => {
+                state
+                    .handshaking
+                    .insert(session.actor.get_id(), (Instant::now(), session.actor));
+            }
+            MembershipMsg::SessionReady(session) => state.session_ready(session),
+            MembershipMsg::SessionClosed(session) => state.session_closed(session),
+            MembershipMsg::DialFinished { peer, result } => state.dial_finished(&peer, result),
+            MembershipMsg::Heartbeat(beat) => state.heartbeat(beat),
+        }
+        Ok(())
+    }
+}
+
+impl MembershipState {
+    fn tick(&mut self, myself: &ActorRef<MembershipMsg>) {
+        let now = Instant::now();
+        let since_last_tick = now.duration_since(self.last_tick);
+        self.last_tick = now;
+        if since_last_tick > self.timings.failure_timeout {
+            // We were frozen (SIGSTOP, a long GC-like stall): our silence is not the peers' fault.
+            // Give every peer a fresh deadline instead of declaring the whole cluster dead.
+            tracing::warn!(
+                stalled_ms = since_last_tick.as_millis() as u64,
+                "this node was paused; resetting peer deadlines"
+            );
+            for peer in &mut self.peers {
+                peer.last_heard = now;
+            }
+        }
+        for index in 0..self.peers.len() {
+            let silent_for = now.duration_since(self.peers[index].last_heard);
+            if self.peers[index].state == MemberState::Up
+                && silent_for > self.timings.failure_timeout
+            {
+                let reason = format!("no heartbeat for {} ms", silent_for.as_millis());
+                self.mark_down(index, &reason);
+                self.close_sessions(index, "heartbeat timeout");
+            }
+            if self.peers[index].sessions.is_empty() {
+                self.maybe_dial(index, myself, now);
+            } else {
+                self.send_beat(index, false, self.micros_since_start());
+            }
+        }
+        self.expire_handshakes(now);
+        if !self.settled && now.duration_since(self.started) > 2 * self.timings.failure_timeout {
+            self.settled = true;
+            self.publish();
+        }
+    }
+
+    fn maybe_dial(&mut self, index: usize, myself: &ActorRef<MembershipMsg>, now: Instant) {
+        let peer = &mut self.peers[index];
+        if peer.dialing || now < peer.next_dial_at {
+            return;
+        }
+        peer.dialing = true;
+        let server = self.node_server.clone();
+        let address = peer.address.cluster_addr;
+        let peer_id = peer.address.id.clone();
+        let timeout = self.timings.handshake_timeout;
+        let membership = myself.clone();
+        tokio::spawn(async move {
+            let result = match tokio::time::timeout(
+                timeout,
+                ractor_cluster::client_connect(&server, address),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "connect timed out after {} ms",
+                    timeout.as_millis()
+                )),
+            };
+            let _ = membership.cast(MembershipMsg::DialFinished {
+                peer: peer_id,
+                result,
+            });
+        });
+    }
+
+    fn dial_finished(&mut self, peer_id: &str, result: Result<(), String>) {
+        let Some(peer) = self
+            .peers
+            .iter_mut()
+            .find(|peer| peer.address.id == peer_id)
+        else {
+            return;
+        };
+        peer.dialing = false;
+        let outcome = if result.is_ok() {
+            "connected"
+        } else {
+            "failed"
+        };
+        metrics::counter!(names::DIALS_TOTAL, "peer" => peer_id.to_string(), "result" => outcome)
+            .increment(1);
+        if let Err(error) = &result {
+            tracing::debug!(peer = peer_id, %error, backoff_ms = peer.backoff.as_millis() as u64, "dial failed");
+        }
+        // Whether or not TCP connected, wait a backoff before the next dial: a connected
+        // session that never finishes its handshake is closed by `expire_handshakes`.
+        let jitter = 0.5 + fastrand::f64() * 0.5;
+        peer.next_dial_at = Instant::now() + peer.backoff.mul_f64(jitter);
+        peer.backoff = (peer.backoff * 2).min(self.timings.backoff_max);
+    }
+
+    fn session_ready(&mut self, session: NodeServerSessionInformation) {
+        let session_id = session.actor.get_id();
+        self.handshaking.remove(&session_id);
+        let Some(peer_id) = peer_id_of(&session) else {
+            tracing::warn!(addr = %session.peer_addr, "closing a cluster session without a peer name");
+            session.actor.stop(Some("no peer name".into()));
+            return;
+        };
+        let Some(index) = self
+            .peers
+            .iter()
+            .position(|peer| peer.address.id == peer_id)
+        else {
+            // Same cookie, different config: refuse it rather than route entities to a stranger.
+            tracing::warn!(peer = %peer_id, addr = %session.peer_addr, "closing a session from a node that is not in cluster.toml");
+            metrics::counter!(names::SESSIONS_CLOSED_TOTAL, "reason" => "unknown peer")
+                .increment(1);
+            session.actor.stop(Some("unknown node".into()));
+            return;
+        };
+        self.peers[index].sessions.insert(session_id, session.actor);
+        tracing::debug!(peer = %peer_id, "cluster session ready");
+        // Say hello at once so the peer comes up without waiting for the next tick.
+        self.send_beat(index, false, self.micros_since_start());
+    }
+
+    fn session_closed(&mut self, session: NodeServerSessionInformation) {
+        let session_id = session.actor.get_id();
+        self.handshaking.remove(&session_id);
+        let Some(index) = self
+            .peers
+            .iter()
+            .position(|peer| peer.sessions.contains_key(&session_id))
+        else {
+            return;
+        };
+        self.peers[index].sessions.remove(&session_id);
+        if self.peers[index].sessions.is_empty() && self.peers[index].state == MemberState::Up {
+            self.mark_down(index, "connection closed");
+        }
+    }
+
+    fn heartbeat(&mut self, beat: Heartbeat) {
+        let Some(index) = self
+            .peers
+            .iter()
+            .position(|peer| peer.address.id == beat.from)
+        else {
+            tracing::debug!(from = %beat.from, "heartbeat from a node not in cluster.toml");
+            return;
+        };
+        let now = Instant::now();
+        self.peers[index].last_heard = now;
+        if beat.pong {
+            let rtt_us = self.micros_since_start().saturating_sub(beat.sent_at_us);
+            metrics::histogram!(names::HEARTBEAT_RTT_SECONDS).record(rtt_us as f64 / 1e6);
+        } else {
+            self.send_beat(index, true, beat.sent_at_us);
+        }
+        let peer = &self.peers[index];
+        if peer.state == MemberState::Up && peer.incarnation != beat.incarnation {
+            // It restarted faster than we could notice: its old entities are gone, so tell
+            // subscribers it went down before saying it is up again.
+            self.mark_down(index, "restarted with a new incarnation");
+        }
+        if self.peers[index].state == MemberState::Down {
+            self.peers[index].incarnation = beat.incarnation;
+            self.peers[index].backoff = self.timings.backoff_min;
+            self.mark_up(index);
+        }
+    }
+
+    fn send_beat(&self, index: usize, pong: bool, sent_at_us: u64) {
+        let peer = &self.peers[index];
+        let group = heartbeat_group(&peer.address.id);
+        let Some(target) = ractor::pg::get_members(&group)
+            .into_iter()
+            .find(|cell| !cell.get_id().is_local())
+        else {
+            return;
+        };
+        let beat = Heartbeat {
+            from: self.me.clone(),
+            incarnation: self.incarnation,
+            pong,
+            sent_at_us,
+        };
+        let target: ActorRef<HeartbeatMsg> = target.into();
+        if target.cast(HeartbeatMsg::Beat(Wire::new(beat))).is_ok() && !pong {
+            metrics::counter!(names::HEARTBEATS_SENT_TOTAL).increment(1);
+        }
+    }
+
+    fn close_sessions(&mut self, index: usize, reason: &str) {
+        for (_, session) in self.peers[index].sessions.drain() {
+            metrics::counter!(names::SESSIONS_CLOSED_TOTAL, "reason" => reason.to_string())
+                .increment(1);
+            session.kill();
+        }
+    }
+
+    fn expire_handshakes(&mut self, now: Instant) {
+        let deadline = self.timings.handshake_timeout;
+        self.handshaking.retain(|_, (opened, session)| {
+            if now.duration_since(*opened) <= deadline {
+                return true;
+            }
+            tracing::warn!(session = %session.get_id(), "closing a cluster connection whose handshake did not finish in time");
+            metrics::counter!(names::SESSIONS_CLOSED_TOTAL, "reason" => "handshake timeout").increment(1);
+            session.kill();
+            false
+        });
+    }
+
+    fn mark_up(&mut self, index: usize) {
+        self.transition(index, MemberState::Up, "heartbeat received");
+        if !self.settled && self.peers.iter().all(|peer| peer.state == MemberState::Up) {
+            self.settled = true;
+            self.publish();
+        }
+    }
+
+    fn mark_down(&mut self, index: usize, reason: &str) {
+        self.transition(index, MemberState::Down, reason);
+    }
+
+    fn transition(&mut self, index: usize, state: MemberState, reason: &str) {
+        let at_ms = unix_ms();
+        let peer = &mut self.peers[index];
+        peer.state = state;
+        peer.since_ms = at_ms;
+        let member = peer.address.id.clone();
+        let incarnation = peer.incarnation;
+        match state {
+            MemberState::Up => tracing::info!(member = %member, incarnation, reason, "member up"),
+            MemberState::Down => {
+                tracing::warn!(member = %member, incarnation, reason, "member down")
+            }
+        }
+        metrics::counter!(names::MEMBERSHIP_TRANSITIONS_TOTAL, "member" => member.clone(), "state" => state.as_str())
+            .increment(1);
+        let _ = self.events.send(MembershipEvent {
+            member,
+            state,
+            at_ms,
+            incarnation,
+            reason: reason.to_string(),
+        });
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        self.epoch += 1;
+        let mut members = Vec::with_capacity(self.peers.len() + 1);
+        members.push(MemberStatus {
+            id: self.me.clone(),
+            state: MemberState::Up,
+            since_ms: self.started_ms,
+            incarnation: self.incarnation,
+            http_addr: self.my_http_addr,
+        });
+        members.extend(self.peers.iter().map(|peer| MemberStatus {
+            id: peer.address.id.clone(),
+            state: peer.state,
+            since_ms: peer.since_ms,
+            incarnation: peer.incarnation,
+            http_addr: peer.address.http_addr,
+        }));
+        let up = members
+            .iter()
+            .filter(|member| member.state == MemberState::Up)
+            .count();
+        metrics::gauge!(names::MEMBERS_UP).set(up as f64);
+        self.view.send_replace(View {
+            me: self.me.clone(),
+            members,
+            epoch: self.epoch,
+            settled: self.settled,
+        });
+    }
+
+    fn micros_since_start(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+/// `"n2@127.0.0.1"` → `"n2"`.
+fn peer_id_of(session: &NodeServerSessionInformation) -> Option<String> {
+    let name = &session.peer_name.as_ref()?.name;
+    Some(name.split('@').next().unwrap_or(name).to_string())
+}
+
+/// Members the view lists as up, as a set (for quick lookups by callers).
+pub fn up_set(view: &View) -> HashSet<String> {
+    view.up_members().map(str::to_string).collect()
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}

@@ -1,0 +1,103 @@
+//! Every metric the runtime records, named in one place and described for `/metrics`.
+
+pub const MEMBERS_UP: &str = "actorhub_members_up";
+pub const MEMBERSHIP_TRANSITIONS_TOTAL: &str = "actorhub_membership_transitions_total";
+pub const HEARTBEATS_SENT_TOTAL: &str = "actorhub_heartbeats_sent_total";
+pub const HEARTBEAT_RTT_SECONDS: &str = "actorhub_heartbeat_rtt_seconds";
+pub const DIALS_TOTAL: &str = "actorhub_dials_total";
+pub const SESSIONS_CLOSED_TOTAL: &str = "actorhub_sessions_closed_total";
+pub const ENTITIES_ACTIVE: &str = "actorhub_entities_active";
+pub const ENTITY_ACTIVATIONS_TOTAL: &str = "actorhub_entity_activations_total";
+pub const ENTITY_PASSIVATIONS_TOTAL: &str = "actorhub_entity_passivations_total";
+pub const ENTITY_RESTARTS_TOTAL: &str = "actorhub_entity_restarts_total";
+pub const ENTITY_MESSAGES_TOTAL: &str = "actorhub_entity_messages_total";
+pub const ENTITY_DUPLICATES_TOTAL: &str = "actorhub_entity_duplicates_total";
+pub const ENTITY_REJECTED_TOTAL: &str = "actorhub_entity_rejected_total";
+pub const ASK_SECONDS: &str = "actorhub_ask_seconds";
+pub const ASK_RETRIES_TOTAL: &str = "actorhub_ask_retries_total";
+pub const JOURNAL_APPENDS_TOTAL: &str = "actorhub_journal_appends_total";
+pub const JOURNAL_APPEND_SECONDS: &str = "actorhub_journal_append_seconds";
+pub const JOURNAL_BATCH_EVENTS: &str = "actorhub_journal_batch_events";
+pub const JOURNAL_CONFLICTS_TOTAL: &str = "actorhub_journal_conflicts_total";
+pub const JOURNAL_LOAD_SECONDS: &str = "actorhub_journal_load_seconds";
+pub const SNAPSHOTS_TOTAL: &str = "actorhub_snapshots_total";
+pub const WIRE_DECODE_ERRORS_TOTAL: &str = "actorhub_wire_decode_errors_total";
+
+/// Registers help texts with the installed recorder; call once after installing it.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        MEMBERS_UP,
+        "Cluster members this node sees up, itself included"
+    );
+    describe_counter!(
+        MEMBERSHIP_TRANSITIONS_TOTAL,
+        "Member state changes seen by this node, by member and new state"
+    );
+    describe_counter!(HEARTBEATS_SENT_TOTAL, "Heartbeat pings sent to peers");
+    describe_histogram!(
+        HEARTBEAT_RTT_SECONDS,
+        metrics::Unit::Seconds,
+        "Heartbeat round-trip time"
+    );
+    describe_counter!(DIALS_TOTAL, "Connection attempts to peers, by result");
+    describe_counter!(
+        SESSIONS_CLOSED_TOTAL,
+        "Cluster sessions this node closed, by reason"
+    );
+    describe_gauge!(ENTITIES_ACTIVE, "Entities active on this node");
+    describe_counter!(
+        ENTITY_ACTIVATIONS_TOTAL,
+        "Entity activations (journal rehydrations), by kind"
+    );
+    describe_counter!(
+        ENTITY_PASSIVATIONS_TOTAL,
+        "Entity passivations, by kind and reason"
+    );
+    describe_counter!(
+        ENTITY_RESTARTS_TOTAL,
+        "Entity restarts after a failure, by kind"
+    );
+    describe_counter!(
+        ENTITY_MESSAGES_TOTAL,
+        "Messages handled by entities, by kind"
+    );
+    describe_counter!(
+        ENTITY_DUPLICATES_TOTAL,
+        "Retried messages answered from the journal instead of re-applied"
+    );
+    describe_counter!(
+        ENTITY_REJECTED_TOTAL,
+        "Messages refused by entities, by reason"
+    );
+    describe_histogram!(
+        ASK_SECONDS,
+        metrics::Unit::Seconds,
+        "EntityRef::ask latency, retries included"
+    );
+    describe_counter!(ASK_RETRIES_TOTAL, "Ask attempts retried, by reason");
+    describe_counter!(
+        JOURNAL_APPENDS_TOTAL,
+        "Journal segments written (group commits)"
+    );
+    describe_histogram!(
+        JOURNAL_APPEND_SECONDS,
+        metrics::Unit::Seconds,
+        "Journal append latency"
+    );
+    describe_histogram!(JOURNAL_BATCH_EVENTS, "Events per journal segment");
+    describe_counter!(
+        JOURNAL_CONFLICTS_TOTAL,
+        "Appends rejected because another writer held the sequence number"
+    );
+    describe_histogram!(
+        JOURNAL_LOAD_SECONDS,
+        metrics::Unit::Seconds,
+        "Journal load time at activation"
+    );
+    describe_counter!(SNAPSHOTS_TOTAL, "Snapshots written");
+    describe_counter!(
+        WIRE_DECODE_ERRORS_TOTAL,
+        "Messages from peers that could not be decoded"
+    );
+}

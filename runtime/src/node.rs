@@ -1,0 +1,386 @@
+//! Starting and stopping one node: the local store, the journal, the ractor_cluster
+//! `NodeServer`, and the supervision tree of the runtime's actors.
+//!
+//! ```text
+//! root (one-for-one)                     actorhub.root.<id>
+//! └── core (one-for-all)                 actorhub.core.<id>
+//!     ├── membership                     dials, heartbeats, view
+//!     ├── heartbeat   [remotable]        receives peers' heartbeats
+//!     ├── shards                         entity directory + entity supervisor
+//!     │   └── entities (one per active entity, restarted alone)
+//!     └── host        [remotable]        entity messages from peers
+//! ```
+//! The core is one-for-all because its members hold each other's refs: if one restarts, all
+//! restart, and entities rehydrate from their journals. The application adds its own
+//! subtrees (sessions) under root with [`Node::start_child`].
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use ractor::{Actor, ActorCell, ActorRef};
+use ractor_cluster::node::NodeConnectionMode;
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use tokio::sync::{broadcast, watch};
+
+use crate::config::ClusterConfig;
+use crate::entity::Entity;
+use crate::error::{Result, RuntimeError};
+use crate::host::HostActor;
+use crate::journal::Journal;
+use crate::local_store::LocalStore;
+use crate::membership::{
+    EVENTS_BUFFERED_MAX, HeartbeatActor, MembershipActor, MembershipArgs, MembershipMsg,
+    MembershipTimings, PeerAddress, View,
+};
+use crate::runtime::{Runtime, RuntimeParts, shards_name};
+use crate::shards::{Kinds, ShardsActor, ShardsArgs};
+use crate::supervisor::{
+    ChildSpec, Restart, Strategy, SupervisorActor, SupervisorMsg, SupervisorSpec,
+};
+
+/// Builds a node: register the application's entity kinds, then [`NodeBuilder::start`].
+pub struct NodeBuilder {
+    config: Arc<ClusterConfig>,
+    node_id: String,
+    kinds: Kinds,
+}
+
+/// A running node.
+pub struct Node {
+    runtime: Runtime,
+    root: ActorRef<SupervisorMsg>,
+    root_handle: tokio::task::JoinHandle<()>,
+    node_server: ActorRef<NodeServerMessage>,
+}
+
+impl NodeBuilder {
+    pub fn new(config: ClusterConfig, node_id: &str) -> Result<Self> {
+        config.node(node_id)?;
+        let mut kinds = Kinds::default();
+        kinds.register::<crate::builtin::Register>(node_id.to_string());
+        Ok(Self {
+            config: Arc::new(config),
+            node_id: node_id.to_string(),
+            kinds,
+        })
+    }
+
+    /// Makes entities of kind `E` available on this node. Every node must register the same kinds.
+    pub fn register<E: Entity>(mut self, deps: E::Deps) -> Self {
+        self.kinds.register::<E>(deps);
+        self
+    }
+
+    pub async fn start(self) -> Result<Node> {
+        let config = self.config;
+        let me = config.node(&self.node_id)?.clone();
+        let data_dir = config.node_data_dir(&me.id);
+        std::fs::create_dir_all(&data_dir).map_err(|error| {
+            RuntimeError::LocalStore(format!(
+                "cannot create the data directory {}: {error}",
+                data_dir.display()
+            ))
+        })?;
+        let local_store = LocalStore::open(&data_dir.join("node.sled"))?;
+        let incarnation = local_store.next_incarnation()?;
+        let store = crate::storage::open(&config.storage)?;
+        let journal = Journal::new(store, format!("{}/{}", me.id, incarnation));
+
+        let listen_ip = me.listen_ip.unwrap_or(me.cluster_addr.ip());
+        check_port_free(std::net::SocketAddr::new(listen_ip, me.cluster_addr.port()))?;
+        let server = NodeServer::new(
+            me.cluster_addr.port(),
+            config.cookie().to_string(),
+            me.id.clone(),
+            me.cluster_addr.ip().to_string(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(listen_ip)
+        .with_max_inbound_frame_size(config.cluster.frame_bytes_max);
+        let (node_server, _) =
+            Actor::spawn(Some(format!("actorhub.nodeserver.{}", me.id)), server, ())
+                .await
+                .map_err(|error| spawn_error("the cluster listener", error))?;
+
+        let peers: Vec<PeerAddress> = config
+            .nodes
+            .iter()
+            .filter(|node| node.id != me.id)
+            .map(|node| PeerAddress {
+                id: node.id.clone(),
+                cluster_addr: node.cluster_addr,
+                http_addr: node.http_addr,
+            })
+            .collect();
+        let initial = View {
+            me: me.id.clone(),
+            members: Vec::new(),
+            epoch: 0,
+            settled: false,
+        };
+        let (view_sender, view_receiver) = watch::channel(initial);
+        let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
+        let active_count = Arc::new(AtomicUsize::new(0));
+        let runtime = Runtime::new(RuntimeParts {
+            node_id: me.id.clone(),
+            incarnation,
+            config: config.clone(),
+            view: view_receiver,
+            events: events.clone(),
+            journal,
+            local_store,
+            active_entities: active_count.clone(),
+        });
+
+        let timings = MembershipTimings {
+            heartbeat_interval: Duration::from_millis(config.cluster.heartbeat_interval_ms),
+            failure_timeout: Duration::from_millis(config.cluster.failure_timeout_ms),
+            handshake_timeout: Duration::from_millis(config.cluster.handshake_timeout_ms),
+            backoff_min: Duration::from_millis(config.cluster.reconnect_backoff_min_ms),
+            backoff_max: Duration::from_millis(config.cluster.reconnect_backoff_max_ms),
+        };
+        let core = CoreChildren {
+            me: me.id.clone(),
+            my_http_addr: me.http_addr,
+            incarnation,
+            peers,
+            node_server: node_server.clone(),
+            timings,
+            view: view_sender,
+            events,
+            runtime: runtime.clone(),
+            kinds: self.kinds,
+            active_count,
+        };
+        let core_spec = SupervisorSpec {
+            strategy: Strategy::OneForAll,
+            max_restarts: 3,
+            period: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            children: core.specs(),
+        };
+        let core_name = format!("actorhub.core.{}", me.id);
+        let root_spec = SupervisorSpec {
+            strategy: Strategy::OneForOne,
+            max_restarts: 3,
+            period: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            children: vec![ChildSpec::new(
+                core_name.clone(),
+                Restart::Permanent,
+                move |supervisor: ActorCell| {
+                    let spec = core_spec.clone();
+                    let name = core_name.clone();
+                    async move {
+                        let (actor, _) =
+                            Actor::spawn_linked(Some(name), SupervisorActor, spec, supervisor)
+                                .await?;
+                        Ok(actor.get_cell())
+                    }
+                },
+            )],
+        };
+        let (root, root_handle) = Actor::spawn(
+            Some(format!("actorhub.root.{}", me.id)),
+            SupervisorActor,
+            root_spec,
+        )
+        .await
+        .map_err(|error| spawn_error("the supervision tree", error))?;
+        tracing::info!(node = %me.id, incarnation, cluster_addr = %me.cluster_addr, "node started");
+        Ok(Node {
+            runtime,
+            root,
+            root_handle,
+            node_server,
+        })
+    }
+}
+
+/// Everything the core's children need to (re)start; cloned into each child spec.
+#[derive(Clone)]
+struct CoreChildren {
+    me: String,
+    my_http_addr: std::net::SocketAddr,
+    incarnation: u64,
+    peers: Vec<PeerAddress>,
+    node_server: ActorRef<NodeServerMessage>,
+    timings: MembershipTimings,
+    /// Shared by successive membership incarnations (all clones feed the same receivers).
+    view: watch::Sender<View>,
+    events: broadcast::Sender<crate::membership::MembershipEvent>,
+    runtime: Runtime,
+    kinds: Kinds,
+    active_count: Arc<AtomicUsize>,
+}
+
+impl CoreChildren {
+    fn specs(&self) -> Vec<ChildSpec> {
+        let membership_name = format!("actorhub.membership.{}", self.me);
+        let membership = {
+            let core = self.clone();
+            let name = membership_name.clone();
+            ChildSpec::new(
+                name.clone(),
+                Restart::Permanent,
+                move |supervisor: ActorCell| {
+                    let core = core.clone();
+                    let name = name.clone();
+                    async move {
+                        let args = MembershipArgs {
+                            me: core.me.clone(),
+                            my_http_addr: core.my_http_addr,
+                            incarnation: core.incarnation,
+                            peers: core.peers.clone(),
+                            node_server: core.node_server.clone(),
+                            timings: core.timings.clone(),
+                            view: core.view.clone(),
+                            events: core.events.clone(),
+                        };
+                        let (actor, _) =
+                            Actor::spawn_linked(Some(name), MembershipActor, args, supervisor)
+                                .await?;
+                        Ok(actor.get_cell())
+                    }
+                },
+            )
+        };
+        let heartbeat = {
+            let me = self.me.clone();
+            ChildSpec::new(
+                format!("actorhub.heartbeat.{me}"),
+                Restart::Permanent,
+                move |supervisor: ActorCell| {
+                    let me = me.clone();
+                    let membership_name = membership_name.clone();
+                    async move {
+                        let membership: ActorRef<MembershipMsg> =
+                            ractor::registry::where_is(membership_name)
+                                .map(ActorRef::from)
+                                .ok_or(ractor::SpawnErr::StartupFailed(
+                                    "membership is not running".into(),
+                                ))?;
+                        let name = format!("actorhub.heartbeat.{me}");
+                        let (actor, _) = Actor::spawn_linked(
+                            Some(name),
+                            HeartbeatActor,
+                            (me, membership),
+                            supervisor,
+                        )
+                        .await?;
+                        Ok(actor.get_cell())
+                    }
+                },
+            )
+        };
+        let shards = {
+            let core = self.clone();
+            let name = shards_name(&self.me);
+            ChildSpec::new(
+                name.clone(),
+                Restart::Permanent,
+                move |supervisor: ActorCell| {
+                    let args = ShardsArgs {
+                        runtime: core.runtime.clone(),
+                        kinds: core.kinds.clone(),
+                        active_count: core.active_count.clone(),
+                    };
+                    let name = name.clone();
+                    async move {
+                        let (actor, _) =
+                            Actor::spawn_linked(Some(name), ShardsActor, args, supervisor).await?;
+                        Ok(actor.get_cell())
+                    }
+                },
+            )
+        };
+        let host = {
+            let runtime = self.runtime.clone();
+            let name = format!("actorhub.host.{}", self.me);
+            ChildSpec::new(
+                name.clone(),
+                Restart::Permanent,
+                move |supervisor: ActorCell| {
+                    let runtime = runtime.clone();
+                    let name = name.clone();
+                    async move {
+                        let (actor, _) =
+                            Actor::spawn_linked(Some(name), HostActor, runtime, supervisor).await?;
+                        Ok(actor.get_cell())
+                    }
+                },
+            )
+        };
+        vec![membership, heartbeat, shards, host]
+    }
+}
+
+impl Node {
+    pub fn runtime(&self) -> Runtime {
+        self.runtime.clone()
+    }
+
+    /// Adds an application subtree (e.g. the sessions supervisor) under the root.
+    pub async fn start_child(&self, spec: ChildSpec) -> Result<ActorCell> {
+        let name = spec.name.clone();
+        let result =
+            ractor::call!(self.root, SupervisorMsg::StartChild, spec).map_err(|error| {
+                RuntimeError::Spawn {
+                    what: name.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+        result.map_err(|reason| RuntimeError::Spawn { what: name, reason })
+    }
+
+    /// True until the supervision tree gave up (restart intensity exceeded at the root).
+    pub fn is_running(&self) -> bool {
+        !self.root_handle.is_finished()
+    }
+
+    /// Resolves when the supervision tree has stopped on its own.
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.root_handle).await;
+    }
+
+    /// Graceful stop: entities finish their appends and passivate, then the cluster links close.
+    pub async fn shutdown(self, deadline: Duration) {
+        tracing::info!(node = %self.runtime.node_id(), "shutting down");
+        let stopped = self
+            .root
+            .stop_and_wait(Some("shutdown".into()), Some(deadline))
+            .await;
+        if let Err(error) = stopped {
+            tracing::warn!(%error, "supervision tree did not stop in time; killing it");
+            self.root.kill();
+        }
+        if let Err(error) = self.runtime.local_store().flush().await {
+            tracing::warn!(%error, "could not flush the node-local store");
+        }
+        self.node_server.stop(Some("shutdown".into()));
+    }
+}
+
+fn spawn_error(what: &str, error: ractor::SpawnErr) -> RuntimeError {
+    RuntimeError::Spawn {
+        what: what.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// ractor_cluster binds its listener in a child actor and reports no error when the port is
+/// taken, so try the bind ourselves first to fail with a message that says what is wrong.
+fn check_port_free(address: std::net::SocketAddr) -> Result<()> {
+    std::net::TcpListener::bind(address)
+        .map(drop)
+        .map_err(|error| RuntimeError::Spawn {
+            what: "the cluster listener".into(),
+            reason: format!(
+                "cannot listen on {address}: {error} (is another node using this port?)"
+            ),
+        })
+}

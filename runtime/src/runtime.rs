@@ -1,0 +1,150 @@
+//! [`Runtime`]: the cheap, cloneable handle through which the application and the web layer
+//! reach the cluster: entity refs, the membership view, the journal and object store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use object_store::ObjectStore;
+use ractor::ActorRef;
+use tokio::sync::{broadcast, watch};
+
+use crate::config::ClusterConfig;
+use crate::entity::{Entity, EntityRef};
+use crate::error::{Result, RuntimeError};
+use crate::host::{HostMsg, host_group};
+use crate::id::{MsgId, MsgIdGenerator};
+use crate::journal::Journal;
+use crate::local_store::LocalStore;
+use crate::membership::{MembershipEvent, View};
+use crate::shards::ShardMsg;
+
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+struct RuntimeInner {
+    node_id: String,
+    incarnation: u64,
+    config: Arc<ClusterConfig>,
+    view: watch::Receiver<View>,
+    events: broadcast::Sender<MembershipEvent>,
+    ids: MsgIdGenerator,
+    journal: Journal,
+    local_store: LocalStore,
+    active_entities: Arc<AtomicUsize>,
+    shards_name: String,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Runtime")
+            .field("node_id", &self.inner.node_id)
+            .finish()
+    }
+}
+
+pub(crate) struct RuntimeParts {
+    pub node_id: String,
+    pub incarnation: u64,
+    pub config: Arc<ClusterConfig>,
+    pub view: watch::Receiver<View>,
+    pub events: broadcast::Sender<MembershipEvent>,
+    pub journal: Journal,
+    pub local_store: LocalStore,
+    pub active_entities: Arc<AtomicUsize>,
+}
+
+/// Registry name of the shards actor of `node` (names are process-global in ractor).
+pub(crate) fn shards_name(node: &str) -> String {
+    format!("actorhub.shards.{node}")
+}
+
+impl Runtime {
+    pub(crate) fn new(parts: RuntimeParts) -> Self {
+        let ids = MsgIdGenerator::new(&parts.node_id, parts.incarnation);
+        let shards_name = shards_name(&parts.node_id);
+        Self {
+            inner: Arc::new(RuntimeInner {
+                node_id: parts.node_id,
+                incarnation: parts.incarnation,
+                config: parts.config,
+                view: parts.view,
+                events: parts.events,
+                ids,
+                journal: parts.journal,
+                local_store: parts.local_store,
+                active_entities: parts.active_entities,
+                shards_name,
+            }),
+        }
+    }
+
+    /// A handle to the entity `(E::KIND, key)`, wherever it lives.
+    pub fn entity<E: Entity>(&self, key: impl Into<String>) -> EntityRef<E> {
+        EntityRef::new(self.clone(), key)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The current membership view.
+    pub fn view(&self) -> View {
+        self.inner.view.borrow().clone()
+    }
+
+    /// A receiver that wakes on every view change.
+    pub fn watch_view(&self) -> watch::Receiver<View> {
+        self.inner.view.clone()
+    }
+
+    /// Membership transitions, as they happen.
+    pub fn membership_events(&self) -> broadcast::Receiver<MembershipEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        self.inner.journal.store()
+    }
+
+    pub fn local_store(&self) -> &LocalStore {
+        &self.inner.local_store
+    }
+
+    pub fn active_entities(&self) -> usize {
+        self.inner.active_entities.load(Ordering::Relaxed)
+    }
+
+    pub fn next_msg_id(&self) -> MsgId {
+        self.inner.ids.next()
+    }
+
+    pub(crate) fn shards(&self) -> Result<ActorRef<ShardMsg>> {
+        ractor::registry::where_is(self.inner.shards_name.clone())
+            .map(ActorRef::from)
+            .ok_or_else(|| RuntimeError::Unavailable("the entity directory is restarting".into()))
+    }
+
+    /// The host proxy of a peer, if its session is up.
+    pub(crate) fn peer_host(&self, node: &str) -> Result<ActorRef<HostMsg>> {
+        ractor::pg::get_members(&host_group(node))
+            .into_iter()
+            .find(|cell| !cell.get_id().is_local())
+            .map(ActorRef::from)
+            .ok_or_else(|| RuntimeError::Unavailable(format!("no connection to {node}")))
+    }
+}

@@ -1,0 +1,394 @@
+//! The node's entity directory and the supervisor of its entities.
+//!
+//! [`ShardsActor`] owns the map of active entities on this node. It activates an entity on
+//! its first message (if placement says this node owns it), forwards messages to it, restarts
+//! it alone when it fails (holding it back when it crash-loops), passivates it when it is
+//! idle, and hands entities off when a membership change gives them to another node.
+//!
+//! **Architecture Invariant:** an entity is activated only on the node that owns it in that
+//! node's view; every message to an active entity goes through this actor, so activation,
+//! forwarding and passivation are serialised and a message never reaches a stopped entity
+//! without being answered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor_cluster::RactorMessage;
+
+use crate::codec::Wire;
+use crate::entity::{AskOutcome, Entity, ReplyPort};
+use crate::entity_actor::{EntityActor, EntityArgs, EntityMsg};
+use crate::id::{EntityId, MsgId};
+use crate::membership::View;
+use crate::metrics as names;
+use crate::runtime::Runtime;
+
+/// A message for an entity, with where to send the outcome.
+pub struct Delivery {
+    pub msg_id: Option<MsgId>,
+    pub payload: Vec<u8>,
+    pub reply: Option<ReplyPort>,
+}
+
+#[derive(RactorMessage)]
+pub enum ShardMsg {
+    Deliver {
+        entity: EntityId,
+        delivery: Delivery,
+    },
+    /// From an entity that has been idle (or asked to stop).
+    Passivate {
+        entity: EntityId,
+        reason: &'static str,
+    },
+    ViewChanged(View),
+}
+
+/// Starts entities of one kind; registered by the application.
+pub trait KindFactory: Send + Sync {
+    fn spawn(
+        &self,
+        id: EntityId,
+        runtime: Runtime,
+        shards: ActorRef<ShardMsg>,
+        supervisor: ActorCell,
+    ) -> BoxFuture<'static, Result<ActorRef<EntityMsg>, ractor::SpawnErr>>;
+}
+
+struct Factory<E: Entity> {
+    deps: E::Deps,
+}
+
+impl<E: Entity> KindFactory for Factory<E> {
+    fn spawn(
+        &self,
+        id: EntityId,
+        runtime: Runtime,
+        shards: ActorRef<ShardMsg>,
+        supervisor: ActorCell,
+    ) -> BoxFuture<'static, Result<ActorRef<EntityMsg>, ractor::SpawnErr>> {
+        let args = EntityArgs::<E> {
+            id,
+            runtime,
+            deps: self.deps.clone(),
+            shards,
+        };
+        Box::pin(async move {
+            let (actor, _) =
+                Actor::spawn_linked(None, EntityActor::<E>::default(), args, supervisor).await?;
+            Ok(actor)
+        })
+    }
+}
+
+/// The entity kinds this node can host.
+#[derive(Default, Clone)]
+pub struct Kinds {
+    factories: HashMap<&'static str, Arc<dyn KindFactory>>,
+}
+
+impl Kinds {
+    pub fn register<E: Entity>(&mut self, deps: E::Deps) {
+        let previous = self
+            .factories
+            .insert(E::KIND, Arc::new(Factory::<E> { deps }));
+        assert!(
+            previous.is_none(),
+            "entity kind {} registered twice",
+            E::KIND
+        );
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.factories.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn get(&self, kind: &str) -> Option<&Arc<dyn KindFactory>> {
+        self.factories.get(kind)
+    }
+}
+
+pub struct ShardsArgs {
+    pub runtime: Runtime,
+    pub kinds: Kinds,
+    /// Shared with the runtime handle so `/api/cluster` can read it without a message.
+    pub active_count: Arc<AtomicUsize>,
+}
+
+/// Restart history of one entity.
+struct Restarts {
+    times: Vec<Instant>,
+    held_back_until: Option<Instant>,
+}
+
+pub struct ShardsState {
+    runtime: Runtime,
+    kinds: Kinds,
+    active: HashMap<EntityId, ActorRef<EntityMsg>>,
+    by_actor: HashMap<ActorId, EntityId>,
+    restarts: HashMap<EntityId, Restarts>,
+    active_count: Arc<AtomicUsize>,
+    view_forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct ShardsActor;
+
+impl Actor for ShardsActor {
+    type Msg = ShardMsg;
+    type State = ShardsState;
+    type Arguments = ShardsArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        args: ShardsArgs,
+    ) -> Result<ShardsState, ActorProcessingErr> {
+        let mut views = args.runtime.watch_view();
+        let forward_to = myself.clone();
+        let view_forwarder = tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                let view = views.borrow_and_update().clone();
+                if forward_to.cast(ShardMsg::ViewChanged(view)).is_err() {
+                    break;
+                }
+            }
+        });
+        args.active_count.store(0, Ordering::Relaxed);
+        Ok(ShardsState {
+            runtime: args.runtime,
+            kinds: args.kinds,
+            active: HashMap::new(),
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+            active_count: args.active_count,
+            view_forwarder: Some(view_forwarder),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ShardMsg>,
+        state: &mut ShardsState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(forwarder) = state.view_forwarder.take() {
+            forwarder.abort();
+        }
+        for entity in state.active.values() {
+            let _ = entity.cast(EntityMsg::Stop);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Deliver { entity, delivery } => {
+                state.deliver(&myself, entity, delivery).await
+            }
+            ShardMsg::Passivate { entity, reason } => state.passivate(&entity, reason),
+            ShardMsg::ViewChanged(view) => state.hand_off(&view),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        event: SupervisionEvent,
+        state: &mut ShardsState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.forget(cell.get_id());
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(entity) = state.forget(cell.get_id()) {
+                    state
+                        .entity_failed(&myself, entity, &error.to_string())
+                        .await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl ShardsState {
+    async fn deliver(&mut self, myself: &ActorRef<ShardMsg>, entity: EntityId, delivery: Delivery) {
+        if self.kinds.get(&entity.kind).is_none() {
+            metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "unknown kind")
+                .increment(1);
+            respond(
+                delivery.reply,
+                AskOutcome::Rejected(format!("unknown entity kind {:?}", entity.kind)),
+            );
+            return;
+        }
+        let view = self.runtime.view();
+        let owner = view.owner(&entity.kind, &entity.key);
+        if owner != Some(self.runtime.node_id()) {
+            respond(
+                delivery.reply,
+                AskOutcome::NotOwner {
+                    owner: owner.map(str::to_string),
+                },
+            );
+            return;
+        }
+        if let Some(restarts) = self.restarts.get(&entity)
+            && let Some(until) = restarts.held_back_until
+            && Instant::now() < until
+        {
+            respond(
+                delivery.reply,
+                AskOutcome::Unavailable(format!(
+                    "{entity} is crash-looping and held back; retry later"
+                )),
+            );
+            return;
+        }
+        let actor = match self.active.get(&entity) {
+            Some(actor) => actor.clone(),
+            None => match self.activate(myself, entity.clone()).await {
+                Ok(actor) => actor,
+                Err(reason) => {
+                    respond(delivery.reply, AskOutcome::Unavailable(reason));
+                    return;
+                }
+            },
+        };
+        if let Err(error) = actor.cast(EntityMsg::Deliver(delivery)) {
+            // The actor died after we looked it up; its failure event will clean up. The
+            // caller retries with the same message id.
+            tracing::debug!(%entity, "entity stopped while a message was on its way");
+            if let ractor::MessagingErr::SendErr(EntityMsg::Deliver(delivery)) = error {
+                respond(
+                    delivery.reply,
+                    AskOutcome::Unavailable("the entity is restarting".into()),
+                );
+            }
+        }
+    }
+
+    async fn activate(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        entity: EntityId,
+    ) -> Result<ActorRef<EntityMsg>, String> {
+        let factory = self
+            .kinds
+            .get(&entity.kind)
+            .cloned()
+            .ok_or_else(|| format!("unknown kind {}", entity.kind))?;
+        let actor = factory
+            .spawn(
+                entity.clone(),
+                self.runtime.clone(),
+                myself.clone(),
+                myself.get_cell(),
+            )
+            .await
+            .map_err(|error| format!("cannot start {entity}: {error}"))?;
+        self.by_actor.insert(actor.get_id(), entity.clone());
+        self.active.insert(entity, actor.clone());
+        self.update_count();
+        Ok(actor)
+    }
+
+    fn forget(&mut self, actor: ActorId) -> Option<EntityId> {
+        let entity = self.by_actor.remove(&actor)?;
+        if self
+            .active
+            .get(&entity)
+            .is_some_and(|current| current.get_id() == actor)
+        {
+            self.active.remove(&entity);
+        }
+        self.update_count();
+        Some(entity)
+    }
+
+    async fn entity_failed(&mut self, myself: &ActorRef<ShardMsg>, entity: EntityId, error: &str) {
+        let config = &self.runtime.config().entities;
+        let period = Duration::from_millis(config.restart_period_ms);
+        let restarts_max = config.restarts_max as usize;
+        let now = Instant::now();
+        let record = self.restarts.entry(entity.clone()).or_insert(Restarts {
+            times: Vec::new(),
+            held_back_until: None,
+        });
+        record
+            .times
+            .retain(|time| now.duration_since(*time) <= period);
+        record.times.push(now);
+        metrics::counter!(names::ENTITY_RESTARTS_TOTAL, "kind" => entity.kind.clone()).increment(1);
+        if record.times.len() > restarts_max {
+            tracing::error!(%entity, error, restarts = record.times.len(), period_ms = period.as_millis() as u64,
+                "entity keeps failing; holding it back for one restart period");
+            record.held_back_until = Some(now + period);
+            return;
+        }
+        tracing::warn!(%entity, error, "entity failed; restarting it from its journal");
+        if self.active.contains_key(&entity)
+            || self.runtime.view().owner(&entity.kind, &entity.key) != Some(self.runtime.node_id())
+        {
+            return;
+        }
+        // Restart eagerly so that work it had in progress resumes without waiting for a message.
+        if let Err(reason) = self.activate(myself, entity.clone()).await {
+            tracing::error!(%entity, reason, "restart failed");
+        }
+    }
+
+    fn passivate(&mut self, entity: &EntityId, reason: &'static str) {
+        if let Some(actor) = self.active.remove(entity) {
+            metrics::counter!(names::ENTITY_PASSIVATIONS_TOTAL, "kind" => entity.kind.clone(), "reason" => reason).increment(1);
+            let _ = actor.cast(EntityMsg::Stop);
+            self.update_count();
+        }
+    }
+
+    /// Passivates every entity this node no longer owns, so the new owner can rehydrate it.
+    fn hand_off(&mut self, view: &View) {
+        let me = self.runtime.node_id().to_string();
+        let moved: Vec<EntityId> = self
+            .active
+            .keys()
+            .filter(|entity| view.owner(&entity.kind, &entity.key) != Some(me.as_str()))
+            .cloned()
+            .collect();
+        if !moved.is_empty() {
+            tracing::info!(
+                count = moved.len(),
+                epoch = view.epoch,
+                "handing entities off after a membership change"
+            );
+        }
+        for entity in moved {
+            self.passivate(&entity, "handoff");
+        }
+    }
+
+    fn update_count(&self) {
+        self.active_count
+            .store(self.active.len(), Ordering::Relaxed);
+        metrics::gauge!(names::ENTITIES_ACTIVE).set(self.active.len() as f64);
+    }
+}
+
+fn respond(port: Option<ReplyPort>, outcome: AskOutcome) {
+    if let Some(port) = port {
+        let _ = port.send(Wire::new(outcome));
+    }
+}

@@ -1,0 +1,264 @@
+//! Session tokens: HS256 JWTs minted by `node token` and by login, verified by a warp filter
+//! that every authenticated route and the WebSocket upgrade share.
+//!
+//! Only HS256 is accepted (the header is checked, so `alg: none` and algorithm confusion are
+//! refused), the signature is compared in constant time, and `exp` is mandatory.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use warp::Filter;
+
+use crate::error::ApiError;
+
+/// Longest token accepted; anything longer is not ours.
+pub const TOKEN_BYTES_MAX: usize = 4096;
+
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+const ISSUER: &str = "actorhub";
+
+/// The claims of an ActorHub token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    pub iss: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// Why a token was refused. Deliberately coarse towards clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+}
+
+/// The secret, ready to sign and verify.
+pub struct TokenKeys {
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("TokenKeys(<redacted>)")
+    }
+}
+
+impl TokenKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            secret: secret.to_vec(),
+        }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts keys of any length")
+    }
+
+    /// A token for `user` valid for `ttl_s` seconds from `now_s` (unix seconds).
+    pub fn mint(&self, user: &str, now_s: u64, ttl_s: u64) -> String {
+        let claims = Claims {
+            sub: user.to_string(),
+            iss: ISSUER.to_string(),
+            iat: now_s,
+            exp: now_s + ttl_s,
+        };
+        let claims = serde_json::to_vec(&claims).expect("claims serialize");
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(HEADER),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    /// Checks signature, algorithm, issuer and expiry at `now_s`.
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Claims, TokenError> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed)?;
+        let header_value: serde_json::Value =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        if header_value.get("alg").and_then(|alg| alg.as_str()) != Some("HS256") {
+            return Err(TokenError::Malformed);
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(header.as_bytes());
+        mac.update(b".");
+        mac.update(claims.as_bytes());
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
+        let claims_json = URL_SAFE_NO_PAD
+            .decode(claims)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims =
+            serde_json::from_slice(&claims_json).map_err(|_| TokenError::Malformed)?;
+        if claims.iss != ISSUER {
+            return Err(TokenError::Malformed);
+        }
+        if claims.exp <= now_s {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Extracts the verified claims from `Authorization: Bearer <token>` or, for WebSocket
+/// upgrades that cannot set headers from a browser, from `?token=`. Refuses with 401.
+pub fn authenticated(
+    keys: std::sync::Arc<TokenKeys>,
+) -> impl Filter<Extract = (Claims,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and_then(move |header: Option<String>, query: String| {
+            let keys = keys.clone();
+            async move {
+                let from_query = token_from_query(&query);
+                let token = header
+                    .as_deref()
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .map(str::to_string)
+                    .or(from_query)
+                    .ok_or_else(|| {
+                        warp::reject::custom(ApiError::unauthorized(
+                            "missing token: send Authorization: Bearer <token>",
+                        ))
+                    })?;
+                keys.verify(&token, unix_now_s()).map_err(|error| {
+                    warp::reject::custom(ApiError::unauthorized(error.to_string()))
+                })
+            }
+        })
+}
+
+fn token_from_query(query: &str) -> Option<String> {
+    url_pairs(query)
+        .into_iter()
+        .find(|(key, _)| key == "token")
+        .map(|(_, value)| value)
+}
+
+/// Minimal `a=b&c=d` parsing with percent-decoding of the values we care about.
+fn url_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.to_string(), percent_decode(value)))
+        .collect()
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' if index + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[index + 1..index + 3])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        decoded.push(byte);
+                        index += 3;
+                    }
+                    None => {
+                        decoded.push(b'%');
+                        index += 1;
+                    }
+                }
+            }
+            b'+' => {
+                decoded.push(b' ');
+                index += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn minted_token_verifies() {
+        let keys = TokenKeys::new(b"a-secret-of-sixteen+");
+        let token = keys.mint("alice", NOW, 60);
+        let claims = keys.verify(&token, NOW + 1).expect("valid");
+        assert_eq!(claims.sub, "alice");
+        assert_eq!(claims.exp, NOW + 60);
+    }
+
+    #[test]
+    fn expired_forged_and_garbage_tokens_are_refused() {
+        let keys = TokenKeys::new(b"a-secret-of-sixteen+");
+        let token = keys.mint("alice", NOW, 60);
+        assert_eq!(keys.verify(&token, NOW + 60), Err(TokenError::Expired));
+        let other = TokenKeys::new(b"another-secret-16+");
+        assert_eq!(other.verify(&token, NOW), Err(TokenError::BadSignature));
+        let mut tampered = token.clone();
+        tampered.insert(token.find('.').expect("dot") + 2, 'x');
+        assert!(keys.verify(&tampered, NOW).is_err());
+        for garbage in ["", "a.b", "a.b.c.d", "!!!.???.###"] {
+            assert_eq!(
+                keys.verify(garbage, NOW),
+                Err(TokenError::Malformed),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let keys = TokenKeys::new(b"a-secret-of-sixteen+");
+        let token = keys.mint("alice", NOW, 60);
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        parts[0] = &none_header;
+        assert_eq!(
+            keys.verify(&parts.join("."), NOW),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn query_token_is_percent_decoded() {
+        assert_eq!(token_from_query("a=1&token=x%2Ey").as_deref(), Some("x.y"));
+        assert_eq!(token_from_query("a=1"), None);
+    }
+}

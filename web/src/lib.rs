@@ -1,0 +1,44 @@
+//! ActorHub's web layer: the HTTP API, health and readiness probes, `/metrics`, and the
+//! token filter every authenticated route shares. Only this crate depends on warp and only
+//! this crate chooses HTTP status codes.
+
+pub mod auth;
+pub mod error;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use runtime::Runtime;
+
+pub use routes::routes;
+
+/// What every route may need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub runtime: Runtime,
+    pub metrics: PrometheusHandle,
+    pub tokens: Arc<auth::TokenKeys>,
+}
+
+/// Serves the routes on `address` until `shutdown` resolves, then lets in-flight requests end.
+/// Fails at once (instead of panicking inside warp) when the address cannot be bound.
+pub async fn serve(
+    address: SocketAddr,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("cannot listen for HTTP on {address}: {error} (is the port in use?)"),
+            )
+        })?;
+    let server = warp::serve(routes(state))
+        .incoming(listener)
+        .graceful(shutdown);
+    Ok(tokio::spawn(server.run()))
+}
