@@ -359,7 +359,7 @@ impl ClusterConfig {
                     .into(),
             );
         }
-        if !(self.storage.url.starts_with("file://") || self.storage.url.starts_with("s3://")) {
+        if !(self.storage.url.starts_with("file:") || self.storage.url.starts_with("s3://")) {
             return fail(format!(
                 "`storage.url` = {:?}: use file:///dir, file:relative/dir or s3://bucket",
                 self.storage.url

@@ -13,7 +13,12 @@ use crate::error::{Result, RuntimeError};
 
 /// Opens the store that `[storage].url` names: a local directory (created if missing) or S3.
 pub fn open(section: &StorageSection) -> Result<Arc<dyn ObjectStore>> {
-    if let Some(directory) = section.url.strip_prefix("file://") {
+    // `file:///abs` or, relative to the working directory, `file:dir`.
+    let local = section
+        .url
+        .strip_prefix("file://")
+        .or_else(|| section.url.strip_prefix("file:"));
+    if let Some(directory) = local {
         std::fs::create_dir_all(directory).map_err(|error| {
             RuntimeError::Store(format!(
                 "cannot create the object store directory {directory}: {error}"

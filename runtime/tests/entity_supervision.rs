@@ -1,0 +1,152 @@
+//! Entity supervision inside one node: a panicking entity restarts alone and rehydrates from
+//! its journal, a retried command is answered once, and a crash-looping entity is held back
+//! while its neighbours keep serving.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use runtime::{Context, Entity, NodeBuilder, RuntimeError};
+use serde::{Deserialize, Serialize};
+
+/// Activations per key, shared with the test.
+type Activations = Arc<Mutex<HashMap<String, u32>>>;
+
+struct Fragile {
+    incarnation: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+enum FragileCommand {
+    Add(i64),
+    Get,
+    /// Panics in the first incarnation only: after a restart the retry succeeds.
+    AddButCrashFirst(i64),
+    CrashAlways,
+}
+
+impl Entity for Fragile {
+    const KIND: &'static str = "test.fragile";
+    type Command = FragileCommand;
+    type Reply = (i64, u32);
+    type Event = i64;
+    type State = i64;
+    type Deps = Activations;
+
+    fn activate(key: &str, activations: &Activations) -> Self {
+        let mut map = activations.lock().expect("lock");
+        let count = map.entry(key.to_string()).or_insert(0);
+        *count += 1;
+        Self {
+            incarnation: *count,
+        }
+    }
+
+    fn apply(state: &mut i64, _seq: u64, event: &i64) {
+        *state += event;
+    }
+
+    fn handle(
+        &mut self,
+        state: &i64,
+        command: FragileCommand,
+        context: &mut Context<'_, Self>,
+    ) -> (i64, u32) {
+        match command {
+            FragileCommand::Add(delta) => {
+                context.persist(delta);
+                (state + delta, self.incarnation)
+            }
+            FragileCommand::Get => (*state, self.incarnation),
+            FragileCommand::AddButCrashFirst(delta) => {
+                assert!(
+                    self.incarnation > 1,
+                    "deliberate crash in the first incarnation"
+                );
+                context.persist(delta);
+                (state + delta, self.incarnation)
+            }
+            FragileCommand::CrashAlways => panic!("deliberate crash, every time"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_entity_restarts_alone_and_crash_loops_are_held_back() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = common::single_node_config(
+        "sup1",
+        &directory.path().join("data"),
+        &directory.path().join("objects"),
+        "[entities]\nrestarts_max = 3\nrestart_period_ms = 60000\nask_timeout_ms = 3000\nattempt_timeout_ms = 500",
+    );
+    let activations: Activations = Arc::default();
+    let node = NodeBuilder::new(config, "sup1")
+        .expect("builder")
+        .register::<Fragile>(activations.clone())
+        .start()
+        .await
+        .expect("node starts");
+    let runtime = node.runtime();
+    let victim = runtime.entity::<Fragile>("victim");
+    let bystander = runtime.entity::<Fragile>("bystander");
+
+    assert_eq!(
+        victim.ask(FragileCommand::Add(5)).await.expect("add"),
+        (5, 1)
+    );
+    assert_eq!(
+        bystander.ask(FragileCommand::Add(7)).await.expect("add"),
+        (7, 1)
+    );
+
+    // The first incarnation panics on this command; the ask is retried with the same message
+    // id on the restarted entity, which rehydrated 5 from the journal and applies it once.
+    assert_eq!(
+        victim
+            .ask(FragileCommand::AddButCrashFirst(1))
+            .await
+            .expect("retried ask"),
+        (6, 2)
+    );
+    assert_eq!(victim.ask(FragileCommand::Get).await.expect("get"), (6, 2));
+    assert_eq!(
+        bystander.ask(FragileCommand::Get).await.expect("get"),
+        (7, 1),
+        "the bystander was not restarted"
+    );
+
+    // A command that always panics: restarted up to the limit, then held back.
+    let error = victim
+        .ask_with(FragileCommand::CrashAlways, Duration::from_secs(2), None)
+        .await
+        .expect_err("a command that always crashes cannot succeed");
+    assert!(matches!(error, RuntimeError::Timeout { .. }), "{error}");
+    assert!(
+        error.to_string().contains("held back"),
+        "the last error says why: {error}"
+    );
+    let held_back = victim
+        .ask_with(FragileCommand::Get, Duration::from_millis(300), None)
+        .await;
+    assert!(
+        held_back.is_err(),
+        "a crash-looping entity is held back, got {held_back:?}"
+    );
+    assert_eq!(
+        bystander
+            .ask(FragileCommand::Add(1))
+            .await
+            .expect("bystander still serves"),
+        (8, 1)
+    );
+    let counts = activations.lock().expect("lock").clone();
+    assert_eq!(counts.get("bystander"), Some(&1));
+    assert!(
+        counts.get("victim").is_some_and(|count| *count >= 4),
+        "{counts:?}"
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
