@@ -299,7 +299,7 @@ impl ClusterBuilder {
             .collect();
         Ok(TestCluster {
             dir,
-            temp_dir: temp_dir,
+            temp_dir,
             config_path,
             node_binary: self.node_binary,
             env: self.env,
@@ -992,15 +992,12 @@ fn reap_if_exited(process: &mut NodeProcess) {
     let Some(child) = process.child.as_mut() else {
         return;
     };
-    match child.try_wait() {
-        Ok(Some(status)) => {
-            process.last_exit = Some(status);
-            process.child = None;
-            process.paused = false;
-        }
-        // Still running; or `try_wait` failed, which for our own child only happens if it was
-        // reaped elsewhere: keep treating it as running so kill() still reports clearly.
-        Ok(None) | Err(_) => {}
+    // Still running, or `try_wait` failed (for our own child only if it was reaped elsewhere):
+    // keep treating it as running so kill() still reports clearly.
+    if let Ok(Some(status)) = child.try_wait() {
+        process.last_exit = Some(status);
+        process.child = None;
+        process.paused = false;
     }
 }
 

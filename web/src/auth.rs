@@ -24,6 +24,9 @@ const ISSUER: &str = "actorhub";
 pub struct Claims {
     /// The user id.
     pub sub: String,
+    /// Display name at login time (chat shows it); absent in tokens from `node token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub iss: String,
     pub iat: u64,
     pub exp: u64,
