@@ -67,8 +67,14 @@ impl TokenKeys {
 
     /// A token for `user` valid for `ttl_s` seconds from `now_s` (unix seconds).
     pub fn mint(&self, user: &str, now_s: u64, ttl_s: u64) -> String {
+        self.mint_named(user, None, now_s, ttl_s)
+    }
+
+    /// Like [`TokenKeys::mint`], carrying the user's display name.
+    pub fn mint_named(&self, user: &str, name: Option<&str>, now_s: u64, ttl_s: u64) -> String {
         let claims = Claims {
             sub: user.to_string(),
+            name: name.map(str::to_string),
             iss: ISSUER.to_string(),
             iat: now_s,
             exp: now_s + ttl_s,
