@@ -24,6 +24,8 @@ pub struct ClusterConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub web: WebSection,
+    #[serde(default)]
+    pub sessions: SessionsSection,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -123,6 +125,30 @@ pub struct WebSection {
     pub shutdown_timeout_ms: u64,
 }
 
+/// `[sessions]`: limits of each WebSocket connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSection {
+    /// Largest client frame handled; a larger one gets an error frame.
+    #[serde(default = "defaults::frame_bytes_max_client")]
+    pub frame_bytes_max: usize,
+    /// Client frames per second (token bucket, bursts of twice this).
+    #[serde(default = "defaults::messages_per_second")]
+    pub messages_per_second: u32,
+    /// Frames waiting to be written to one client; a client that lets it fill is disconnected.
+    #[serde(default = "defaults::outbound_queue_max")]
+    pub outbound_queue_max: usize,
+    /// A connection silent for this long (no frame, no pong) is closed.
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Longest chat message text, in bytes.
+    #[serde(default = "defaults::text_bytes_max")]
+    pub text_bytes_max: usize,
+    /// Open WebSocket connections per node.
+    #[serde(default = "defaults::connections_max")]
+    pub connections_max: usize,
+}
+
 /// One `[[node]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +206,24 @@ mod defaults {
     pub fn restart_period_ms() -> u64 {
         10_000
     }
+    pub fn frame_bytes_max_client() -> usize {
+        16 * 1024
+    }
+    pub fn messages_per_second() -> u32 {
+        50
+    }
+    pub fn outbound_queue_max() -> usize {
+        1024
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn text_bytes_max() -> usize {
+        4 * 1024
+    }
+    pub fn connections_max() -> usize {
+        20_000
+    }
     pub fn fsync() -> bool {
         true
     }
@@ -205,6 +249,19 @@ impl Default for EntitySection {
             snapshot_every_events: defaults::snapshot_every_events(),
             restarts_max: defaults::entity_restarts_max(),
             restart_period_ms: defaults::restart_period_ms(),
+        }
+    }
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self {
+            frame_bytes_max: defaults::frame_bytes_max_client(),
+            messages_per_second: defaults::messages_per_second(),
+            outbound_queue_max: defaults::outbound_queue_max(),
+            idle_timeout_ms: defaults::idle_timeout_ms(),
+            text_bytes_max: defaults::text_bytes_max(),
+            connections_max: defaults::connections_max(),
         }
     }
 }
