@@ -1,6 +1,15 @@
 //! ActorHub's application actors: chat rooms, user accounts, conversion jobs (entities) and
 //! the per-connection user sessions. Built on `runtime`; knows nothing of HTTP.
 
+pub mod directory;
+pub mod job;
+pub mod mailer;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod session;
+pub mod user;
+
 use runtime::NodeBuilder;
 
 /// What the application's entities need from the node (filled in by `node run`).
@@ -14,4 +23,10 @@ pub struct AppDeps {
 pub fn register(builder: NodeBuilder, deps: &AppDeps) -> NodeBuilder {
     let _ = deps;
     builder
+        .register::<room::Room>(())
+        .register::<directory::RoomDirectory>(())
+        .register::<user::User>(())
+        .register::<user::index::UserIndex>(())
+        .register::<job::Job>(job::JobDeps::default())
+        .register::<job::index::JobIndex>(())
 }

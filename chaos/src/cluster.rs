@@ -10,7 +10,13 @@
 //! - `data/<id>/` and `data/objects/`: node-local data and the shared object store.
 //!
 //! The directory is deleted when the [`TestCluster`] is dropped, unless the environment variable
-//! named by [`KEEP_DIRS_ENV`] is set. Dropping the cluster SIGKILLs every node still running.
+//! named by [`KEEP_DIRS_ENV`] is set or the builder was given a directory
+//! ([`ClusterBuilder::directory`]). Dropping the cluster SIGKILLs every node still running.
+//!
+//! By default every node listens on loopback and its binary is run directly. The chaos harness
+//! instead gives each node its own address and a command prefix ([`ClusterBuilder::placements`]),
+//! e.g. `ip netns exec <namespace>`, to run every node in its own network namespace. The prefix
+//! must `exec` the node, so that the spawned child's pid is the node's pid and signals reach it.
 //!
 //! Ports come from the kernel: [`free_loopback_ports`] binds `127.0.0.1:0` listeners, reads their
 //! ports and releases them, so parallel test processes do not collide. Between the release and the
@@ -134,6 +140,10 @@ pub fn free_loopback_ports(count: usize) -> io::Result<Vec<u16>> {
 pub struct ClusterBuilder {
     node_binary: PathBuf,
     node_count: usize,
+    /// Per-node addresses and launch prefixes; `None` means loopback ports and no prefix.
+    placements: Option<Vec<NodePlacement>>,
+    /// Where the cluster directory goes (kept after the cluster); `None` means a temporary one.
+    directory: Option<PathBuf>,
     /// Config values set by the test, by table; they replace the generated defaults.
     settings: toml::Table,
     extra_toml: String,
@@ -147,6 +157,8 @@ impl ClusterBuilder {
         Self {
             node_binary: node_binary.into(),
             node_count: 3,
+            placements: None,
+            directory: None,
             settings: toml::Table::new(),
             extra_toml: String::new(),
             env: Vec::new(),
@@ -164,6 +176,30 @@ impl ClusterBuilder {
             "a test cluster has 1 to {NODES_MAX} nodes, not {count}"
         );
         self.node_count = count;
+        self
+    }
+
+    /// One node per placement (ids `n1..nN` in order), each listening on the placement's
+    /// addresses and launched behind its command prefix, instead of loopback ports. Replaces the
+    /// count given to [`Self::nodes`].
+    ///
+    /// # Panics
+    /// If there are no placements or more than [`NODES_MAX`].
+    pub fn placements(mut self, placements: Vec<NodePlacement>) -> Self {
+        assert!(
+            (1..=NODES_MAX).contains(&placements.len()),
+            "a test cluster has 1 to {NODES_MAX} nodes, not {}",
+            placements.len()
+        );
+        self.node_count = placements.len();
+        self.placements = Some(placements);
+        self
+    }
+
+    /// Puts the cluster directory (config, logs, data) at `path`, created if missing, and keeps
+    /// it after the cluster is dropped: for a harness that reports where the logs are.
+    pub fn directory(mut self, path: impl Into<PathBuf>) -> Self {
+        self.directory = Some(path.into());
         self
     }
 
@@ -255,22 +291,26 @@ impl ClusterBuilder {
                 self.node_binary.display()
             );
         }
-        let temp_dir = tempfile::Builder::new()
-            .prefix("actorhub-cluster-")
-            .tempdir()
-            .context("creating the cluster directory")?;
-        let (dir, temp_dir) = if std::env::var_os(KEEP_DIRS_ENV).is_some() {
-            let dir = temp_dir.keep();
-            eprintln!(
-                "chaos: keeping cluster directory {} ({KEEP_DIRS_ENV} is set)",
-                dir.display()
-            );
-            (dir, None)
+        let (dir, temp_dir) = if let Some(dir) = &self.directory {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the cluster directory {}", dir.display()))?;
+            (dir.clone(), None)
         } else {
-            (temp_dir.path().to_path_buf(), Some(temp_dir))
+            Self::temporary_directory()?
         };
-
-        let addresses = node_addresses(self.node_count).context("allocating loopback ports")?;
+        let addresses = match &self.placements {
+            Some(placements) => placements
+                .iter()
+                .enumerate()
+                .map(|(index, placement)| NodeAddresses {
+                    id: format!("n{}", index + 1),
+                    cluster_addr: placement.cluster_addr,
+                    http_addr: placement.http_addr,
+                    command_prefix: placement.command_prefix.clone(),
+                })
+                .collect(),
+            None => node_addresses(self.node_count).context("allocating loopback ports")?,
+        };
         let config_path = dir.join("cluster.toml");
         let config_text = self.render_config(&addresses)?;
         std::fs::write(&config_path, config_text)
@@ -294,6 +334,7 @@ impl ClusterBuilder {
                 id: address.id,
                 cluster_addr: address.cluster_addr,
                 http_addr: address.http_addr,
+                command_prefix: address.command_prefix,
                 process: Mutex::new(NodeProcess::default()),
             })
             .collect();
@@ -305,6 +346,25 @@ impl ClusterBuilder {
             env: self.env,
             nodes,
             http,
+        })
+    }
+
+    /// A fresh temporary cluster directory, kept (and `None` returned for the guard) when
+    /// [`KEEP_DIRS_ENV`] is set.
+    fn temporary_directory() -> anyhow::Result<(PathBuf, Option<TempDir>)> {
+        let temp_dir = tempfile::Builder::new()
+            .prefix("actorhub-cluster-")
+            .tempdir()
+            .context("creating the cluster directory")?;
+        Ok(if std::env::var_os(KEEP_DIRS_ENV).is_some() {
+            let dir = temp_dir.keep();
+            eprintln!(
+                "chaos: keeping cluster directory {} ({KEEP_DIRS_ENV} is set)",
+                dir.display()
+            );
+            (dir, None)
+        } else {
+            (temp_dir.path().to_path_buf(), Some(temp_dir))
         })
     }
 
@@ -372,12 +432,25 @@ fn table<const N: usize>(entries: [(&str, toml::Value); N]) -> toml::Value {
     )
 }
 
-/// One node's id and ports, before it runs.
+/// Where one node listens and how it is launched; see [`ClusterBuilder::placements`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// The node's `cluster_addr` (it also binds this IP).
+    pub cluster_addr: SocketAddr,
+    /// The node's `http_addr`.
+    pub http_addr: SocketAddr,
+    /// Program and arguments put before the node binary, e.g. `["ip", "netns", "exec", "ns1"]`.
+    /// It must `exec` the node (not fork it), so that signals to the child reach the node.
+    pub command_prefix: Vec<String>,
+}
+
+/// One node's id, addresses and launch prefix, before it runs.
 #[derive(Debug, Clone)]
 struct NodeAddresses {
     id: String,
     cluster_addr: SocketAddr,
     http_addr: SocketAddr,
+    command_prefix: Vec<String>,
 }
 
 /// Ids `n1..nN` with two fresh loopback ports each, all allocated at once so they are distinct.
@@ -390,6 +463,7 @@ fn node_addresses(count: usize) -> io::Result<Vec<NodeAddresses>> {
             id: format!("n{}", index + 1),
             cluster_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, pair[0])),
             http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, pair[1])),
+            command_prefix: Vec::new(),
         })
         .collect())
 }
@@ -416,6 +490,8 @@ struct TestNode {
     id: String,
     cluster_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// Put before the node binary when spawning (empty: the binary is run directly).
+    command_prefix: Vec<String>,
     log_path: PathBuf,
     /// The node's current process. Locked only for non-blocking calls (signals, `try_wait`,
     /// spawning), never across an `.await`, so every `TestCluster` method can take `&self`.
@@ -489,7 +565,8 @@ impl TestCluster {
             .collect()
     }
 
-    /// `http://127.0.0.1:PORT` of node `id` (no trailing slash).
+    /// `http://IP:PORT` of node `id` (no trailing slash); `IP` is loopback unless the builder was
+    /// given placements.
     ///
     /// # Panics
     /// If there is no node `id`.
@@ -874,7 +951,14 @@ impl TestCluster {
         .with_context(|| format!("writing {}", node.log_path.display()))?;
         let stderr_log = log.try_clone().context("duplicating the log file handle")?;
 
-        let mut command = Command::new(&self.node_binary);
+        let mut command = match node.command_prefix.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(&self.node_binary);
+                command
+            }
+            None => Command::new(&self.node_binary),
+        };
         command
             .arg("run")
             .arg("--config")
@@ -1306,6 +1390,55 @@ mod tests {
         assert!(log.contains("--id n1"), "{log}");
         // n2 is still running and paused here: drop must continue and kill it.
         cluster.pause("n2");
+    }
+
+    #[tokio::test]
+    async fn placements_set_addresses_and_prefix_the_command() {
+        let scripts = tempfile::tempdir().expect("tempdir");
+        let binary = fake_binary(
+            scripts.path(),
+            "echo \"prefixed=$CHAOS_PREFIXED args: $*\"; exec sleep 60",
+        );
+        let placement = |port: u16| NodePlacement {
+            cluster_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            http_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port + 1)),
+            // `env` execs its command, as `ip netns exec` does.
+            command_prefix: vec!["env".into(), "CHAOS_PREFIXED=yes".into()],
+        };
+        let directory = scripts.path().join("cluster");
+        let cluster = ClusterBuilder::new(binary)
+            .nodes(5)
+            .placements(vec![placement(40_001), placement(40_011)])
+            .directory(&directory)
+            .start_without_waiting()
+            .await
+            .expect("spawn");
+        assert_eq!(cluster.node_ids(), ["n1", "n2"]);
+        assert_eq!(cluster.http_url("n2"), "http://127.0.0.1:40012");
+        assert_eq!(cluster.dir(), directory);
+        let config = parse(&std::fs::read_to_string(cluster.config_path()).expect("config"));
+        assert_eq!(config.nodes[1].cluster_addr, placement(40_011).cluster_addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.log_tail("n2", 10).contains("args:") {
+            assert!(
+                Instant::now() < deadline,
+                "the fake node never wrote its arguments"
+            );
+            sleep(POLL_INTERVAL).await;
+        }
+        assert!(
+            cluster
+                .log_tail("n2", 10)
+                .contains("prefixed=yes args: run --config")
+        );
+        // The prefix execs the node, so the child is the node and SIGSTOP reaches it.
+        cluster.pause("n2");
+        cluster.kill("n2");
+        drop(cluster);
+        assert!(
+            directory.join("n1.log").is_file(),
+            "a given directory is kept"
+        );
     }
 
     #[tokio::test]

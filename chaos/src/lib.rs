@@ -1,9 +1,30 @@
-//! ActorHub's fault-injection harness and invariant checkers; also the shared real-process cluster test builder.
+//! ActorHub's fault-injection harness and invariant checkers; also the shared real-process
+//! cluster test builder.
 //!
 //! Nothing in the production crates depends on this crate: it is a dev-dependency of the
-//! crates whose integration tests need a real cluster, and (later) the `chaos` binary.
+//! crates whose integration tests need a real cluster, and the `chaos` binary.
 //!
-//! - [`cluster`]: [`cluster::ClusterBuilder`] starts real `node run` processes on loopback and
-//!   [`cluster::TestCluster`] observes them and injects process faults (kill, pause, terminate).
+//! - [`cluster`]: [`cluster::ClusterBuilder`] starts real `node run` processes (on loopback, or
+//!   at given addresses behind a launch prefix) and [`cluster::TestCluster`] observes them and
+//!   injects process faults (kill, pause, terminate).
+//! - [`client`]: a real WebSocket chat client speaking the protocol, for tests and workloads.
+//! - The harness: [`scenario`] (what to run), [`schedule`] (the seeded faults), [`netns`]
+//!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the clients),
+//!   [`faults`] (injection and failover measurements), [`scrape`] (counters from `/metrics`),
+//!   [`records`] (what was observed), [`checker`] (the invariants), [`report`] and
+//!   [`timeline`] (the outputs), [`run`] (one run end to end).
 
+pub mod checker;
+pub mod client;
 pub mod cluster;
+pub mod faults;
+pub mod jobs;
+pub mod netns;
+pub mod records;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod schedule;
+pub mod scrape;
+pub mod timeline;
+pub mod workload;

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
+use ractor::{Actor, ActorCell};
 use runtime::NodeBuilder;
 use runtime::config::ClusterConfig;
+use runtime::supervisor::{ChildSpec, Restart, Strategy, SupervisorActor, SupervisorSpec};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// How often the Prometheus recorder folds histograms (required with `install_recorder`).
@@ -29,6 +31,25 @@ pub fn init_tracing() {
     }
 }
 
+/// The supervisor of this node's WebSocket sessions: one-for-one, sessions are temporary
+/// (a crashed session closes its connection; the client reconnects).
+fn sessions_supervisor(node_id: &str) -> ChildSpec {
+    let name = web::ws::sessions_supervisor_name(node_id);
+    ChildSpec::new(
+        name.clone(),
+        Restart::Permanent,
+        move |parent: ActorCell| {
+            let name = name.clone();
+            async move {
+                let spec = SupervisorSpec::new(Strategy::OneForOne, Vec::new());
+                let (actor, _) =
+                    Actor::spawn_linked(Some(name), SupervisorActor, spec, parent).await?;
+                Ok(actor.get_cell())
+            }
+        },
+    )
+}
+
 pub fn run(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,6 +64,8 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     runtime::metrics::describe();
+    actors::metrics::describe();
+    actors::job::metrics::describe();
     let upkeep = metrics.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
@@ -59,14 +82,29 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
             "`web.jwt_secret` is not set; set it in the config or in ACTORHUB_JWT_SECRET",
         )?;
 
-    let mut node = NodeBuilder::new(config, node_id)?
-        .start()
+    let mailer = actors::mailer::from_config(&config.users, &config.node_data_dir(node_id))
+        .context("cannot set up the mailer of `[users]`")?;
+    let deps = actors::AppDeps {
+        node_id: node_id.to_string(),
+    };
+    let builder = actors::register(NodeBuilder::new(config, node_id)?, &deps);
+    let mut node = builder.start().await.context("cannot start the node")?;
+    node.start_child(sessions_supervisor(node_id))
         .await
-        .context("cannot start the node")?;
+        .context("cannot start the sessions supervisor")?;
+    node.start_child(actors::job::reviver::child_spec(node.runtime()))
+        .await
+        .context("cannot start the job reviver")?;
     let state = web::AppState {
         runtime: node.runtime(),
         metrics,
         tokens: Arc::new(web::auth::TokenKeys::new(secret.as_bytes())),
+        connections: Arc::default(),
+        accounts: actors::user::service::Accounts::new(
+            node.runtime(),
+            mailer,
+            format!("http://{http_addr}"),
+        ),
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = web::serve(http_addr, state, async move {

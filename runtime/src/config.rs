@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     pub web: WebSection,
     #[serde(default)]
     pub sessions: SessionsSection,
+    #[serde(default)]
+    pub users: UsersSection,
+    #[serde(default)]
+    pub jobs: JobsSection,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -147,6 +151,178 @@ pub struct SessionsSection {
     /// Open WebSocket connections per node.
     #[serde(default = "defaults::connections_max")]
     pub connections_max: usize,
+}
+
+/// `[users]`: accounts: password hashing, verification mail, login limits, profile photos.
+/// Every node must use the same values (they decide what the user entities accept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersSection {
+    /// argon2id memory cost; the default is OWASP's 19 MiB (with 2 iterations, 1 lane).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// Lifetime of a verification link.
+    pub verification_ttl_s: u64,
+    /// Least time between two verification mails of one account.
+    pub resend_interval_s: u64,
+    /// Failed logins of one account within `login_failure_window_s` before it is locked.
+    pub login_failures_max: u32,
+    pub login_failure_window_s: u64,
+    /// Largest profile photo upload.
+    pub photo_bytes_max: u64,
+    /// Stored photos fit in a square of this many pixels.
+    pub photo_dimension_max: u32,
+    /// Base of activation links (`https://hub.example.com`); the node's own HTTP address if unset.
+    pub public_url: Option<String>,
+    /// `From:` of the mails sent.
+    pub mail_from: String,
+    /// `outbox` (`.eml` files under `<node data dir>/outbox/`) or `smtp`.
+    pub mailer: MailerKind,
+    pub smtp_host: Option<String>,
+    /// Defaults to 465 for `tls`, 587 for `starttls`, 25 for `none`.
+    pub smtp_port: Option<u16>,
+    pub smtp_tls: SmtpTls,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+}
+
+impl Default for UsersSection {
+    fn default() -> Self {
+        Self {
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            verification_ttl_s: 24 * 3600,
+            resend_interval_s: 60,
+            login_failures_max: 5,
+            login_failure_window_s: 15 * 60,
+            photo_bytes_max: 5 * 1024 * 1024,
+            photo_dimension_max: 512,
+            public_url: None,
+            mail_from: "ActorHub <noreply@actorhub.localhost>".into(),
+            mailer: MailerKind::Outbox,
+            smtp_host: None,
+            smtp_port: None,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_username: None,
+            smtp_password: None,
+        }
+    }
+}
+
+impl UsersSection {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=16).contains(&self.argon2_parallelism)
+            || !(1..=16).contains(&self.argon2_iterations)
+        {
+            return Err("`users.argon2_iterations` and `users.argon2_parallelism`: 1 to 16".into());
+        }
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism
+            || self.argon2_memory_kib > 1024 * 1024
+        {
+            return Err("`users.argon2_memory_kib`: 8 × parallelism to 1 GiB".into());
+        }
+        if self.verification_ttl_s == 0 || self.login_failures_max == 0 {
+            return Err(
+                "`users.verification_ttl_s` and `users.login_failures_max`: above 0".into(),
+            );
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.photo_bytes_max)
+            || !(16..=4096).contains(&self.photo_dimension_max)
+        {
+            return Err("`users.photo_bytes_max` (1 KiB-64 MiB) or `users.photo_dimension_max` (16-4096) out of range".into());
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(format!(
+                "`users.public_url` = {url:?}: must start with http:// or https://"
+            ));
+        }
+        if self.mailer == MailerKind::Smtp && self.smtp_host.is_none() {
+            return Err("`users.smtp_host`: required when `users.mailer` = \"smtp\"".into());
+        }
+        Ok(())
+    }
+}
+
+/// `[jobs]`: file conversions: the worker pool of each node and the limits of every job.
+/// Every node must use the same values (they decide what a job's owner accepts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Conversions running at once on one node (threads of its worker pool).
+    pub workers: usize,
+    /// Jobs accepted and not finished on one node (waiting + running); beyond it new uploads
+    /// get 429 `queue_full`.
+    pub queue_max: usize,
+    /// Jobs of one user not finished at once, cluster-wide; beyond it 429 `too_many_jobs`.
+    pub per_user_max: usize,
+    /// Largest upload; 413 beyond it, and nothing is kept.
+    pub input_bytes_max: u64,
+    /// Largest converted file; a conversion producing more fails.
+    pub output_bytes_max: u64,
+    /// A conversion running longer fails with a timeout.
+    pub timeout_ms: u64,
+    /// How often each node re-checks the unfinished jobs it owns (besides membership changes).
+    pub revive_interval_ms: u64,
+    /// Enables the `slow` and `panic` targets used by the failover and fault tests. Never in
+    /// production.
+    pub test_converters: bool,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            queue_max: 64,
+            per_user_max: 8,
+            input_bytes_max: 32 * 1024 * 1024,
+            output_bytes_max: 64 * 1024 * 1024,
+            timeout_ms: 120_000,
+            revive_interval_ms: 30_000,
+            test_converters: false,
+        }
+    }
+}
+
+impl JobsSection {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=256).contains(&self.workers) || self.queue_max == 0 || self.per_user_max == 0 {
+            return Err(
+                "`jobs.workers` (1-256), `jobs.queue_max` and `jobs.per_user_max`: above 0".into(),
+            );
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.input_bytes_max)
+            || !(1024..=1024 * 1024 * 1024).contains(&self.output_bytes_max)
+        {
+            return Err(
+                "`jobs.input_bytes_max` and `jobs.output_bytes_max`: 1 KiB to 1 GiB".into(),
+            );
+        }
+        if self.timeout_ms < 100 || self.revive_interval_ms < 100 {
+            return Err("`jobs.timeout_ms` and `jobs.revive_interval_ms`: at least 100".into());
+        }
+        Ok(())
+    }
+}
+
+/// How `[users]` sends mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailerKind {
+    Outbox,
+    Smtp,
+}
+
+/// SMTP transport security: implicit TLS, STARTTLS (required), or plain text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Tls,
+    Starttls,
+    None,
 }
 
 /// One `[[node]]` entry.
@@ -427,6 +603,8 @@ impl ClusterConfig {
         {
             return fail("`web.jwt_secret`: use at least 16 characters".into());
         }
+        self.users.validate().map_err(RuntimeError::Config)?;
+        self.jobs.validate().map_err(RuntimeError::Config)?;
         Ok(())
     }
 
@@ -539,6 +717,23 @@ mod tests {
         let config =
             ClusterConfig::from_toml(&text, "t", overrides).expect("valid with env cookie");
         assert_eq!(config.cookie(), "from-env");
+    }
+
+    #[test]
+    fn users_section_has_defaults_and_named_errors() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.users.argon2_memory_kib, 19 * 1024);
+        assert_eq!(config.users.mailer, MailerKind::Outbox);
+        let smtp = format!("{GOOD}\n[users]\nmailer = \"smtp\"\n");
+        assert!(
+            error_of(&smtp).contains("users.smtp_host"),
+            "{}",
+            error_of(&smtp)
+        );
+        let weak = format!("{GOOD}\n[users]\nargon2_memory_kib = 4\n");
+        assert!(error_of(&weak).contains("users.argon2_memory_kib"));
+        let unknown = format!("{GOOD}\n[users]\nargon2_memory = 4\n");
+        assert!(error_of(&unknown).contains("argon2_memory"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use ractor_cluster::RactorClusterMessage;
 use crate::codec::Wire;
 use crate::entity::{AskOutcome, Envelope};
 use crate::metrics as names;
+use crate::pubsub::Publication;
 use crate::runtime::Runtime;
 use crate::shards::{Delivery, ShardMsg};
 
@@ -21,6 +22,8 @@ pub enum HostMsg {
     Tell(Wire<Envelope>),
     #[rpc]
     Ask(Wire<Envelope>, ractor::RpcReplyPort<Wire<AskOutcome>>),
+    /// A pub/sub publication for this node's local subscribers.
+    Publish(Wire<Publication>),
 }
 
 /// pg group of a node's host.
@@ -53,6 +56,20 @@ impl Actor for HostActor {
         let (wire, reply) = match message {
             HostMsg::Tell(wire) => (wire, None),
             HostMsg::Ask(wire, reply) => (wire, Some(reply)),
+            HostMsg::Publish(wire) => {
+                match wire.into_inner() {
+                    Ok(publication) => {
+                        runtime
+                            .pubsub()
+                            .publish_local(&std::sync::Arc::new(publication));
+                    }
+                    Err(error) => {
+                        metrics::counter!(names::WIRE_DECODE_ERRORS_TOTAL, "message" => "publication").increment(1);
+                        tracing::warn!(%error, "dropped an undecodable publication from a peer");
+                    }
+                }
+                return Ok(());
+            }
         };
         let envelope = match wire.into_inner() {
             Ok(envelope) => envelope,

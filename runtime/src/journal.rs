@@ -76,7 +76,18 @@ pub struct Loaded {
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
     writer: String,
+    cache: Option<SegmentCache>,
 }
+
+/// Node-local copies of journal segments (immutable once written, so never stale), in sled.
+#[derive(Clone)]
+struct SegmentCache {
+    tree: sled::Tree,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Bytes of cached segments after which the cache is emptied and refilled.
+pub const SEGMENT_CACHE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,7 +104,25 @@ impl Journal {
         Self {
             store,
             writer: writer.into(),
+            cache: None,
         }
+    }
+
+    /// Keeps read segments in `tree` (node-local), so rehydrating an entity again reads the
+    /// shared store only for segments this node has not seen. The tree must belong to this
+    /// store: see [`crate::node`], which empties it when the store's identity changes.
+    pub fn with_segment_cache(mut self, tree: sled::Tree) -> Self {
+        let bytes = tree
+            .iter()
+            .values()
+            .flatten()
+            .map(|value| value.len() as u64)
+            .sum();
+        self.cache = Some(SegmentCache {
+            tree,
+            bytes: Arc::new(std::sync::atomic::AtomicU64::new(bytes)),
+        });
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -233,7 +262,7 @@ impl Journal {
 
     async fn read_segment(&self, entity: &EntityId, first_seq: u64) -> Result<Option<Segment>> {
         let path = segment_path(entity, first_seq);
-        let Some(bytes) = self.get(&path).await? else {
+        let Some(bytes) = self.get_segment_bytes(&path).await? else {
             return Ok(None);
         };
         let segment: Segment = codec::decode(&bytes, "journal segment")?;
@@ -271,6 +300,32 @@ impl Journal {
             })
             .try_collect()
             .await
+    }
+
+    async fn get_segment_bytes(&self, path: &Path) -> Result<Option<Bytes>> {
+        let Some(cache) = &self.cache else {
+            return self.get(path).await;
+        };
+        if let Ok(Some(bytes)) = cache.tree.get(path.as_ref()) {
+            return Ok(Some(Bytes::copy_from_slice(&bytes)));
+        }
+        let fetched = self.get(path).await?;
+        if let Some(bytes) = &fetched {
+            let total = cache
+                .bytes
+                .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if total > SEGMENT_CACHE_BYTES_MAX {
+                // Crude but bounded: start over rather than track recency.
+                let _ = cache.tree.clear();
+                cache
+                    .bytes
+                    .store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Err(error) = cache.tree.insert(path.as_ref(), bytes.as_ref()) {
+                tracing::debug!(%error, "could not cache a journal segment");
+            }
+        }
+        Ok(fetched)
     }
 
     async fn get(&self, path: &Path) -> Result<Option<Bytes>> {
@@ -414,6 +469,29 @@ mod tests {
             journal.snapshot_seqs(&entity).await.expect("list").len(),
             SNAPSHOTS_KEPT
         );
+    }
+
+    #[tokio::test]
+    async fn cached_segments_are_served_without_the_store() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let directory = tempfile::tempdir().expect("tempdir");
+        let tree = sled::open(directory.path())
+            .expect("sled")
+            .open_tree("segments")
+            .expect("tree");
+        let journal = Journal::new(store.clone(), "t").with_segment_cache(tree);
+        let entity = EntityId::new("room", "cached");
+        journal
+            .append(&entity, 1, vec![record(1, &["a"])])
+            .await
+            .expect("append");
+        assert_eq!(journal.load(&entity).await.expect("load").head, 1);
+        // The segment is gone from the store, yet a reload finds it in the node-local cache.
+        store
+            .delete(&segment_path(&entity, 1))
+            .await
+            .expect("delete");
+        assert_eq!(journal.load(&entity).await.expect("load").head, 1);
     }
 
     #[test]

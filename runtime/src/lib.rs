@@ -18,6 +18,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod pubsub;
 mod runtime;
 pub mod shards;
 pub mod storage;

@@ -58,6 +58,24 @@ impl LocalStore {
         Ok(u64::from_be_bytes(array))
     }
 
+    /// The journal segment cache, emptied first if it was filled from another store (the
+    /// store's identity is a random id kept in the store itself, see [`crate::storage`]).
+    pub fn segment_cache(&self, store_id: &str) -> Result<sled::Tree> {
+        let tree = self.tree("journal-segments")?;
+        let known = self
+            .db
+            .get(b"segment-cache-store")
+            .map_err(|error| RuntimeError::LocalStore(error.to_string()))?;
+        if known.as_deref() != Some(store_id.as_bytes()) {
+            tree.clear()
+                .map_err(|error| RuntimeError::LocalStore(error.to_string()))?;
+            self.db
+                .insert(b"segment-cache-store", store_id.as_bytes())
+                .map_err(|error| RuntimeError::LocalStore(error.to_string()))?;
+        }
+        Ok(tree)
+    }
+
     /// A named tree for other node-local data (caches).
     pub fn tree(&self, name: &str) -> Result<sled::Tree> {
         self.db

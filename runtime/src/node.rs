@@ -85,7 +85,9 @@ impl NodeBuilder {
         let local_store = LocalStore::open(&data_dir.join("node.sled"))?;
         let incarnation = local_store.next_incarnation()?;
         let store = crate::storage::open(&config.storage)?;
-        let journal = Journal::new(store, format!("{}/{}", me.id, incarnation));
+        let segment_cache = local_store.segment_cache(&crate::storage::store_id(&store).await?)?;
+        let journal = Journal::new(store, format!("{}/{}", me.id, incarnation))
+            .with_segment_cache(segment_cache);
 
         let listen_ip = me.listen_ip.unwrap_or(me.cluster_addr.ip());
         check_port_free(std::net::SocketAddr::new(listen_ip, me.cluster_addr.port()))?;

@@ -16,6 +16,7 @@ use crate::id::{MsgId, MsgIdGenerator};
 use crate::journal::Journal;
 use crate::local_store::LocalStore;
 use crate::membership::{MembershipEvent, View};
+use crate::pubsub::{PubSub, Publication};
 use crate::shards::ShardMsg;
 
 #[derive(Clone)]
@@ -34,6 +35,7 @@ struct RuntimeInner {
     local_store: LocalStore,
     active_entities: Arc<AtomicUsize>,
     shards_name: String,
+    pubsub: PubSub,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -77,6 +79,7 @@ impl Runtime {
                 local_store: parts.local_store,
                 active_entities: parts.active_entities,
                 shards_name,
+                pubsub: PubSub::default(),
             }),
         }
     }
@@ -127,6 +130,41 @@ impl Runtime {
 
     pub fn active_entities(&self) -> usize {
         self.inner.active_entities.load(Ordering::Relaxed)
+    }
+
+    /// This node's pub/sub registry (subscribe here; publish with [`Runtime::publish`]).
+    pub fn pubsub(&self) -> &PubSub {
+        &self.inner.pubsub
+    }
+
+    /// Publishes on `topic` to the local subscribers of each of `nodes`: one message per remote
+    /// node, however many subscribers it has. Nodes that are down or unreachable are skipped
+    /// (at most once: subscribers recover what they missed from the journal).
+    pub fn publish<'a>(
+        &self,
+        nodes: impl IntoIterator<Item = &'a str>,
+        topic: &str,
+        payload: Vec<u8>,
+    ) {
+        let publication = Arc::new(Publication {
+            topic: topic.to_string(),
+            payload,
+        });
+        for node in nodes {
+            if node == self.node_id() {
+                self.inner.pubsub.publish_local(&publication);
+            } else if let Ok(host) = self.peer_host(node) {
+                let _ = host.cast(HostMsg::Publish(crate::codec::Wire::new(
+                    (*publication).clone(),
+                )));
+            }
+        }
+    }
+
+    /// Publishes on `topic` to every node that is up.
+    pub fn publish_everywhere(&self, topic: &str, payload: Vec<u8>) {
+        let view = self.view();
+        self.publish(view.up_members(), topic, payload);
     }
 
     pub fn next_msg_id(&self) -> MsgId {

@@ -114,6 +114,9 @@ impl Kinds {
     }
 }
 
+/// How long a stopping node waits for its entities to drain their mailboxes.
+pub const ENTITY_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub struct ShardsArgs {
     pub runtime: Runtime,
     pub kinds: Kinds,
@@ -173,15 +176,20 @@ impl Actor for ShardsActor {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<ShardMsg>,
+        myself: ActorRef<ShardMsg>,
         state: &mut ShardsState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(forwarder) = state.view_forwarder.take() {
             forwarder.abort();
         }
-        for entity in state.active.values() {
-            let _ = entity.cast(EntityMsg::Stop);
-        }
+        // Graceful: every entity handles what is already in its mailbox, then stops; callers
+        // of anything later retry elsewhere with the same message id.
+        let entities = state.active.len();
+        myself
+            .get_cell()
+            .drain_children_and_wait(Some(ENTITY_DRAIN_TIMEOUT))
+            .await;
+        tracing::info!(entities, "entities passivated");
         Ok(())
     }
 

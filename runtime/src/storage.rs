@@ -60,3 +60,28 @@ pub fn open(section: &StorageSection) -> Result<Arc<dyn ObjectStore>> {
         section.url
     )))
 }
+
+/// The store's identity: a random id created once in the store itself. Node-local caches of
+/// the store's content are valid only for the store that has this id.
+pub async fn store_id(store: &Arc<dyn ObjectStore>) -> Result<String> {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let path = object_store::path::Path::from("meta/store-id");
+    let fresh = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let payload = PutPayload::from(fresh.clone().into_bytes());
+    match store
+        .put_opts(&path, payload, PutOptions::from(PutMode::Create))
+        .await
+    {
+        Ok(_) => return Ok(fresh),
+        Err(object_store::Error::AlreadyExists { .. }) => {}
+        Err(error) => return Err(RuntimeError::Store(format!("cannot write {path}: {error}"))),
+    }
+    let bytes = store
+        .get(&path)
+        .await
+        .map_err(|error| RuntimeError::Store(format!("cannot read {path}: {error}")))?
+        .bytes()
+        .await
+        .map_err(|error| RuntimeError::Store(format!("cannot read {path}: {error}")))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}

@@ -4,7 +4,11 @@
 
 pub mod auth;
 pub mod error;
+mod jobs;
+mod rooms;
 mod routes;
+pub mod users;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +24,10 @@ pub struct AppState {
     pub runtime: Runtime,
     pub metrics: PrometheusHandle,
     pub tokens: Arc<auth::TokenKeys>,
+    /// Open WebSocket connections of this node.
+    pub connections: Arc<ws::Connections>,
+    /// Account flows (sign-up, login, profile); see `users`.
+    pub accounts: actors::user::service::Accounts,
 }
 
 /// Serves the routes on `address` until `shutdown` resolves, then lets in-flight requests end.

@@ -1,0 +1,728 @@
+//! The conversion job entity (`job`, keyed by a random job id): queued → running → done |
+//! failed, journaled, with its files in the object store (see `store`).
+//!
+//! The web layer streams the upload to `jobs/<id>/input`, marks the job unfinished
+//! (`jobs/active/<id>`) and sends `Submit`. The entity journals it and starts a worker on its
+//! node's pool (`pool`); the worker waits for a thread, asks `Running` (journaled: the run now
+//! belongs to this node), converts while telling `Progress`, writes the output create-only and
+//! asks `Finish`. Every state change is pushed, once durable, as a `job` frame to the owner's
+//! WebSocket sessions on every node (pub/sub topic `user:<owner>`); progress steps are pushed
+//! as they come and kept in memory only.
+//!
+//! Failover: when the node running a job dies, the job's new owner is woken by its node's
+//! reviver (`reviver`: it scans the markers on every membership change) and `on_ready` starts a
+//! new run from the input. The final state is reached once: `Finish` is ignored by a job that
+//! already finished, whichever run sends it. The output is written once: a second run finds the
+//! first run's output in place and adopts it. After the final state the user's job index is told
+//! (which frees the user's slot), `Released` is journaled and the marker is deleted.
+//!
+//! **Architecture Invariant:** an accepted job ends done or failed exactly once, and a done
+//! job's output object exists exactly once, whatever nodes die meanwhile.
+
+pub mod convert;
+pub mod format;
+pub mod index;
+pub mod metrics;
+pub mod pool;
+pub mod reviver;
+pub mod store;
+mod worker;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use runtime::config::ClusterConfig;
+use runtime::{Context, Entity, Runtime};
+use serde::{Deserialize, Serialize};
+
+use self::convert::{Options, Target};
+use self::format::Format;
+use self::index::{IndexCommand, JobIndex};
+use self::metrics as names;
+use self::pool::WorkerPool;
+use crate::session::user_topic;
+
+/// How long the clean-up after a final state may keep asking the user's job index.
+const RELEASE_ASK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a deletion waits for this node's worker of the job to stop before deleting files.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Longest file name kept from an upload (in characters).
+pub const FILE_NAME_CHARS_MAX: usize = 200;
+
+/// What the node hands every job: its conversion pool, created on first use from `[jobs]`.
+#[derive(Clone, Debug, Default)]
+pub struct JobDeps {
+    pool: Arc<OnceLock<WorkerPool>>,
+}
+
+impl JobDeps {
+    pub fn pool(&self, config: &ClusterConfig) -> &WorkerPool {
+        self.pool.get_or_init(|| WorkerPool::new(&config.jobs))
+    }
+}
+
+/// What was submitted. Immutable for the job's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobInfo {
+    /// The user id of the owner; only they see the job.
+    pub owner: String,
+    /// The upload's file name, as the client gave it (display and output name only).
+    pub input_name: String,
+    /// What the upload really is (sniffed from its bytes).
+    pub input_format: Format,
+    pub input_bytes: u64,
+    pub target: Target,
+    pub options: Options,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    #[default]
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Queued => "queued",
+            Phase::Running => "running",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Done | Phase::Failed)
+    }
+}
+
+/// The converted file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputInfo {
+    /// Object store path.
+    pub path: String,
+    pub bytes: u64,
+    pub format: Format,
+    /// The name offered for download.
+    pub file_name: String,
+}
+
+/// Durable state: rebuilt from the journal.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct JobState {
+    pub info: Option<JobInfo>,
+    pub phase: Phase,
+    /// The run that holds the job now (`Running`); messages of other runs are stale.
+    pub attempt: Option<String>,
+    pub attempts: u32,
+    /// The node of the latest run.
+    pub node: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub output: Option<OutputInfo>,
+    pub error: Option<String>,
+    /// The user's index knows the job finished (its slot is free) and the marker may go.
+    pub released: bool,
+    /// Deleted by its owner: files removed, invisible to the API.
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JobEvent {
+    Submitted(JobInfo),
+    Started {
+        attempt: String,
+        node: String,
+        at_ms: u64,
+    },
+    Succeeded {
+        output: OutputInfo,
+        at_ms: u64,
+    },
+    Failed {
+        reason: String,
+        at_ms: u64,
+    },
+    Released,
+    Deleted {
+        at_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JobCommand {
+    Submit(JobInfo),
+    Status,
+    /// From the reviver: make sure an unfinished job has a worker (and a finished one is
+    /// cleaned up).
+    Resume,
+    /// From a worker that got a thread: may it convert?
+    Running {
+        attempt: String,
+    },
+    /// From a worker, fire-and-forget.
+    Progress {
+        attempt: String,
+        percent: u8,
+        step: String,
+    },
+    /// From a worker: the outcome of its run.
+    Finish {
+        attempt: String,
+        outcome: Result<OutputInfo, String>,
+    },
+    /// From the clean-up task: the user's index knows the job finished.
+    Release,
+    /// From the owner: cancel if running, delete the files.
+    Delete {
+        owner: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobReply {
+    View(Box<JobView>),
+    Proceed(bool),
+    Ack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum JobError {
+    #[error("no such job")]
+    NotFound,
+    #[error("this node's conversion queue is full ({max} jobs); try again later")]
+    QueueFull { max: usize },
+    #[error("a job with this id exists already")]
+    AlreadyExists,
+}
+
+/// What the API shows of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub owner: String,
+    pub phase: Phase,
+    /// 0-100; steps in between are live only (not journaled).
+    pub progress: u8,
+    pub step: Option<String>,
+    pub error: Option<String>,
+    /// The node running (or that ran, or will run) the job.
+    pub node: String,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub input_name: String,
+    pub input_format: Format,
+    pub input_bytes: u64,
+    pub target: Target,
+    pub output: Option<OutputInfo>,
+    pub attempts: u32,
+}
+
+/// The download route of a job (relative: any node serves it).
+pub fn download_url(job: &str) -> String {
+    format!("/api/jobs/{job}/download")
+}
+
+/// The `job` frame pushed to the owner's sessions.
+pub fn job_frame(job: &str, phase: Phase, progress: u8, error: Option<&str>) -> String {
+    let download = (phase == Phase::Done).then(|| download_url(job));
+    serde_json::json!({
+        "type": "job",
+        "job": job,
+        "state": phase.as_str(),
+        "progress": progress,
+        "download": download,
+        "error": error,
+    })
+    .to_string()
+}
+
+/// The name offered for the output: the upload's stem and the target's extension.
+pub fn output_file_name(input_name: &str, format: Format) -> String {
+    let stem = input_name
+        .rsplit_once('.')
+        .map_or(input_name, |(stem, _)| stem)
+        .trim();
+    let stem = if stem.is_empty() { "converted" } else { stem };
+    format!("{stem}.{}", format.extension())
+}
+
+/// The running job: durable state is the runtime's; this holds the live progress.
+pub struct Job {
+    deps: JobDeps,
+    progress: u8,
+    step: Option<String>,
+}
+
+impl Entity for Job {
+    const KIND: &'static str = "job";
+    type Command = JobCommand;
+    type Reply = Result<JobReply, JobError>;
+    type Event = JobEvent;
+    type State = JobState;
+    type Deps = JobDeps;
+
+    fn activate(_key: &str, deps: &JobDeps) -> Self {
+        Self {
+            deps: deps.clone(),
+            progress: 0,
+            step: None,
+        }
+    }
+
+    fn apply(state: &mut JobState, _seq: u64, event: &JobEvent) {
+        match event {
+            JobEvent::Submitted(info) => {
+                state.info = Some(info.clone());
+                state.phase = Phase::Queued;
+            }
+            JobEvent::Started {
+                attempt,
+                node,
+                at_ms,
+            } => {
+                state.phase = Phase::Running;
+                state.attempt = Some(attempt.clone());
+                state.node = Some(node.clone());
+                state.started_ms = Some(*at_ms);
+                state.attempts += 1;
+            }
+            JobEvent::Succeeded { output, at_ms } => {
+                state.phase = Phase::Done;
+                state.output = Some(output.clone());
+                state.finished_ms = Some(*at_ms);
+            }
+            JobEvent::Failed { reason, at_ms } => {
+                state.phase = Phase::Failed;
+                state.error = Some(reason.clone());
+                state.finished_ms = Some(*at_ms);
+            }
+            JobEvent::Released => state.released = true,
+            JobEvent::Deleted { at_ms } => {
+                state.deleted = true;
+                if !state.phase.is_final() {
+                    state.phase = Phase::Failed;
+                    state.error = Some("cancelled by its owner".into());
+                    state.finished_ms = Some(*at_ms);
+                }
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        state: &JobState,
+        command: JobCommand,
+        context: &mut Context<'_, Self>,
+    ) -> Self::Reply {
+        match command {
+            JobCommand::Submit(info) => self.submit(state, info, context),
+            JobCommand::Status => self
+                .view(state, context)
+                .map(|view| JobReply::View(Box::new(view))),
+            JobCommand::Resume => {
+                self.resume(state, context);
+                self.view(state, context)
+                    .map(|view| JobReply::View(Box::new(view)))
+            }
+            JobCommand::Running { attempt } => {
+                Ok(JobReply::Proceed(self.running(state, attempt, context)))
+            }
+            JobCommand::Progress {
+                attempt,
+                percent,
+                step,
+            } => {
+                self.progressed(state, &attempt, percent, step, context);
+                Ok(JobReply::Ack)
+            }
+            JobCommand::Finish { attempt, outcome } => {
+                self.finish(state, &attempt, outcome, context);
+                Ok(JobReply::Ack)
+            }
+            JobCommand::Release => {
+                if state.phase.is_final() && !state.released && !state.deleted {
+                    context.persist(JobEvent::Released);
+                }
+                Ok(JobReply::Ack)
+            }
+            JobCommand::Delete { owner } => self.delete(state, &owner, context),
+        }
+    }
+
+    fn on_durable(
+        &mut self,
+        state: &JobState,
+        events: &[(u64, JobEvent)],
+        context: &mut Context<'_, Self>,
+    ) {
+        let Some(info) = &state.info else { return };
+        let job = context.key().to_string();
+        let runtime = context.runtime().clone();
+        let publish = |frame: String| {
+            runtime.publish_everywhere(&user_topic(&info.owner), frame.into_bytes())
+        };
+        for (_, event) in events {
+            match event {
+                JobEvent::Submitted(info) => {
+                    ::metrics::counter!(names::JOBS_SUBMITTED_TOTAL, "target" => info.target.name()).increment(1);
+                    publish(job_frame(&job, Phase::Queued, 0, None));
+                }
+                JobEvent::Started { .. } => publish(job_frame(&job, Phase::Running, 0, None)),
+                JobEvent::Succeeded { .. } => {
+                    ::metrics::counter!(names::JOBS_FINISHED_TOTAL, "outcome" => "done")
+                        .increment(1);
+                    publish(job_frame(&job, Phase::Done, 100, None));
+                }
+                JobEvent::Failed { reason, .. } => {
+                    ::metrics::counter!(names::JOBS_FINISHED_TOTAL, "outcome" => "failed")
+                        .increment(1);
+                    publish(job_frame(&job, Phase::Failed, self.progress, Some(reason)));
+                }
+                JobEvent::Deleted { .. } => {
+                    ::metrics::counter!(names::JOBS_FINISHED_TOTAL, "outcome" => "cancelled")
+                        .increment(1);
+                    publish(job_frame(
+                        &job,
+                        Phase::Failed,
+                        self.progress,
+                        Some("cancelled by its owner"),
+                    ));
+                }
+                JobEvent::Released => {}
+            }
+        }
+        self.clean_up(state, context);
+    }
+
+    fn on_ready(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
+        self.resume(state, context);
+    }
+}
+
+impl Job {
+    fn pool(&self, context: &Context<'_, Self>) -> WorkerPool {
+        self.deps.pool(context.runtime().config()).clone()
+    }
+
+    fn view(&self, state: &JobState, context: &Context<'_, Self>) -> Result<JobView, JobError> {
+        let info = match &state.info {
+            Some(info) if !state.deleted => info,
+            _ => return Err(JobError::NotFound),
+        };
+        let progress = match state.phase {
+            Phase::Queued => 0,
+            Phase::Running => self.progress,
+            Phase::Done => 100,
+            Phase::Failed => self.progress,
+        };
+        Ok(JobView {
+            id: context.key().to_string(),
+            owner: info.owner.clone(),
+            phase: state.phase,
+            progress,
+            step: self.step.clone().filter(|_| state.phase == Phase::Running),
+            error: state.error.clone(),
+            node: state
+                .node
+                .clone()
+                .filter(|_| state.phase != Phase::Queued)
+                .unwrap_or_else(|| context.runtime().node_id().to_string()),
+            created_ms: info.created_ms,
+            started_ms: state.started_ms,
+            finished_ms: state.finished_ms,
+            input_name: info.input_name.clone(),
+            input_format: info.input_format,
+            input_bytes: info.input_bytes,
+            target: info.target,
+            output: state.output.clone(),
+            attempts: state.attempts,
+        })
+    }
+
+    fn submit(
+        &mut self,
+        state: &JobState,
+        info: JobInfo,
+        context: &mut Context<'_, Self>,
+    ) -> Result<JobReply, JobError> {
+        if let Some(existing) = &state.info {
+            // A retried submit (same message id) is answered from the journal; this is a
+            // different submission reusing the id.
+            return if *existing == info && !state.deleted {
+                self.view(state, context)
+                    .map(|view| JobReply::View(Box::new(view)))
+            } else {
+                Err(JobError::AlreadyExists)
+            };
+        }
+        let pool = self.pool(context);
+        if !pool.has_room() {
+            return Err(JobError::QueueFull {
+                max: pool.queue_max(),
+            });
+        }
+        context.persist(JobEvent::Submitted(info.clone()));
+        // The worker's first message (`Running`) is handled after the submission is durable.
+        self.start_worker(&info, context);
+        Ok(JobReply::View(Box::new(JobView {
+            id: context.key().to_string(),
+            owner: info.owner.clone(),
+            phase: Phase::Queued,
+            progress: 0,
+            step: None,
+            error: None,
+            node: context.runtime().node_id().to_string(),
+            created_ms: info.created_ms,
+            started_ms: None,
+            finished_ms: None,
+            input_name: info.input_name,
+            input_format: info.input_format,
+            input_bytes: info.input_bytes,
+            target: info.target,
+            output: None,
+            attempts: 0,
+        })))
+    }
+
+    /// Gives an unfinished job a worker on this node, or finishes the clean-up of a finished one.
+    fn resume(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
+        let Some(info) = &state.info else { return };
+        if !state.deleted && !state.phase.is_final() {
+            self.start_worker(info, context);
+        } else {
+            self.clean_up(state, context);
+        }
+    }
+
+    fn start_worker(&mut self, info: &JobInfo, context: &mut Context<'_, Self>) {
+        let runtime = context.runtime().clone();
+        let pool = self.pool(context);
+        let job = context.key().to_string();
+        let attempt = format!("{}-{}", runtime.node_id(), runtime.next_msg_id());
+        let run = worker::Run {
+            runtime,
+            pool: pool.clone(),
+            job: job.clone(),
+            info: info.clone(),
+        };
+        if pool.start(&job, attempt, move |task| worker::run(run, task)) {
+            tracing::debug!(%job, "job worker started");
+        }
+    }
+
+    fn running(
+        &mut self,
+        state: &JobState,
+        attempt: String,
+        context: &mut Context<'_, Self>,
+    ) -> bool {
+        if state.info.is_none() || state.deleted || state.phase.is_final() {
+            return false;
+        }
+        if state.phase == Phase::Running && state.attempt.as_deref() == Some(attempt.as_str()) {
+            return true;
+        }
+        if state.attempt.is_some() {
+            tracing::info!(job = %context.key(), %attempt, previous = ?state.attempt, "job resumed by a new run");
+        }
+        self.progress = 0;
+        self.step = None;
+        context.persist(JobEvent::Started {
+            attempt,
+            node: context.runtime().node_id().to_string(),
+            at_ms: runtime::membership::unix_ms(),
+        });
+        true
+    }
+
+    fn progressed(
+        &mut self,
+        state: &JobState,
+        attempt: &str,
+        percent: u8,
+        step: String,
+        context: &mut Context<'_, Self>,
+    ) {
+        let current = state.phase == Phase::Running && state.attempt.as_deref() == Some(attempt);
+        let Some(info) = state.info.as_ref().filter(|_| current && !state.deleted) else {
+            return;
+        };
+        // The last percent is the final state's; progress never goes backwards within a run.
+        let percent = percent.min(99);
+        if percent < self.progress {
+            return;
+        }
+        self.progress = percent;
+        self.step = Some(step);
+        let frame = job_frame(context.key(), Phase::Running, percent, None);
+        context
+            .runtime()
+            .publish_everywhere(&user_topic(&info.owner), frame.into_bytes());
+    }
+
+    fn finish(
+        &mut self,
+        state: &JobState,
+        attempt: &str,
+        outcome: Result<OutputInfo, String>,
+        context: &mut Context<'_, Self>,
+    ) {
+        if state.info.is_none() || state.deleted || state.phase.is_final() {
+            // Exactly one final state: a second run's (or a retried) finish changes nothing.
+            tracing::debug!(job = %context.key(), attempt, "finish of a job already final; ignored");
+            return;
+        }
+        let at_ms = runtime::membership::unix_ms();
+        match outcome {
+            Ok(output) => context.persist(JobEvent::Succeeded { output, at_ms }),
+            Err(reason) => context.persist(JobEvent::Failed { reason, at_ms }),
+        };
+    }
+
+    fn delete(
+        &mut self,
+        state: &JobState,
+        owner: &str,
+        context: &mut Context<'_, Self>,
+    ) -> Result<JobReply, JobError> {
+        match &state.info {
+            Some(info) if !state.deleted && info.owner == owner => {}
+            _ => return Err(JobError::NotFound),
+        }
+        context.persist(JobEvent::Deleted {
+            at_ms: runtime::membership::unix_ms(),
+        });
+        self.pool(context).cancel(context.key());
+        Ok(JobReply::Ack)
+    }
+
+    /// The work after a final state, each step idempotent and retried on the next `Resume` if
+    /// it fails: a deleted job's files go; a finished job frees its owner's slot, journals
+    /// `Released`, then drops its marker.
+    fn clean_up(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
+        let Some(info) = &state.info else { return };
+        if !state.phase.is_final() {
+            return;
+        }
+        let runtime = context.runtime().clone();
+        let job = context.key().to_string();
+        let owner = info.owner.clone();
+        if state.deleted {
+            let pool = self.pool(context);
+            tokio::spawn(async move { delete_everything(runtime, pool, job, owner).await });
+        } else if !state.released {
+            tokio::spawn(async move { release(runtime, job, owner).await });
+        } else {
+            tokio::spawn(async move {
+                store::delete_quietly(runtime.object_store(), &store::marker_path(&job)).await;
+            });
+        }
+    }
+}
+
+/// Frees the owner's slot, then journals `Released` (whose `on_durable` drops the marker).
+async fn release(runtime: Runtime, job: String, owner: String) {
+    let index = runtime.entity::<JobIndex>(owner);
+    if let Err(error) = index
+        .ask_with(
+            IndexCommand::Finished { job: job.clone() },
+            RELEASE_ASK_TIMEOUT,
+            None,
+        )
+        .await
+    {
+        tracing::warn!(%job, %error, "could not tell the job index; the reviver retries");
+        return;
+    }
+    if let Err(error) = runtime
+        .entity::<Job>(job.clone())
+        .ask(JobCommand::Release)
+        .await
+    {
+        tracing::warn!(%job, %error, "could not journal the release; the reviver retries");
+    }
+}
+
+/// Waits (bounded) for this node's worker to stop, then deletes the files, the marker and the
+/// index entry.
+async fn delete_everything(runtime: Runtime, pool: WorkerPool, job: String, owner: String) {
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    while pool.task(&job).is_some() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store::delete_job_files(runtime.object_store(), &job).await;
+    let index = runtime.entity::<JobIndex>(owner);
+    if let Err(error) = index
+        .ask_with(
+            IndexCommand::Remove { job: job.clone() },
+            RELEASE_ASK_TIMEOUT,
+            None,
+        )
+        .await
+    {
+        tracing::warn!(%job, %error, "could not remove a deleted job from its index");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_follow_the_protocol() {
+        let frame: serde_json::Value =
+            serde_json::from_str(&job_frame("j1", Phase::Done, 100, None)).expect("json");
+        assert_eq!(
+            frame,
+            serde_json::json!({"type": "job", "job": "j1", "state": "done", "progress": 100,
+                "download": "/api/jobs/j1/download", "error": null})
+        );
+        let frame: serde_json::Value =
+            serde_json::from_str(&job_frame("j1", Phase::Failed, 40, Some("boom"))).expect("json");
+        assert_eq!(frame["download"], serde_json::Value::Null);
+        assert_eq!(frame["error"], "boom");
+    }
+
+    #[test]
+    fn output_names_keep_the_stem() {
+        assert_eq!(
+            output_file_name("holiday.photo.png", Format::Jpeg),
+            "holiday.photo.jpg"
+        );
+        assert_eq!(output_file_name("notes", Format::Pdf), "notes.pdf");
+        assert_eq!(output_file_name(".md", Format::Html), "converted.html");
+    }
+
+    #[test]
+    fn a_deleted_job_is_failed_and_final() {
+        let mut state = JobState::default();
+        let info = JobInfo {
+            owner: "u".into(),
+            input_name: "a.png".into(),
+            input_format: Format::Png,
+            input_bytes: 1,
+            target: Target::Format(Format::Jpeg),
+            options: Options::default(),
+            created_ms: 1,
+        };
+        Job::apply(&mut state, 1, &JobEvent::Submitted(info));
+        Job::apply(
+            &mut state,
+            2,
+            &JobEvent::Started {
+                attempt: "a".into(),
+                node: "n1".into(),
+                at_ms: 2,
+            },
+        );
+        Job::apply(&mut state, 3, &JobEvent::Deleted { at_ms: 3 });
+        assert!(state.deleted && state.phase == Phase::Failed);
+        assert_eq!(state.attempts, 1);
+    }
+}

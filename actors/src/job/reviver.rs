@@ -1,0 +1,214 @@
+//! The job reviver: one per node, under the node's root supervisor. It makes sure that every
+//! unfinished job owned by this node has a worker, without waiting for a client to ask.
+//!
+//! Unfinished jobs are found by their markers (`jobs/active/<id>` in the shared object store,
+//! written before a job is submitted and deleted once it is finished and released). On every
+//! membership change, once at start (when the view has settled) and every
+//! `jobs.revive_interval_ms`, it lists the markers and sends `Resume` to each job this node
+//! owns in its view; the job's activation (`on_ready`) or `Resume` itself starts a run if it has
+//! none here. A marker without a job (the uploading node died between the upload and the submit)
+//! is deleted with its files once older than [`ORPHAN_GRACE_MS`].
+//!
+//! Bounded: at most [`SCAN_MARKERS_MAX`] markers per scan, [`RESUME_CONCURRENCY_MAX`] asks at
+//! once, one scan at a time (changes during a scan trigger exactly one more).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use object_store::path::Path;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+use ractor_cluster::RactorMessage;
+use runtime::supervisor::{ChildSpec, Restart};
+use runtime::{Entity, Runtime};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::metrics as names;
+use super::{Job, JobCommand, JobError, store};
+
+/// Markers looked at per scan.
+pub const SCAN_MARKERS_MAX: usize = 10_000;
+/// `Resume` asks in flight at once.
+pub const RESUME_CONCURRENCY_MAX: usize = 16;
+/// A marker whose job was never submitted is removed after this long.
+pub const ORPHAN_GRACE_MS: u64 = 5 * 60 * 1000;
+
+/// Registry name of a node's reviver.
+pub fn reviver_name(node: &str) -> String {
+    format!("actorhub.jobs.reviver.{node}")
+}
+
+/// The reviver as a permanent child of the node's root supervisor.
+pub fn child_spec(runtime: Runtime) -> ChildSpec {
+    let name = reviver_name(runtime.node_id());
+    ChildSpec::new(
+        name.clone(),
+        Restart::Permanent,
+        move |supervisor: ActorCell| {
+            let name = name.clone();
+            let runtime = runtime.clone();
+            async move {
+                let (actor, _) =
+                    Actor::spawn_linked(Some(name), JobReviverActor, runtime, supervisor).await?;
+                Ok(actor.get_cell())
+            }
+        },
+    )
+}
+
+pub struct JobReviverActor;
+
+#[derive(RactorMessage)]
+pub enum JobReviverMsg {
+    /// Something changed (or time passed): look for unfinished jobs.
+    Scan,
+    ScanDone,
+}
+
+pub struct JobReviverState {
+    runtime: Runtime,
+    scanning: bool,
+    /// A scan was asked for while one ran.
+    again: bool,
+    /// The tasks feeding `Scan` messages; aborted on stop.
+    feeders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for JobReviverActor {
+    type Msg = JobReviverMsg;
+    type State = JobReviverState;
+    type Arguments = Runtime;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<JobReviverMsg>,
+        runtime: Runtime,
+    ) -> Result<JobReviverState, ActorProcessingErr> {
+        let mut events = runtime.membership_events();
+        let target = myself.clone();
+        let membership = tokio::spawn(async move {
+            // A lagged receiver missed events: one scan covers them all.
+            while let Ok(_) | Err(RecvError::Lagged(_)) = events.recv().await {
+                if target.cast(JobReviverMsg::Scan).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut views = runtime.watch_view();
+        let target = myself.clone();
+        let interval = Duration::from_millis(runtime.config().jobs.revive_interval_ms);
+        let periodic = tokio::spawn(async move {
+            // The first scan waits for the view to settle: before, ownership is not final.
+            let _ = views.wait_for(|view| view.settled).await;
+            let mut ticks = tokio::time::interval(interval);
+            loop {
+                ticks.tick().await;
+                if target.cast(JobReviverMsg::Scan).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(JobReviverState {
+            runtime,
+            scanning: false,
+            again: false,
+            feeders: vec![membership, periodic],
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<JobReviverMsg>,
+        state: &mut JobReviverState,
+    ) -> Result<(), ActorProcessingErr> {
+        for feeder in state.feeders.drain(..) {
+            feeder.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<JobReviverMsg>,
+        message: JobReviverMsg,
+        state: &mut JobReviverState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            JobReviverMsg::Scan if state.scanning => state.again = true,
+            JobReviverMsg::Scan => state.start_scan(&myself),
+            JobReviverMsg::ScanDone => {
+                state.scanning = false;
+                if std::mem::take(&mut state.again) {
+                    state.start_scan(&myself);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl JobReviverState {
+    fn start_scan(&mut self, myself: &ActorRef<JobReviverMsg>) {
+        self.scanning = true;
+        let runtime = self.runtime.clone();
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            scan(&runtime).await;
+            let _ = myself.cast(JobReviverMsg::ScanDone);
+        });
+    }
+}
+
+/// One pass over the markers; resumes the jobs this node owns.
+pub async fn scan(runtime: &Runtime) {
+    let view = runtime.view();
+    if !view.settled {
+        return;
+    }
+    metrics::counter!(names::REVIVER_SCANS_TOTAL).increment(1);
+    let prefix = Path::from(store::MARKERS_PREFIX);
+    let markers: Vec<_> = runtime
+        .object_store()
+        .list(Some(&prefix))
+        .take(SCAN_MARKERS_MAX)
+        .filter_map(|meta| async move { meta.ok() })
+        .collect()
+        .await;
+    let now_ms = runtime::membership::unix_ms();
+    let mine: Vec<(String, u64)> = markers
+        .into_iter()
+        .filter_map(|meta| {
+            let id = meta.location.filename()?.to_string();
+            let age_ms = now_ms
+                .saturating_sub(u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0));
+            (store::valid_job_id(&id) && view.owner(Job::KIND, &id) == Some(runtime.node_id()))
+                .then_some((id, age_ms))
+        })
+        .collect();
+    futures_util::stream::iter(mine)
+        .for_each_concurrent(RESUME_CONCURRENCY_MAX, |(id, age_ms)| async move {
+            resume(runtime, id, age_ms).await;
+        })
+        .await;
+}
+
+async fn resume(runtime: &Runtime, id: String, marker_age_ms: u64) {
+    match runtime
+        .entity::<Job>(id.clone())
+        .ask(JobCommand::Resume)
+        .await
+    {
+        Ok(Ok(_)) => {
+            metrics::counter!(names::REVIVER_RESUMES_TOTAL, "outcome" => "resumed").increment(1)
+        }
+        Ok(Err(JobError::NotFound)) if marker_age_ms >= ORPHAN_GRACE_MS => {
+            metrics::counter!(names::REVIVER_RESUMES_TOTAL, "outcome" => "orphan").increment(1);
+            tracing::info!(job = %id, "removing the files of a job that was never submitted or was deleted");
+            store::delete_job_files(runtime.object_store(), &id).await;
+        }
+        Ok(Err(_)) => {}
+        Err(error) => {
+            metrics::counter!(names::REVIVER_RESUMES_TOTAL, "outcome" => "error").increment(1);
+            tracing::warn!(job = %id, %error, "could not resume a job; the next scan retries");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! An in-process single-node runtime for benchmarks: one `[[node]]` on free loopback ports, its
+//! data and object store under a directory the caller owns (the pattern of the runtime's own
+//! integration tests).
+//!
+//! ractor's registries are process-global, so a benchmark binary starts its nodes once and
+//! shares them; two nodes with different ids may live in one process (each sees only itself).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use runtime::config::{ClusterConfig, ConfigOverrides};
+use runtime::{Node, NodeBuilder};
+
+/// How long a fresh single node may take to see itself up.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A config whose only node is `id`, with `<directory>/data` and `<directory>/objects`.
+/// `fsync` is `storage.fsync`: whether each journal object is fsynced before it is acknowledged.
+pub fn single_node_config(
+    id: &str,
+    directory: &Path,
+    fsync: bool,
+) -> anyhow::Result<ClusterConfig> {
+    let ports = chaos::cluster::free_loopback_ports(2).context("allocating loopback ports")?;
+    let text = format!(
+        r#"
+[cluster]
+name = "bench"
+cookie = "bench-cookie"
+data_dir = "{data}"
+[storage]
+url = "file://{objects}"
+fsync = {fsync}
+[[node]]
+id = "{id}"
+cluster_addr = "127.0.0.1:{cluster_port}"
+http_addr = "127.0.0.1:{http_port}"
+"#,
+        data = directory.join("data").display(),
+        objects = directory.join("objects").display(),
+        cluster_port = ports[0],
+        http_port = ports[1],
+    );
+    Ok(ClusterConfig::from_toml(
+        &text,
+        "benchmark config",
+        ConfigOverrides::default(),
+    )?)
+}
+
+/// Starts the single node `id` and waits until it sees itself up, so placement gives it
+/// every entity.
+pub async fn start_single_node(id: &str, directory: &Path, fsync: bool) -> anyhow::Result<Node> {
+    let config = single_node_config(id, directory, fsync)?;
+    let node = NodeBuilder::new(config, id)?
+        .start()
+        .await
+        .with_context(|| format!("starting the in-process node {id}"))?;
+    let runtime = node.runtime();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    while !(runtime.view().settled && runtime.view().is_up(id)) {
+        if Instant::now() > deadline {
+            bail!("node {id} did not see itself up within {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(node)
+}

@@ -1,0 +1,1010 @@
+//! One chaos run from start to verdict: network, cluster, workload, faults, final heal,
+//! drain, ground truth, checks, report; and the clean-up that must happen whatever went wrong.
+//!
+//! Threads: the main thread stays in the root network namespace and only builds and removes
+//! the network. Everything that talks to the nodes runs on a tokio runtime whose threads entered
+//! the client namespace when they started (with namespaces), so no socket of the harness is ever
+//! made in the root namespace.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::checker::{self, CounterExample, Histories, InvariantResult};
+use crate::client::test_token;
+use crate::cluster::{ClusterBuilder, TestCluster};
+use crate::faults::{self, AUDITOR, Injector};
+use crate::jobs::{self, JobBook};
+use crate::netns::{self, Network};
+use crate::records::{ClientLog, FaultRecord, StoredMessage};
+use crate::report::{self, CounterTotal, Report};
+use crate::scenario::{FaultKind, JobsMode, NetworkMode, Scenario};
+use crate::schedule;
+use crate::scrape::{self, CounterTotals};
+use crate::timeline;
+use crate::workload::{self, ClientSpec, Clock, Progress, Signals};
+
+/// Deadline for the cluster to start (nodes ready, all up).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attempts at creating the workload's rooms (some are discarded to spread owners evenly).
+const ROOM_ATTEMPTS_PER_ROOM: usize = 10;
+/// Deadline for reading one room's whole history at the end.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on waiting for the jobs to finish after the run.
+const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the progress line is refreshed (on a terminal; every 10th otherwise).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Grace for the runtime's tasks to stop at the end.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a run ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// An invariant was violated.
+    Failed,
+    /// The harness could not do its job (the cluster did not start, ...).
+    Error,
+    Interrupted,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Passed => 0,
+            Outcome::Failed => 1,
+            Outcome::Error => 2,
+            Outcome::Interrupted => 130,
+        }
+    }
+}
+
+/// What the command line gives besides the scenario.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: Scenario,
+    pub out_dir: Option<PathBuf>,
+    pub node_binary: PathBuf,
+    /// The command that replays this run, for the report.
+    pub replay_command: String,
+}
+
+/// Runs the scenario; cleans up everything it created before returning.
+pub fn run(options: RunOptions) -> Outcome {
+    let seed = options.scenario.seed.unwrap_or_else(seed_from_clock);
+    println!("chaos: seed {seed}");
+    let outcome = run_with_seed(options, seed);
+    println!(
+        "chaos: seed {seed}: {}",
+        match outcome {
+            Outcome::Passed => "PASS",
+            Outcome::Failed => "FAIL (an invariant was violated)",
+            Outcome::Error => "ERROR (the harness could not complete the run)",
+            Outcome::Interrupted => "INTERRUPTED",
+        }
+    );
+    outcome
+}
+
+fn run_with_seed(mut options: RunOptions, seed: u64) -> Outcome {
+    options.scenario.seed = Some(seed);
+    let mut notes = Vec::new();
+    let leftovers = netns::remove_leftovers();
+    if !leftovers.is_empty() {
+        notes.push(format!(
+            "removed leftovers of earlier runs: {}",
+            leftovers.join(", ")
+        ));
+        eprintln!(
+            "chaos: removed leftovers of earlier runs: {}",
+            leftovers.join(", ")
+        );
+    }
+    let use_namespaces = match options.scenario.network {
+        NetworkMode::Loopback => false,
+        NetworkMode::Netns => match netns::unavailable_reason() {
+            None => true,
+            Some(reason) => {
+                eprintln!("chaos: network namespaces requested but unavailable: {reason}");
+                return Outcome::Error;
+            }
+        },
+        NetworkMode::Auto => match netns::unavailable_reason() {
+            None => true,
+            Some(reason) => {
+                let note = format!(
+                    "network namespaces unavailable ({reason}): nodes run on loopback, partitions are unavailable"
+                );
+                eprintln!("chaos: {note}");
+                notes.push(note);
+                false
+            }
+        },
+    };
+    if !use_namespaces && options.scenario.faults.contains(&FaultKind::Partition) {
+        options
+            .scenario
+            .faults
+            .retain(|kind| *kind != FaultKind::Partition);
+        let note = "partition faults skipped: they need network namespaces (root, `ip`, `nft`)"
+            .to_string();
+        eprintln!("chaos: {note}");
+        notes.push(note);
+    }
+    let out_dir = options
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("target/chaos/{seed}-{}", timestamp())));
+    if let Err(error) = std::fs::create_dir_all(&out_dir) {
+        eprintln!("chaos: cannot create {}: {error}", out_dir.display());
+        return Outcome::Error;
+    }
+    let out_dir = std::fs::canonicalize(&out_dir).unwrap_or(out_dir);
+
+    let network = if use_namespaces {
+        match Network::create(options.scenario.nodes) {
+            Ok(network) => Some(Arc::new(Mutex::new(network))),
+            Err(error) => {
+                eprintln!("chaos: {error:#}");
+                return Outcome::Error;
+            }
+        }
+    } else {
+        None
+    };
+    let client_namespace = network
+        .as_ref()
+        .map(|network| lock(network).client_namespace());
+    let runtime = match build_runtime(client_namespace) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chaos: {error:#}");
+            return Outcome::Error;
+        }
+    };
+    // The cluster is kept here too, so its nodes are killed even when the harness task is
+    // dropped half-way (Ctrl-C, panic).
+    let cluster_slot: Arc<Mutex<Option<Arc<TestCluster>>>> = Arc::new(Mutex::new(None));
+    let context = Harness {
+        options,
+        seed,
+        out_dir,
+        network: network.clone(),
+        notes,
+        cluster_slot: cluster_slot.clone(),
+    };
+    let outcome = runtime.block_on(async move {
+        let harness = tokio::spawn(context.run());
+        tokio::select! {
+            joined = harness => match joined {
+                Ok(Ok(report)) => if report.passed() { Outcome::Passed } else { Outcome::Failed },
+                Ok(Err(error)) => {
+                    eprintln!("chaos: run failed: {error:#}");
+                    Outcome::Error
+                }
+                Err(error) => {
+                    eprintln!("chaos: the harness panicked: {error}");
+                    Outcome::Error
+                }
+            },
+            signal = termination_signal() => {
+                eprintln!("\nchaos: {signal}: stopping and cleaning up");
+                Outcome::Interrupted
+            }
+        }
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    // Every task is gone: this is the last reference, and dropping it SIGKILLs the nodes.
+    drop(lock(&cluster_slot).take());
+    if let Some(network) = network {
+        let problems = lock(&network).remove();
+        for problem in &problems {
+            eprintln!("chaos: cleanup: {problem}");
+        }
+        let prefix = lock(&network).prefix().to_string();
+        if Path::new("/run/netns").read_dir().is_ok_and(|mut entries| {
+            entries.any(|entry| {
+                entry.is_ok_and(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+            })
+        }) {
+            eprintln!("chaos: cleanup: namespaces {prefix}-* are still there");
+        }
+    }
+    outcome
+}
+
+/// Resolves with a description when SIGINT, SIGTERM or SIGHUP arrives.
+async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted (Ctrl-C)",
+        _ = terminate.recv() => "terminated (SIGTERM)",
+        _ = hangup.recv() => "hung up (SIGHUP)",
+    }
+}
+
+fn build_runtime(client_namespace: Option<String>) -> anyhow::Result<tokio::runtime::Runtime> {
+    if let Some(namespace) = &client_namespace {
+        // Check once on a throw-away thread, so a failure is an error here rather than an abort
+        // in a runtime thread.
+        let probe = namespace.clone();
+        std::thread::spawn(move || netns::enter_namespace(&probe))
+            .join()
+            .map_err(|_| anyhow!("the namespace probe thread panicked"))?
+            .with_context(|| format!("entering network namespace {namespace}"))?;
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all().thread_name("chaos");
+    if let Some(namespace) = client_namespace {
+        builder.on_thread_start(move || {
+            if let Err(error) = netns::enter_namespace(&namespace) {
+                // A thread outside the namespace would talk to nodes from the root namespace.
+                eprintln!("chaos: a runtime thread cannot enter {namespace}: {error}; aborting");
+                std::process::abort();
+            }
+        });
+    }
+    builder.build().context("building the tokio runtime")
+}
+
+/// Everything one run needs, moved into the harness task.
+struct Harness {
+    options: RunOptions,
+    seed: u64,
+    out_dir: PathBuf,
+    network: Option<Arc<Mutex<Network>>>,
+    notes: Vec<String>,
+    cluster_slot: Arc<Mutex<Option<Arc<TestCluster>>>>,
+}
+
+impl Harness {
+    async fn run(mut self) -> anyhow::Result<Report> {
+        let scenario = self.options.scenario.clone();
+        let started_unix_ms = unix_ms();
+        let cluster = Arc::new(self.start_cluster().await?);
+        *lock(&self.cluster_slot) = Some(cluster.clone());
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .context("building the HTTP client")?;
+        let node_ids = cluster.node_ids();
+        let node_urls: Vec<String> = node_ids.iter().map(|id| cluster.http_url(id)).collect();
+        println!(
+            "chaos: cluster of {} nodes up ({}); logs in {}",
+            node_ids.len(),
+            node_urls.join(" "),
+            cluster.dir().display()
+        );
+
+        let rooms = create_rooms(&http, &node_ids, &node_urls, scenario.rooms).await?;
+        let jobs_enabled = match scenario.jobs {
+            JobsMode::Off => Err("off in the scenario".to_string()),
+            JobsMode::Auto => jobs::detect(&http, &node_urls[0]).await,
+        };
+        match &jobs_enabled {
+            Ok(()) => println!(
+                "chaos: jobs API found: the workload submits conversion jobs and checks them"
+            ),
+            Err(reason) => println!(
+                "chaos: jobs workload disabled ({reason}); it is wired and turns on when the cluster serves GET /api/converters"
+            ),
+        }
+
+        // The workload.
+        let clock = Clock::start();
+        let progress = Arc::new(Progress::default());
+        let (stop_posting_sender, stop_posting) = watch::channel(false);
+        let (stop_now_sender, stop_now) = watch::channel(false);
+        let signals = Signals {
+            stop_posting: stop_posting.clone(),
+            stop_now,
+        };
+        let node_pairs: Vec<(String, String)> = node_ids
+            .iter()
+            .cloned()
+            .zip(node_urls.iter().cloned())
+            .collect();
+        let mut clients = Vec::new();
+        for (room_index, room) in rooms.iter().enumerate() {
+            for (home, node) in node_ids.iter().enumerate() {
+                let spec = ClientSpec {
+                    user: format!("chaos-r{room_index}-{node}"),
+                    room: room.clone(),
+                    nodes: node_pairs.clone(),
+                    home,
+                    post_interval: Duration::from_millis(scenario.post_interval_ms),
+                };
+                clients.push(tokio::spawn(workload::run_client(
+                    spec,
+                    clock,
+                    progress.clone(),
+                    signals.clone(),
+                )));
+            }
+        }
+        let book = Arc::new(JobBook::default());
+        let mut submitters = Vec::new();
+        if jobs_enabled.is_ok() {
+            for (home, node) in node_ids.iter().enumerate() {
+                let user = format!("chaos-jobs-{node}");
+                submitters.push(tokio::spawn(jobs::submitter(
+                    http.clone(),
+                    user,
+                    node_urls.clone(),
+                    home,
+                    book.clone(),
+                    clock,
+                    progress.clone(),
+                    stop_posting.clone(),
+                )));
+            }
+        }
+        let counters = Arc::new(CounterTotals::default());
+        let (stop_scraping, scraping_stopped) = watch::channel(false);
+        let scraper = tokio::spawn(counters.clone().run(
+            cluster.clone(),
+            http.clone(),
+            scraping_stopped,
+        ));
+
+        // The faults.
+        let injector = Arc::new(Injector {
+            cluster: cluster.clone(),
+            network: self.network.clone(),
+            scenario: scenario.clone(),
+            clock,
+            rooms: rooms.clone(),
+            http: http.clone(),
+            progress: progress.clone(),
+            records: Mutex::new(Vec::new()),
+            faulted: Mutex::new(Default::default()),
+            active: Mutex::new(Vec::new()),
+        });
+        let duration_ms = scenario.duration.as_millis() as u64;
+        let faults_end_ms = duration_ms.saturating_sub(scenario.cooldown.as_millis() as u64);
+        let lanes = schedule::lanes(self.seed, &scenario, &node_ids, self.network.is_some());
+        let mut lane_tasks = Vec::new();
+        for lane in lanes {
+            let injector = injector.clone();
+            let warmup = scenario.warmup;
+            lane_tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                injector.run_lane(lane, faults_end_ms).await;
+            }));
+        }
+        let (stop_progress, progress_stopped) = watch::channel(false);
+        let progress_task = tokio::spawn(show_progress(
+            clock,
+            duration_ms,
+            progress.clone(),
+            injector.clone(),
+            progress_stopped,
+        ));
+
+        tokio::time::sleep_until(clock.instant_of(duration_ms)).await;
+        // Faults end before the cooldown; a lane still busy is waiting for a recovery.
+        for task in lane_tasks {
+            let bound = scenario.all_up_timeout * 2 + Duration::from_secs(30);
+            if tokio::time::timeout(bound, task).await.is_err() {
+                self.notes.push(format!(
+                    "a fault lane was still busy {bound:?} after the end of the run"
+                ));
+            }
+        }
+
+        // Heal everything, all up, drain.
+        let heal_problems = injector.heal_everything().await;
+        self.notes.extend(heal_problems.iter().cloned());
+        let all_up = cluster.wait_all_up(scenario.all_up_timeout).await;
+        let posting_end_ms = clock.now_ms();
+        let _ = stop_posting_sender.send(true);
+        let drain_deadline = tokio::time::Instant::now() + scenario.drain_timeout;
+        let mut logs: Vec<ClientLog> = Vec::new();
+        let mut undrained = 0;
+        for client in clients {
+            let remaining = drain_deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut client = client;
+            let log = match tokio::time::timeout(remaining, &mut client).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    undrained += 1;
+                    let _ = stop_now_sender.send(true);
+                    client.await
+                }
+            };
+            match log {
+                Ok(log) => logs.push(log),
+                Err(error) => self.notes.push(format!("a client task failed: {error}")),
+            }
+        }
+        let _ = stop_now_sender.send(true);
+        if undrained > 0 {
+            self.notes.push(format!(
+                "{undrained} clients still had a post in flight {:?} after the end; stopped",
+                scenario.drain_timeout
+            ));
+        }
+        for submitter in submitters {
+            let _ = submitter.await;
+        }
+        let _ = stop_progress.send(true);
+        let _ = progress_task.await;
+        let _ = stop_scraping.send(true);
+        let _ = scraper.await;
+        counters.scrape(&cluster, &http).await;
+        let workload_ms = clock.now_ms();
+
+        // Ground truth.
+        if jobs_enabled.is_ok() {
+            jobs::settle(
+                &http,
+                &node_urls,
+                &book,
+                &cluster.dir().join("data").join("objects"),
+                clock,
+                JOBS_SETTLE_TIMEOUT,
+            )
+            .await;
+        }
+        let live_urls: Vec<String> = cluster
+            .live_node_ids()
+            .iter()
+            .map(|id| cluster.http_url(id))
+            .collect();
+        let (histories, unreadable) = read_histories(&http, &live_urls, &rooms).await;
+        for (room, error) in &unreadable {
+            self.notes
+                .push(format!("history of {room} unreadable: {error}"));
+        }
+
+        // Checks.
+        let mut faults: Vec<FaultRecord> = std::mem::take(&mut *lock(&injector.records));
+        faults.sort_by_key(|fault| fault.started_ms);
+        for (index, fault) in faults.iter_mut().enumerate() {
+            fault.index = index;
+            fault.first_served_ms = faults::first_served_ms(fault, &logs);
+        }
+        let mut invariants = checker::check_chat(&histories, &logs);
+        if !unreadable.is_empty() {
+            let findings = unreadable
+                .iter()
+                .map(|(room, error)| CounterExample {
+                    room: Some(room.clone()),
+                    ..CounterExample::new(format!("history unreadable after the run: {error}"))
+                })
+                .collect();
+            invariants.push(InvariantResult::from_findings(
+                "histories_readable",
+                rooms.len() as u64,
+                findings,
+            ));
+        }
+        let jobs_records = book.records();
+        match &jobs_enabled {
+            Ok(()) => invariants.extend(checker::check_jobs(&jobs_records)),
+            Err(reason) => {
+                let why = format!("jobs workload disabled: {reason}");
+                invariants.push(InvariantResult::skipped("jobs_finish", &why));
+                invariants.push(InvariantResult::skipped("jobs_one_output", &why));
+            }
+        }
+        invariants.push(all_up_result(&faults, &all_up, &scenario));
+        invariants.push(failover_result(&faults, &scenario));
+
+        let first_violation =
+            invariants
+                .iter()
+                .find(|invariant| !invariant.passed)
+                .map(|invariant| {
+                    format!(
+                        "{}: {}",
+                        invariant.name,
+                        invariant
+                            .first_counterexample
+                            .as_ref()
+                            .map_or("(no example)".to_string(), ToString::to_string)
+                    )
+                });
+        let messages_stored = histories.values().map(|history| history.len() as u64).sum();
+        let (conflicts, conflicts_per_node) = counters.total(scrape::JOURNAL_CONFLICTS);
+        let (duplicates, duplicates_per_node) = counters.total(scrape::ENTITY_DUPLICATES);
+        let acks_per_second = report::acks_per_second(&logs, workload_ms);
+        let timeline_path = self.out_dir.join("timeline.png");
+        let timeline_png = match timeline::draw(
+            &timeline_path,
+            &acks_per_second,
+            &faults,
+            self.seed,
+        ) {
+            Ok(true) => Some(timeline_path.display().to_string()),
+            Ok(false) => {
+                self.notes.push(format!(
+                    "timeline drawn without text: no font at {} (Debian package fonts-dejavu-core)",
+                    timeline::FONT_PATH
+                ));
+                Some(timeline_path.display().to_string())
+            }
+            Err(error) => {
+                self.notes.push(format!("timeline not drawn: {error:#}"));
+                None
+            }
+        };
+        let jobs_reason = jobs_enabled
+            .clone()
+            .err()
+            .or_else(|| book.disabled_reason());
+        let mut report = Report {
+            seed: self.seed,
+            verdict: String::new(),
+            replay: self.options.replay_command.clone(),
+            scenario: scenario.clone(),
+            network: if self.network.is_some() {
+                "network namespaces".into()
+            } else {
+                "loopback".into()
+            },
+            notes: self.notes.clone(),
+            started_unix_ms,
+            workload_ms,
+            out_dir: self.out_dir.display().to_string(),
+            cluster_dir: cluster.dir().display().to_string(),
+            timeline_png,
+            first_violation,
+            invariants,
+            failover: report::failover_by_kind(&faults, &scenario),
+            throughput: report::throughput(&logs, &faults, posting_end_ms),
+            totals: report::totals(&logs, rooms.len(), messages_stored),
+            stale_owner_rejections: CounterTotal {
+                total: conflicts,
+                per_node: conflicts_per_node,
+            },
+            retries_answered_from_journal: CounterTotal {
+                total: duplicates,
+                per_node: duplicates_per_node,
+            },
+            jobs: report::jobs_summary(jobs_enabled.is_ok(), jobs_reason, &jobs_records),
+            faults,
+            acks_per_second,
+        };
+        report.verdict = if report.passed() {
+            "pass".into()
+        } else {
+            "fail".into()
+        };
+        write_json(
+            &self.out_dir.join("report.json"),
+            &serde_json::to_value(&report)?,
+        )?;
+        write_json(
+            &self.out_dir.join("clients.json"),
+            &serde_json::to_value(&logs)?,
+        )?;
+        let stored: BTreeMap<&String, &Vec<StoredMessage>> = histories.iter().collect();
+        write_json(
+            &self.out_dir.join("histories.json"),
+            &serde_json::to_value(stored)?,
+        )?;
+        println!("{}", report.summary());
+        Ok(report)
+    }
+
+    async fn start_cluster(&self) -> anyhow::Result<TestCluster> {
+        let scenario = &self.options.scenario;
+        let mut builder = ClusterBuilder::new(&self.options.node_binary)
+            .nodes(scenario.nodes)
+            .directory(self.out_dir.join("cluster"))
+            .start_timeout(START_TIMEOUT)
+            // The workload's clients post as fast as acks come and ping; the per-connection
+            // rate limit is not what this run tests.
+            .setting("sessions", "messages_per_second", 10_000);
+        if let Some(network) = &self.network {
+            let network = lock(network);
+            builder = builder.placements(
+                (1..=scenario.nodes)
+                    .map(|index| network.placement(index))
+                    .collect(),
+            );
+        }
+        if let Some(interval) = scenario.heartbeat_interval_ms {
+            builder = builder.setting("cluster", "heartbeat_interval_ms", interval as i64);
+        }
+        if let Some(timeout) = scenario.failure_timeout_ms {
+            builder = builder.setting("cluster", "failure_timeout_ms", timeout as i64);
+        }
+        builder.start().await
+    }
+}
+
+/// Creates `count` rooms, discarding some so that owners are spread as evenly as placement
+/// allows (every node should own rooms, or faults on it would have nothing to fail over).
+async fn create_rooms(
+    http: &reqwest::Client,
+    node_ids: &[String],
+    node_urls: &[String],
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let per_node_max = count.div_ceil(node_ids.len());
+    let mut owned: BTreeMap<String, usize> = BTreeMap::new();
+    let mut rooms = Vec::new();
+    let token = test_token("chaos-room-maker");
+    for attempt in 0..count * ROOM_ATTEMPTS_PER_ROOM {
+        if rooms.len() == count {
+            break;
+        }
+        let url = &node_urls[attempt % node_urls.len()];
+        let response = http
+            .post(format!("{url}/api/rooms"))
+            .bearer_auth(&token)
+            .json(&json!({"name": format!("chaos {attempt}")}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let body: Value = match response {
+            Ok(response) if response.status().as_u16() == 201 => {
+                response.json().await.unwrap_or(Value::Null)
+            }
+            Ok(response) => bail!(
+                "POST /api/rooms answered {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            ),
+            Err(error) => bail!("POST /api/rooms failed: {error}"),
+        };
+        let Some(room) = body["room"]["id"].as_str() else {
+            bail!("POST /api/rooms gave no room id: {body}")
+        };
+        let owner = runtime::placement::owner("room", room, node_ids.iter().map(String::as_str))
+            .unwrap_or_default()
+            .to_string();
+        let last_attempts = attempt + 1 >= count * ROOM_ATTEMPTS_PER_ROOM - (count - rooms.len());
+        if owned.get(&owner).copied().unwrap_or(0) < per_node_max || last_attempts {
+            *owned.entry(owner).or_default() += 1;
+            rooms.push(room.to_string());
+        }
+    }
+    if rooms.len() < count {
+        bail!("created only {} of {count} rooms", rooms.len());
+    }
+    println!("chaos: {count} rooms, owners {owned:?}");
+    Ok(rooms)
+}
+
+/// Reads every room's whole history, page by page, from any live node.
+async fn read_histories(
+    http: &reqwest::Client,
+    urls: &[String],
+    rooms: &[String],
+) -> (Histories, Vec<(String, String)>) {
+    let mut histories = Histories::new();
+    let mut unreadable = Vec::new();
+    let token = test_token(AUDITOR);
+    for room in rooms {
+        match read_history(http, urls, room, &token).await {
+            Ok(history) => {
+                histories.insert(room.clone(), history);
+            }
+            Err(error) => unreadable.push((room.clone(), format!("{error:#}"))),
+        }
+    }
+    (histories, unreadable)
+}
+
+async fn read_history(
+    http: &reqwest::Client,
+    urls: &[String],
+    room: &str,
+    token: &str,
+) -> anyhow::Result<Vec<StoredMessage>> {
+    if urls.is_empty() {
+        bail!("no live node to read from");
+    }
+    let deadline = tokio::time::Instant::now() + HISTORY_TIMEOUT;
+    let mut history = Vec::new();
+    let mut after = 0;
+    let mut attempt = 0;
+    loop {
+        let url = format!(
+            "{}/api/rooms/{room}/messages?after={after}&limit=200",
+            urls[attempt % urls.len()]
+        );
+        let page = async {
+            let response = http
+                .get(&url)
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            let status = response.status();
+            if !status.is_success() {
+                bail!(
+                    "GET {url}: {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            Ok::<Value, anyhow::Error>(response.json().await?)
+        }
+        .await;
+        let body = match page {
+            Ok(body) => body,
+            Err(error) => {
+                attempt += 1;
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(error);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(history);
+        }
+        for message in &messages {
+            let seq = message["seq"]
+                .as_u64()
+                .ok_or_else(|| anyhow!("a message without seq in {room}: {message}"))?;
+            history.push(StoredMessage {
+                seq,
+                user: message["user"].as_str().unwrap_or_default().to_string(),
+                id: message["id"].as_str().unwrap_or_default().to_string(),
+            });
+            after = after.max(seq);
+        }
+    }
+}
+
+/// Every fault recovered (all up) within the bound, and the cluster was all up at the end.
+fn all_up_result(
+    faults: &[FaultRecord],
+    final_all_up: &anyhow::Result<()>,
+    scenario: &Scenario,
+) -> InvariantResult {
+    let mut findings = Vec::new();
+    for fault in faults {
+        if fault.recovered_ms.is_none() {
+            findings.push(CounterExample::new(format!(
+                "fault {} ({} {}) at {} ms: not all up within {:?} of its heal: {}",
+                fault.index,
+                fault.kind,
+                fault.targets.join("+"),
+                fault.started_ms,
+                scenario.all_up_timeout,
+                fault.notes.join("; ")
+            )));
+        }
+    }
+    if let Err(error) = final_all_up {
+        findings.push(CounterExample::new(format!(
+            "not all up within {:?} after the final heal: {error:#}",
+            scenario.all_up_timeout
+        )));
+    }
+    InvariantResult::from_findings(
+        "cluster_all_up_after_heal",
+        faults.len() as u64 + 1,
+        findings,
+    )
+}
+
+/// Each fault's rooms served again (first ack) within the bound of its kind.
+fn failover_result(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
+    let mut findings = Vec::new();
+    let mut checked = 0;
+    let mut without_rooms = 0;
+    for fault in faults {
+        if fault.victim_rooms.is_empty() {
+            without_rooms += 1;
+            continue;
+        }
+        checked += 1;
+        let bound = scenario.failover_bound_ms(fault.kind);
+        let describe =
+            |value: Option<u64>| value.map_or("never".to_string(), |value| format!("{value} ms"));
+        let over = fault.first_served_ms.is_none_or(|served| served > bound);
+        if over {
+            findings.push(CounterExample {
+                room: fault.victim_rooms.first().cloned(),
+                ..CounterExample::new(format!(
+                    "fault {} ({} {}) at {} ms: its rooms served again after {} (bound {bound} ms); detection {}, re-hosting {}",
+                    fault.index,
+                    fault.kind,
+                    fault.targets.join("+"),
+                    fault.started_ms,
+                    describe(fault.first_served_ms),
+                    describe(fault.detection_ms),
+                    describe(fault.rehosted_ms)
+                ))
+            });
+        }
+    }
+    let result = InvariantResult::from_findings("failover_within_bound", checked, findings);
+    if without_rooms > 0 {
+        result.with_note(format!(
+            "{without_rooms} faults hit nodes that owned none of the workload's rooms"
+        ))
+    } else {
+        result
+    }
+}
+
+/// Prints the live progress line until `stop`.
+async fn show_progress(
+    clock: Clock,
+    duration_ms: u64,
+    progress: Arc<Progress>,
+    injector: Arc<Injector>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let terminal = std::io::stderr().is_terminal();
+    let mut tick = 0u64;
+    let mut last_acked = 0;
+    let mut last_faults = 0;
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
+            _ = stop.changed() => break,
+        }
+        tick += 1;
+        let acked = progress.acked.load(Ordering::Relaxed);
+        let faults = progress.faults_started.load(Ordering::Relaxed);
+        let active = injector.active_faults();
+        let rate = acked.saturating_sub(last_acked) as f64 / PROGRESS_INTERVAL.as_secs_f64();
+        last_acked = acked;
+        let line = format!(
+            "[{:6.1}s / {}s] faults {faults}{} | acked {acked} ({rate:.0}/s) | retries {} | reconnects {} | jobs done {}/{}",
+            clock.now_ms() as f64 / 1000.0,
+            duration_ms / 1000,
+            if active.is_empty() {
+                String::new()
+            } else {
+                format!(" (now: {})", active.join(", "))
+            },
+            progress.retries.load(Ordering::Relaxed),
+            progress.reconnects.load(Ordering::Relaxed),
+            progress.jobs_finished.load(Ordering::Relaxed),
+            progress.jobs_accepted.load(Ordering::Relaxed),
+        );
+        if terminal {
+            eprint!("\r\x1b[2K{line}");
+            if faults != last_faults {
+                eprintln!();
+            }
+        } else if tick % 10 == 0 || faults != last_faults {
+            eprintln!("{line}");
+        }
+        last_faults = faults;
+    }
+    if terminal {
+        eprintln!();
+    }
+}
+
+fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A seed when none was given: the clock's nanoseconds, reduced to something easy to type.
+fn seed_from_clock() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    (nanos % 1_000_000_000) as u64
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, for the default output folder.
+fn timestamp() -> String {
+    let seconds = unix_ms() / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    }
+
+    #[test]
+    fn failover_over_the_bound_is_a_violation() {
+        let scenario = Scenario::default();
+        let fault = |kind, served| FaultRecord {
+            index: 0,
+            lane: 0,
+            kind,
+            shape: None,
+            targets: vec!["n2".into()],
+            survivors: vec!["n1".into()],
+            victim_rooms: vec!["room".into()],
+            started_ms: 1000,
+            healed_ms: Some(5000),
+            recovered_ms: Some(6000),
+            detection_ms: Some(100),
+            rehosted_ms: Some(200),
+            first_served_ms: served,
+            notes: Vec::new(),
+        };
+        assert!(
+            failover_result(
+                &[
+                    fault(FaultKind::Kill, Some(1500)),
+                    fault(FaultKind::Pause, Some(2900))
+                ],
+                &scenario
+            )
+            .passed
+        );
+        let result = failover_result(&[fault(FaultKind::Kill, Some(2500))], &scenario);
+        assert!(!result.passed);
+        assert_eq!(
+            result
+                .first_counterexample
+                .expect("example")
+                .room
+                .as_deref(),
+            Some("room")
+        );
+        assert!(!failover_result(&[fault(FaultKind::Partition, None)], &scenario).passed);
+        let mut unrecovered = fault(FaultKind::Kill, Some(10));
+        unrecovered.recovered_ms = None;
+        assert!(!all_up_result(&[unrecovered], &Ok(()), &scenario).passed);
+    }
+}

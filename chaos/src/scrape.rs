@@ -1,0 +1,109 @@
+//! Reads counters from the nodes' `/metrics` during the run.
+//!
+//! A counter restarts from zero with its process, so a total over the run is the sum, over
+//! every process (node and pid) the harness saw, of the highest value read from it. The
+//! scraper reads every live node each second, and once more at the end.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::cluster::{ProcessState, TestCluster};
+
+/// Stale owners' appends rejected by the journal's create-only write.
+pub const JOURNAL_CONFLICTS: &str = "actorhub_journal_conflicts_total";
+/// Retried asks answered from the journal instead of re-applied.
+pub const ENTITY_DUPLICATES: &str = "actorhub_entity_duplicates_total";
+/// Every counter the report totals.
+pub const COUNTERS: [&str; 2] = [JOURNAL_CONFLICTS, ENTITY_DUPLICATES];
+/// Time between two scrapes of the same node.
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The highest value seen per (counter, node, pid).
+#[derive(Debug, Default)]
+pub struct CounterTotals {
+    highest: Mutex<BTreeMap<(String, String, u32), f64>>,
+}
+
+impl CounterTotals {
+    /// Scrapes every live node once.
+    pub async fn scrape(&self, cluster: &TestCluster, http: &reqwest::Client) {
+        for node in cluster.node_ids() {
+            let ProcessState::Running { pid, paused: false } = cluster.process_state(&node) else {
+                continue;
+            };
+            let url = format!("{}/metrics", cluster.http_url(&node));
+            let Ok(response) = http.get(&url).timeout(Duration::from_secs(2)).send().await else {
+                continue;
+            };
+            let Ok(text) = response.text().await else {
+                continue;
+            };
+            let mut highest = self.highest.lock().unwrap_or_else(PoisonError::into_inner);
+            for counter in COUNTERS {
+                let value = sum_metric(&text, counter);
+                let entry = highest
+                    .entry((counter.to_string(), node.clone(), pid))
+                    .or_insert(0.0);
+                *entry = entry.max(value);
+            }
+        }
+    }
+
+    /// Scrapes until `stop` becomes true.
+    pub async fn run(
+        self: Arc<Self>,
+        cluster: Arc<TestCluster>,
+        http: reqwest::Client,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        while !*stop.borrow() {
+            self.scrape(&cluster, &http).await;
+            tokio::select! {
+                _ = tokio::time::sleep(SCRAPE_INTERVAL) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// The run's total of `counter`, overall and per node.
+    pub fn total(&self, counter: &str) -> (u64, BTreeMap<String, u64>) {
+        let highest = self.highest.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
+        for ((name, node, _pid), value) in highest.iter() {
+            if name == counter {
+                *per_node.entry(node.clone()).or_default() += *value as u64;
+            }
+        }
+        (per_node.values().sum(), per_node)
+    }
+}
+
+/// The sum of every sample of `name` (all label sets) in Prometheus text.
+pub fn sum_metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next())
+        .filter_map(|value| value.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_of_every_label_set_are_summed() {
+        let text = "# HELP actorhub_journal_conflicts_total x\n# TYPE actorhub_journal_conflicts_total counter\nactorhub_journal_conflicts_total{kind=\"room\"} 3\nactorhub_journal_conflicts_total{kind=\"job\"} 2\nactorhub_journal_conflicts_total_other 7\n";
+        assert_eq!(sum_metric(text, JOURNAL_CONFLICTS), 5.0);
+        assert_eq!(
+            sum_metric("actorhub_journal_conflicts_total 4\n", JOURNAL_CONFLICTS),
+            4.0
+        );
+        assert_eq!(sum_metric("", JOURNAL_CONFLICTS), 0.0);
+    }
+}

@@ -1,0 +1,206 @@
+//! Reading a job upload: a `multipart/form-data` body with a `file` part, streamed into the
+//! object store at `jobs/<id>/input` as it arrives, and small text fields (`target`, `width`,
+//! `height`, `duration_ms`). The file's first and last bytes are kept for sniffing its type.
+//!
+//! **API Boundary:** nothing of the body is trusted: the file is counted as it streams and the
+//! upload is aborted (its staged parts deleted) past `jobs.input_bytes_max`; fields and parts
+//! are bounded in size and number; any failure leaves nothing behind.
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use futures_util::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use warp::http::StatusCode;
+use warp::multipart::{FormData, Part};
+
+use actors::job::format::{SNIFF_HEAD_BYTES, SNIFF_TAIL_BYTES};
+use actors::job::store;
+
+use crate::error::ApiError;
+
+/// Parts in one upload form.
+const PARTS_MAX: usize = 8;
+/// Largest text field.
+const FIELD_BYTES_MAX: usize = 256;
+/// Upload parts sent to the object store at once (each up to the store's chunk size).
+const STORE_WRITES_IN_FLIGHT_MAX: usize = 2;
+
+/// The form, once read. The file is in the object store.
+#[derive(Debug, Default)]
+pub struct Upload {
+    pub file_name: Option<String>,
+    pub file_bytes: u64,
+    pub head: Vec<u8>,
+    pub tail: Vec<u8>,
+    pub target: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub duration_ms: Option<u64>,
+}
+
+fn too_large(bytes_max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("the file is larger than {bytes_max} bytes"),
+    )
+}
+
+fn bad_form(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("bad_multipart", message)
+}
+
+/// Reads the form, streaming the file to `jobs/<job>/input`. On error nothing is stored.
+pub async fn read_form(
+    store: &Arc<dyn ObjectStore>,
+    job: &str,
+    mut form: FormData,
+    bytes_max: u64,
+) -> Result<Upload, ApiError> {
+    let mut upload = Upload::default();
+    let mut parts = 0;
+    let mut stored = false;
+    let result: Result<(), ApiError> = async {
+        while let Some(part) = form.next().await {
+            let part = part.map_err(|error| bad_form(format!("cannot read the form: {error}")))?;
+            parts += 1;
+            if parts > PARTS_MAX {
+                return Err(bad_form(format!("more than {PARTS_MAX} parts")));
+            }
+            match part.name() {
+                "file" if stored => return Err(bad_form("one `file` part only")),
+                "file" => {
+                    upload.file_name = Some(part.filename().unwrap_or("upload").to_string());
+                    stored = true;
+                    store_file(store, job, part, bytes_max, &mut upload).await?;
+                }
+                "target" => upload.target = Some(read_field(part).await?),
+                "width" => upload.width = Some(number_field(part, "width").await?),
+                "height" => upload.height = Some(number_field(part, "height").await?),
+                "duration_ms" => {
+                    upload.duration_ms = Some(number_field(part, "duration_ms").await?)
+                }
+                other => {
+                    let message = format!(
+                        "unknown form field {other:?}; expected file, target, width, height"
+                    );
+                    return Err(ApiError::bad_request("unknown_field", message));
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(error) = result {
+        if stored {
+            store::delete_quietly(store, &store::input_path(job)).await;
+        }
+        return Err(error);
+    }
+    Ok(upload)
+}
+
+/// Streams one part into the object store, keeping its first and last bytes.
+async fn store_file(
+    store: &Arc<dyn ObjectStore>,
+    job: &str,
+    part: Part,
+    bytes_max: u64,
+    upload: &mut Upload,
+) -> Result<(), ApiError> {
+    let unavailable = |error: object_store::Error| {
+        ApiError::unavailable(format!("cannot store the upload: {error}"))
+    };
+    let multipart = store
+        .put_multipart(&store::input_path(job))
+        .await
+        .map_err(unavailable)?;
+    let mut writer = WriteMultipart::new(multipart);
+    let mut stream = std::pin::pin!(part.stream());
+    let outcome: Result<(), ApiError> = async {
+        while let Some(chunk) = stream.next().await {
+            let mut chunk =
+                chunk.map_err(|error| bad_form(format!("the upload broke off: {error}")))?;
+            let chunk = chunk.copy_to_bytes(chunk.remaining());
+            upload.file_bytes += chunk.len() as u64;
+            if upload.file_bytes > bytes_max {
+                return Err(too_large(bytes_max));
+            }
+            keep_ends(upload, &chunk);
+            writer
+                .wait_for_capacity(STORE_WRITES_IN_FLIGHT_MAX)
+                .await
+                .map_err(unavailable)?;
+            writer.put(chunk);
+        }
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => writer.finish().await.map(drop).map_err(unavailable),
+        Err(error) => {
+            if let Err(abort_error) = writer.abort().await {
+                tracing::warn!(%job, error = %abort_error, "could not abort a refused upload");
+            }
+            Err(error)
+        }
+    }
+}
+
+fn keep_ends(upload: &mut Upload, chunk: &[u8]) {
+    if upload.head.len() < SNIFF_HEAD_BYTES {
+        let take = (SNIFF_HEAD_BYTES - upload.head.len()).min(chunk.len());
+        upload.head.extend_from_slice(&chunk[..take]);
+    }
+    upload.tail.extend_from_slice(chunk);
+    if upload.tail.len() > 2 * SNIFF_TAIL_BYTES {
+        let excess = upload.tail.len() - SNIFF_TAIL_BYTES;
+        upload.tail.drain(..excess);
+    }
+}
+
+async fn read_field(part: Part) -> Result<String, ApiError> {
+    let name = part.name().to_string();
+    let mut stream = std::pin::pin!(part.stream());
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk =
+            chunk.map_err(|error| bad_form(format!("cannot read `{name}`: {error}")))?;
+        if bytes.len() + chunk.remaining() > FIELD_BYTES_MAX {
+            return Err(bad_form(format!(
+                "`{name}` is longer than {FIELD_BYTES_MAX} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    String::from_utf8(bytes).map_err(|_| bad_form(format!("`{name}` is not UTF-8 text")))
+}
+
+async fn number_field<T: std::str::FromStr>(part: Part, name: &str) -> Result<T, ApiError> {
+    let text = read_field(part).await?;
+    text.trim().parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_options",
+            format!("`{name}` must be a whole number, not {text:?}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ends_of_a_long_upload_are_kept() {
+        let mut upload = Upload::default();
+        let data: Vec<u8> = (0..400_000u32).map(|index| (index % 251) as u8).collect();
+        for chunk in data.chunks(7_919) {
+            keep_ends(&mut upload, chunk);
+        }
+        assert_eq!(upload.head, data[..SNIFF_HEAD_BYTES]);
+        assert!(upload.tail.len() >= SNIFF_TAIL_BYTES && upload.tail.len() <= 2 * SNIFF_TAIL_BYTES);
+        assert!(data.ends_with(&upload.tail));
+    }
+}

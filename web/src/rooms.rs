@@ -1,0 +1,275 @@
+//! Room routes: `POST /api/rooms` (create), `GET /api/rooms` (list),
+//! `GET /api/rooms/{id}/messages?after=&before=&limit=` (history, from the room's memory or,
+//! for older messages, from its journal).
+
+use actors::directory::{DIRECTORY_KEY, DirectoryCommand, RoomDirectory};
+use actors::room::{
+    ChatMessage, HISTORY_PAGE_MAX, Room, RoomCommand, RoomError, RoomEvent, RoomReply,
+};
+use runtime::{EntityId, Runtime};
+use serde::{Deserialize, Serialize};
+use warp::http::StatusCode;
+use warp::{Filter, Reply};
+
+use crate::AppState;
+use crate::auth::{Claims, authenticated};
+use crate::error::ApiError;
+
+/// Largest JSON body of a room creation.
+const CREATE_BODY_BYTES_MAX: u64 = 4 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    after: Option<u64>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct MessageItem<'a> {
+    r#type: &'static str,
+    room: &'a str,
+    seq: u64,
+    id: &'a str,
+    user: &'a str,
+    name: &'a str,
+    text: &'a str,
+    ts: u64,
+}
+
+pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let auth = authenticated(state.tokens.clone());
+    let create = {
+        let state = state.clone();
+        warp::path!("api" / "rooms")
+            .and(warp::post())
+            .and(auth.clone())
+            .and(warp::body::content_length_limit(CREATE_BODY_BYTES_MAX))
+            .and(warp::body::json::<CreateRoom>())
+            .and_then(move |claims: Claims, body: CreateRoom| {
+                create_room(state.runtime.clone(), claims, body)
+            })
+    };
+    let list = {
+        let state = state.clone();
+        warp::path!("api" / "rooms")
+            .and(warp::get())
+            .and(auth.clone())
+            .and_then(move |_claims: Claims| list_rooms(state.runtime.clone()))
+    };
+    let history = warp::path!("api" / "rooms" / String / "messages")
+        .and(warp::get())
+        .and(auth)
+        .and(warp::query::<HistoryQuery>())
+        .and_then(move |room: String, _claims: Claims, query: HistoryQuery| {
+            history(state.runtime.clone(), room, query)
+        });
+    create.or(list).unify().or(history).unify().boxed()
+}
+
+async fn create_room(
+    runtime: Runtime,
+    claims: Claims,
+    body: CreateRoom,
+) -> Result<warp::reply::Response, warp::Rejection> {
+    let id = room_id(&body.name);
+    let command = RoomCommand::Create {
+        name: body.name,
+        by: claims.sub,
+        now_ms: runtime::membership::unix_ms(),
+    };
+    let info = match runtime
+        .entity::<Room>(id)
+        .ask(command)
+        .await
+        .map_err(reject_runtime)?
+    {
+        Ok(RoomReply::Created(info)) => info,
+        Ok(_) => {
+            return Err(warp::reject::custom(ApiError::unavailable(
+                "unexpected reply from the room",
+            )));
+        }
+        Err(error) => return Err(reject_room(error)),
+    };
+    runtime
+        .entity::<RoomDirectory>(DIRECTORY_KEY)
+        .ask(DirectoryCommand::Add(info.clone()))
+        .await
+        .map_err(reject_runtime)?
+        .map_err(|message| {
+            warp::reject::custom(ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "directory_full",
+                message,
+            ))
+        })?;
+    Ok(warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "room": info })),
+        StatusCode::CREATED,
+    )
+    .into_response())
+}
+
+async fn list_rooms(runtime: Runtime) -> Result<warp::reply::Response, warp::Rejection> {
+    let rooms = runtime
+        .entity::<RoomDirectory>(DIRECTORY_KEY)
+        .ask(DirectoryCommand::List)
+        .await
+        .map_err(reject_runtime)?
+        .map_err(|message| warp::reject::custom(ApiError::unavailable(message)))?;
+    Ok(warp::reply::json(&serde_json::json!({ "rooms": rooms })).into_response())
+}
+
+async fn history(
+    runtime: Runtime,
+    room: String,
+    query: HistoryQuery,
+) -> Result<warp::reply::Response, warp::Rejection> {
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX);
+    let command = RoomCommand::History {
+        after,
+        before: query.before,
+        limit,
+    };
+    let (mut messages, complete) = match runtime
+        .entity::<Room>(room.clone())
+        .ask(command)
+        .await
+        .map_err(reject_runtime)?
+    {
+        Ok(RoomReply::History { messages, complete }) => (messages, complete),
+        Ok(_) => {
+            return Err(warp::reject::custom(ApiError::unavailable(
+                "unexpected reply from the room",
+            )));
+        }
+        Err(error) => return Err(reject_room(error)),
+    };
+    if !complete {
+        messages = journal_history(&runtime, &room, after, query.before, limit).await?;
+    }
+    let items: Vec<MessageItem<'_>> = messages
+        .iter()
+        .map(|message| MessageItem {
+            r#type: "message",
+            room: &room,
+            seq: message.seq,
+            id: &message.id,
+            user: &message.user,
+            name: &message.name,
+            text: &message.text,
+            ts: message.ts,
+        })
+        .collect();
+    Ok(warp::reply::json(&serde_json::json!({ "room": room, "messages": items })).into_response())
+}
+
+/// Reads messages `after < seq < before` from the room's journal segments, oldest first.
+async fn journal_history(
+    runtime: &Runtime,
+    room: &str,
+    after: u64,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<ChatMessage>, warp::Rejection> {
+    let entity = EntityId::new(<Room as runtime::Entity>::KIND, room);
+    let journal = runtime.journal();
+    let starts = journal
+        .segment_starts(&entity)
+        .await
+        .map_err(reject_runtime)?;
+    // Journal seq 1 is the room's creation, so message seq n is journal seq n + 1: start at the
+    // last segment beginning at or before the first wanted message.
+    let first_wanted = after + 2;
+    let from = starts
+        .iter()
+        .rposition(|start| *start <= first_wanted)
+        .unwrap_or(0);
+    let mut messages = Vec::new();
+    for start in &starts[from..] {
+        let Some(records) = journal
+            .read_records(&entity, *start)
+            .await
+            .map_err(reject_runtime)?
+        else {
+            continue;
+        };
+        for record in records {
+            for bytes in &record.events {
+                let event: RoomEvent =
+                    runtime::codec::decode(bytes, "room event").map_err(reject_runtime)?;
+                if let RoomEvent::Posted(message) = event
+                    && message.seq > after
+                    && before.is_none_or(|before| message.seq < before)
+                {
+                    messages.push(message);
+                    if messages.len() >= limit {
+                        return Ok(messages);
+                    }
+                }
+            }
+        }
+    }
+    Ok(messages)
+}
+
+/// A readable, unique room id: the name's slug and random hex.
+fn room_id(name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() {
+                character.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    let slug: String = slug.chars().take(32).collect();
+    let suffix = format!("{:06x}", fastrand::u32(..1 << 24));
+    if slug.is_empty() {
+        suffix
+    } else {
+        format!("{slug}-{suffix}")
+    }
+}
+
+fn reject_runtime(error: runtime::RuntimeError) -> warp::Rejection {
+    warp::reject::custom(ApiError::from_runtime(error))
+}
+
+fn reject_room(error: RoomError) -> warp::Rejection {
+    let status = match error {
+        RoomError::NoSuchRoom => StatusCode::NOT_FOUND,
+        RoomError::AlreadyExists => StatusCode::CONFLICT,
+        RoomError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    warp::reject::custom(ApiError::new(status, error.code(), error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_id;
+
+    #[test]
+    fn room_ids_are_slugs_with_a_random_suffix() {
+        let id = room_id("  Hello, World! ");
+        assert!(id.starts_with("hello-world-"), "{id}");
+        assert_eq!(id.len(), "hello-world-".len() + 6);
+        assert_ne!(room_id("x"), room_id("x"));
+        assert_eq!(room_id("!!!").len(), 6);
+    }
+}

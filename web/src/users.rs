@@ -1,0 +1,403 @@
+//! Account routes under `/api/users`: sign-up, email verification, login, the profile and its
+//! photo. The flows live in `actors::user::service::Accounts`; this module reads requests with
+//! limits, calls it, and turns its answers into HTTP (see `users/reply.rs` for the codes).
+//!
+//! | route | auth | success |
+//! |---|---|---|
+//! | `POST /api/users/signup` `{email, password, name}` | | 201 user |
+//! | `GET /api/users/verify?token=` | | 200 user (JSON) or an HTML page |
+//! | `POST /api/users/resend-verification` `{email}` | | 202 |
+//! | `POST /api/users/login` `{email, password}` | | 200 `{token, user}` |
+//! | `GET /api/users/me`, `PATCH /api/users/me` `{name?, bio?}` | token | 200 user |
+//! | `PUT /api/users/me/photo` (JPEG, PNG or WebP body) | token | 200 user |
+//! | `GET /api/users/{id}/photo` | | 200 image |
+//!
+//! Request bodies are never logged; passwords are handed straight to the account service.
+
+mod reply;
+
+use std::collections::HashMap;
+
+use actors::user::service::Accounts;
+use bytes::Buf;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::AppState;
+use crate::auth::{Claims, authenticated, unix_now_s};
+use crate::error::ApiError;
+
+use self::reply::{LoginBody, UserBody, account_error, json, verify_page};
+
+/// Largest JSON body of an account request (a password is at most 1 KiB).
+pub const JSON_BODY_BYTES_MAX: usize = 16 * 1024;
+/// Content types accepted for a photo upload (`application/octet-stream`: let the bytes say).
+const PHOTO_CONTENT_TYPES: [&str; 4] = [
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "application/octet-stream",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignUpRequest {
+    email: String,
+    password: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResendRequest {
+    email: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilePatch {
+    name: Option<String>,
+    bio: Option<String>,
+}
+
+type Response = warp::reply::Response;
+
+/// Every account route; errors are answered in place as `{"error":{code,message}}`.
+pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
+    let accounts = state.accounts.clone();
+    let with_accounts = warp::any().map(move || accounts.clone());
+    let auth = authenticated(state.tokens.clone());
+
+    let signup = warp::path!("api" / "users" / "signup")
+        .and(warp::post())
+        .and(with_accounts.clone())
+        .and(warp::body::stream())
+        .then(|accounts: Accounts, body| async move {
+            let request: SignUpRequest = match read_json(body).await {
+                Ok(request) => request,
+                Err(error) => return error.into_response(),
+            };
+            match accounts
+                .sign_up(&request.email, request.password, &request.name)
+                .await
+            {
+                Ok(profile) => json(StatusCode::CREATED, &UserBody::from(&profile)),
+                Err(error) => account_error(error),
+            }
+        });
+
+    let verify = warp::path!("api" / "users" / "verify")
+        .and(warp::get())
+        .and(with_accounts.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(warp::header::optional::<String>("accept"))
+        .then(
+            |accounts: Accounts, query: HashMap<String, String>, accept: Option<String>| async move {
+                let wants_json = accept.is_some_and(|accept| accept.contains("application/json"));
+                let outcome = match query.get("token") {
+                    Some(token) => accounts.verify(token).await,
+                    None => Err(actors::user::UserError::InvalidToken.into()),
+                };
+                match (outcome, wants_json) {
+                    (Ok(profile), true) => json(StatusCode::OK, &UserBody::from(&profile)),
+                    (Ok(profile), false) => verify_page(Ok(&profile)),
+                    (Err(error), true) => account_error(error),
+                    (Err(error), false) => verify_page(Err(error)),
+                }
+            },
+        );
+
+    let resend = warp::path!("api" / "users" / "resend-verification")
+        .and(warp::post())
+        .and(with_accounts.clone())
+        .and(warp::body::stream())
+        .then(|accounts: Accounts, body| async move {
+            let request: ResendRequest = match read_json(body).await {
+                Ok(request) => request,
+                Err(error) => return error.into_response(),
+            };
+            match accounts.resend_verification(&request.email).await {
+                Ok(()) => json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({
+                        "status": "accepted",
+                        "message": "if the account exists and is not verified, a new link is on its way"
+                    }),
+                ),
+                Err(error) => account_error(error),
+            }
+        });
+
+    let login = {
+        let tokens = state.tokens.clone();
+        let ttl_s = state.runtime.config().web.token_ttl_s;
+        warp::path!("api" / "users" / "login")
+            .and(warp::post())
+            .and(with_accounts.clone())
+            .and(warp::body::stream())
+            .then(move |accounts: Accounts, body| {
+                let tokens = tokens.clone();
+                async move {
+                    let request: LoginRequest = match read_json(body).await {
+                        Ok(request) => request,
+                        Err(error) => return error.into_response(),
+                    };
+                    match accounts.login(&request.email, request.password).await {
+                        Ok(profile) => {
+                            let now_s = unix_now_s();
+                            let token =
+                                tokens.mint_named(&profile.id, Some(&profile.name), now_s, ttl_s);
+                            let body = LoginBody {
+                                token,
+                                expires_at_s: now_s + ttl_s,
+                                user: UserBody::from(&profile),
+                            };
+                            json(StatusCode::OK, &body)
+                        }
+                        Err(error) => account_error(error),
+                    }
+                }
+            })
+    };
+
+    let me = warp::path!("api" / "users" / "me")
+        .and(warp::get())
+        .and(with_accounts.clone())
+        .and(auth.clone())
+        .then(|accounts: Accounts, claims: Claims| async move {
+            match accounts.profile(&claims.sub).await {
+                Ok(profile) => json(StatusCode::OK, &UserBody::from(&profile)),
+                Err(error) => account_error(error),
+            }
+        });
+
+    let update = warp::path!("api" / "users" / "me")
+        .and(warp::patch())
+        .and(with_accounts.clone())
+        .and(auth.clone())
+        .and(warp::body::stream())
+        .then(|accounts: Accounts, claims: Claims, body| async move {
+            let patch: ProfilePatch = match read_json(body).await {
+                Ok(patch) => patch,
+                Err(error) => return error.into_response(),
+            };
+            match accounts
+                .update_profile(&claims.sub, patch.name, patch.bio)
+                .await
+            {
+                Ok(profile) => json(StatusCode::OK, &UserBody::from(&profile)),
+                Err(error) => account_error(error),
+            }
+        });
+
+    let upload = warp::path!("api" / "users" / "me" / "photo")
+        .and(warp::put())
+        .and(with_accounts.clone())
+        .and(auth)
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::body::stream())
+        .then(
+            |accounts: Accounts, claims: Claims, content_type: Option<String>, body| async move {
+                if let Some(content_type) = content_type {
+                    let essence = content_type.split(';').next().unwrap_or_default().trim();
+                    if !PHOTO_CONTENT_TYPES.contains(&essence.to_ascii_lowercase().as_str()) {
+                        return ApiError::new(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "unsupported_media_type",
+                            "send a JPEG, PNG or WebP image",
+                        )
+                        .into_response();
+                    }
+                }
+                let bytes_max = accounts.settings().photo_bytes_max;
+                let upload = match read_limited(
+                    body,
+                    usize::try_from(bytes_max).unwrap_or(usize::MAX),
+                )
+                .await
+                {
+                    Ok(upload) => upload,
+                    Err(error) => return error.into_response(),
+                };
+                match accounts.set_photo(&claims.sub, upload).await {
+                    Ok(profile) => json(StatusCode::OK, &UserBody::from(&profile)),
+                    Err(error) => account_error(error),
+                }
+            },
+        );
+
+    let photo = warp::path!("api" / "users" / String / "photo")
+        .and(warp::get())
+        .and(with_accounts)
+        .then(|user_id: String, accounts: Accounts| async move {
+            match accounts.photo(&user_id).await {
+                Ok(Some((bytes, content_type))) => {
+                    let mut response = warp::reply::Response::new(bytes.into());
+                    let headers = response.headers_mut();
+                    for (name, value) in [
+                        ("content-type", content_type),
+                        ("cache-control", "public, max-age=60"),
+                        ("x-content-type-options", "nosniff"),
+                    ] {
+                        headers.insert(name, warp::http::HeaderValue::from_static(value));
+                    }
+                    response
+                }
+                Ok(None) => {
+                    ApiError::new(StatusCode::NOT_FOUND, "not_found", "this user has no photo")
+                        .into_response()
+                }
+                Err(error) => account_error(error),
+            }
+        });
+
+    signup
+        .or(verify)
+        .unify()
+        .or(resend)
+        .unify()
+        .or(login)
+        .unify()
+        .or(me)
+        .unify()
+        .or(update)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(photo)
+        .unify()
+        .boxed()
+}
+
+/// Reads a body of at most `bytes_max` bytes; 413 beyond, without reading the rest.
+async fn read_limited<S, B>(body: S, bytes_max: usize) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|error| {
+            ApiError::bad_request("bad_body", format!("cannot read the body: {error}"))
+        })?;
+        if bytes.len() + chunk.remaining() > bytes_max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {bytes_max} bytes"),
+            ));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let read = part.len();
+            chunk.advance(read);
+        }
+    }
+    Ok(bytes)
+}
+
+/// Reads and parses a JSON body: 400 `invalid_json` for bad syntax, 400 `missing_field` or
+/// `invalid_field` for the wrong shape, 413 beyond [`JSON_BODY_BYTES_MAX`].
+async fn read_json<T, S, B>(body: S) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let bytes = read_limited(body, JSON_BODY_BYTES_MAX).await?;
+    parse_json(&bytes)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data if error.to_string().starts_with("missing field") => {
+                ApiError::bad_request("missing_field", field_message(&error))
+            }
+            Category::Data => ApiError::bad_request("invalid_field", field_message(&error)),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON: {error}"),
+            ),
+        }
+    })
+}
+
+/// serde's message without the echo of any value (it could be a password).
+fn field_message(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(message.as_str());
+    if message.starts_with("missing field") || message.starts_with("unknown field") {
+        message.to_string()
+    } else {
+        "a field has the wrong type (strings expected)".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_are_classified_without_echoing_values() {
+        let error = parse_json::<LoginRequest>(b"{\"email\": \"a@b.co\"")
+            .err()
+            .expect("eof");
+        assert_eq!(error.code, "invalid_json");
+        let error = parse_json::<LoginRequest>(b"not json")
+            .err()
+            .expect("syntax");
+        assert_eq!(error.code, "invalid_json");
+        let error = parse_json::<LoginRequest>(b"{\"email\": \"a@b.co\"}")
+            .err()
+            .expect("missing");
+        assert_eq!(error.code, "missing_field");
+        assert!(error.message.contains("password"), "{}", error.message);
+        let error = parse_json::<LoginRequest>(br#"{"email": "a@b.co", "password": 12345678901}"#)
+            .err()
+            .expect("type");
+        assert_eq!(error.code, "invalid_field");
+        assert!(!error.message.contains("12345678901"), "{}", error.message);
+        let error = parse_json::<ResendRequest>(br#"{"email": "a@b.co", "admin": true}"#)
+            .err()
+            .expect("unknown");
+        assert_eq!(error.code, "invalid_field");
+        assert!(error.message.contains("admin"), "{}", error.message);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_cut_at_the_limit() {
+        let chunks = |sizes: &[usize]| {
+            futures_util::stream::iter(
+                sizes
+                    .iter()
+                    .map(|size| Ok::<_, warp::Error>(bytes::Bytes::from(vec![b'x'; *size])))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            read_limited(chunks(&[3, 4]), 7).await.expect("fits").len(),
+            7
+        );
+        let error = read_limited(chunks(&[3, 5]), 7)
+            .await
+            .expect_err("too large");
+        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}
