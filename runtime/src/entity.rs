@@ -245,11 +245,12 @@ impl<E: Entity> EntityRef<E> {
             if now >= deadline {
                 break;
             }
-            let view = views.borrow_and_update().clone();
-            let target = hint
-                .take()
-                .filter(|node| view.is_up(node))
-                .or_else(|| view.owner(&self.id.kind, &self.id.key).map(str::to_string));
+            let target = {
+                let view = views.borrow_and_update();
+                hint.take()
+                    .filter(|node| view.is_up(node))
+                    .or_else(|| view.owner(&self.id.kind, &self.id.key).map(str::to_string))
+            };
             let Some(target) = target else {
                 last_error = "no member is up".into();
                 let _ = tokio::time::timeout(deadline - now, views.changed()).await;
@@ -290,11 +291,10 @@ impl<E: Entity> EntityRef<E> {
 
     /// Sends without waiting for an answer (at most once; use `ask` when it must arrive).
     pub fn tell(&self, command: E::Command) -> Result<()> {
-        let view = self.runtime.view();
-        let owner = view
-            .owner(&self.id.kind, &self.id.key)
-            .ok_or_else(|| RuntimeError::Unavailable("no member is up".into()))?
-            .to_string();
+        let owner = self
+            .runtime
+            .owner_of(&self.id.kind, &self.id.key)
+            .ok_or_else(|| RuntimeError::Unavailable("no member is up".into()))?;
         let delivery = Delivery {
             msg_id: Some(self.runtime.next_msg_id()),
             payload: codec::encode(&command),

@@ -68,6 +68,8 @@ struct Entry {
     payload: Vec<u8>,
     reply: Vec<u8>,
     ports: Vec<ReplyPort>,
+    /// Events the command persisted (0 for a read queued behind an append).
+    events: usize,
 }
 
 struct Batch<E: Entity> {
@@ -256,11 +258,7 @@ impl<E: Entity> EntityState<E> {
 
     fn stash_or_shed(&mut self, delivery: Delivery) {
         if self.pending_count() >= self.runtime.config().entities.pending_commands_max {
-            reject(
-                delivery.reply,
-                &self.id,
-                "overloaded: too many pending commands",
-            );
+            shed(delivery.reply, &self.id);
             return;
         }
         self.stash.push_back(delivery);
@@ -356,11 +354,7 @@ impl<E: Entity> EntityState<E> {
             }
         }
         if self.pending_count() >= self.runtime.config().entities.pending_commands_max {
-            reject(
-                delivery.reply,
-                &self.id,
-                "overloaded: too many pending commands",
-            );
+            shed(delivery.reply, &self.id);
             return;
         }
         let command: E::Command = match codec::decode(&delivery.payload, "entity command") {
@@ -391,6 +385,7 @@ impl<E: Entity> EntityState<E> {
             payload: delivery.payload,
             reply,
             ports: delivery.reply.into_iter().collect(),
+            events: events.len(),
         };
         if events.is_empty() && self.inflight.is_none() && self.open.is_empty() {
             // Read-only and nothing pending before it: answer now.
@@ -437,7 +432,7 @@ impl<E: Entity> EntityState<E> {
         if self.inflight.is_some() || self.open.is_empty() {
             return;
         }
-        let batch = std::mem::replace(&mut self.open, Batch::new(self.next_seq));
+        let batch = self.take_open_batch();
         if batch.records.is_empty() {
             // Only reads that queued behind an append that has landed since.
             complete(batch.entries);
@@ -454,6 +449,38 @@ impl<E: Entity> EntityState<E> {
             let _ = myself.cast(EntityMsg::Appended(result));
         });
         self.inflight = Some(batch);
+    }
+
+    /// The front of the open batch, at most `entities.batch_events_max` events (and at least
+    /// one command); the rest stays open for the next append.
+    fn take_open_batch(&mut self) -> Batch<E> {
+        let events_max = self.runtime.config().entities.batch_events_max;
+        let mut events = 0;
+        let mut commands = 0;
+        for entry in &self.open.entries {
+            if commands > 0 && events + entry.events > events_max {
+                break;
+            }
+            events += entry.events;
+            commands += 1;
+        }
+        if commands == self.open.entries.len() {
+            return std::mem::replace(&mut self.open, Batch::new(self.next_seq));
+        }
+        let records = self.open.entries[..commands]
+            .iter()
+            .filter(|entry| entry.events > 0)
+            .count();
+        let first_seq = self.open.first_seq;
+        let rest_first_seq = first_seq + events as u64;
+        let taken = Batch {
+            first_seq,
+            entries: self.open.entries.drain(..commands).collect(),
+            records: self.open.records.drain(..records).collect(),
+            events: self.open.events.drain(..events).collect(),
+        };
+        self.open.first_seq = rest_first_seq;
+        taken
     }
 
     fn appended(&mut self, myself: &ActorRef<EntityMsg>, result: Result<(), RuntimeError>) {
@@ -651,12 +678,17 @@ fn send(port: Option<ReplyPort>, outcome: AskOutcome) {
 }
 
 fn reject(port: Option<ReplyPort>, entity: &EntityId, reason: &str) {
-    let label = if reason.starts_with("overloaded") {
-        "overloaded"
-    } else {
-        "invalid"
-    };
-    metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => label).increment(1);
+    metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "invalid").increment(1);
     tracing::debug!(%entity, reason, "message rejected");
     send(port, AskOutcome::Rejected(reason.to_string()));
+}
+
+/// Load shedding: a temporary refusal, so askers back off and retry with the same id.
+fn shed(port: Option<ReplyPort>, entity: &EntityId) {
+    metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "overloaded").increment(1);
+    tracing::debug!(%entity, "shedding load: too many pending commands");
+    send(
+        port,
+        AskOutcome::Unavailable("overloaded: too many pending commands; retry later".to_string()),
+    );
 }

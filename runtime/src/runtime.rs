@@ -106,6 +106,21 @@ impl Runtime {
         self.inner.view.borrow().clone()
     }
 
+    /// Runs `read` on the current view without copying it (hot paths: one call per message).
+    pub fn with_view<R>(&self, read: impl FnOnce(&View) -> R) -> R {
+        read(&self.inner.view.borrow())
+    }
+
+    /// The owner of `(kind, key)` in the current view.
+    pub fn owner_of(&self, kind: &str, key: &str) -> Option<String> {
+        self.with_view(|view| view.owner(kind, key).map(str::to_string))
+    }
+
+    /// Whether this node owns `(kind, key)` in its current view.
+    pub fn owns(&self, kind: &str, key: &str) -> bool {
+        self.with_view(|view| view.owner(kind, key) == Some(self.node_id()))
+    }
+
     /// A receiver that wakes on every view change.
     pub fn watch_view(&self) -> watch::Receiver<View> {
         self.inner.view.clone()

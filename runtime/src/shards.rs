@@ -243,15 +243,9 @@ impl ShardsState {
             );
             return;
         }
-        let view = self.runtime.view();
-        let owner = view.owner(&entity.kind, &entity.key);
-        if owner != Some(self.runtime.node_id()) {
-            respond(
-                delivery.reply,
-                AskOutcome::NotOwner {
-                    owner: owner.map(str::to_string),
-                },
-            );
+        let owner = self.runtime.owner_of(&entity.kind, &entity.key);
+        if owner.as_deref() != Some(self.runtime.node_id()) {
+            respond(delivery.reply, AskOutcome::NotOwner { owner });
             return;
         }
         if let Some(restarts) = self.restarts.get(&entity)
