@@ -478,8 +478,9 @@ pub fn check_jobs(jobs: &[JobRecord]) -> Vec<InvariantResult> {
                         client_id: Some(job.job.clone()),
                         sender: Some(job.user.clone()),
                         ..CounterExample::new(format!(
-                            "job {} is done but its download failed",
-                            job.job
+                            "job {} is done but downloading it failed: {}",
+                            job.job,
+                            job.download_errors.join("; ")
                         ))
                     });
                 }
@@ -776,6 +777,7 @@ mod tests {
             error: None,
             outputs,
             downloaded: Some(true),
+            download_errors: Vec::new(),
             done_ms: None,
         };
         let results = check_jobs(&[

@@ -120,6 +120,7 @@ impl Injector {
             detection_ms: None,
             rehosted_ms: None,
             first_served_ms: None,
+            journal_conflicts: 0,
             notes,
         };
         if let Err(error) = self.apply(&plan, &all_nodes).await {
@@ -392,17 +393,26 @@ fn member_state<'a>(view: &'a Value, member: &str) -> Option<&'a str> {
         .as_str()
 }
 
-/// The first ack, to a client connected to a survivor, of a post to a victim room sent after
-/// the fault began: when the targets' rooms served messages again (ms after the start).
+/// The first ack, to a client that was already connected to a survivor when the fault
+/// began, of a post to a victim room sent after the fault began: when the targets' rooms
+/// served messages again (ms after the start). Clients that had to reconnect first are left
+/// out, so their own failure detection does not count as the cluster's failover.
 pub fn first_served_ms(fault: &FaultRecord, clients: &[ClientLog]) -> Option<u64> {
     clients
         .iter()
         .filter(|client| fault.victim_rooms.contains(&client.room))
-        .flat_map(|client| client.posts.iter())
-        .filter(|post| post.last_sent_ms >= fault.started_ms)
-        .filter_map(|post| post.ack.as_ref())
-        .filter(|ack| fault.survivors.contains(&ack.node))
-        .map(|ack| ack.at_ms.saturating_sub(fault.started_ms))
+        .flat_map(|client| client.posts.iter().map(move |post| (client, post)))
+        .filter(|(_, post)| post.last_sent_ms >= fault.started_ms)
+        .filter_map(|(client, post)| post.ack.as_ref().map(|ack| (client, ack)))
+        .filter(|(_, ack)| fault.survivors.contains(&ack.node))
+        .filter(|(client, ack)| {
+            client.connections.iter().any(|connection| {
+                connection.node == ack.node
+                    && connection.connected_ms < fault.started_ms
+                    && connection.ended_ms.is_none_or(|ended| ended >= ack.at_ms)
+            })
+        })
+        .map(|(_, ack)| ack.at_ms.saturating_sub(fault.started_ms))
         .min()
 }
 
@@ -413,7 +423,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{AckRecord, PostRecord};
+    use crate::records::{AckRecord, ConnectionRecord, PostRecord};
 
     #[test]
     fn first_served_counts_only_survivors_acks_of_posts_sent_after_the_start() {
@@ -431,6 +441,7 @@ mod tests {
             detection_ms: None,
             rehosted_ms: None,
             first_served_ms: None,
+            journal_conflicts: 0,
             notes: Vec::new(),
         };
         let post = |sent: u64, acked: u64, node: &str| PostRecord {
@@ -446,6 +457,15 @@ mod tests {
         };
         let client = |room: &str, posts: Vec<PostRecord>| ClientLog {
             room: room.into(),
+            connections: ["n1", "n2", "n3"]
+                .iter()
+                .map(|node| ConnectionRecord {
+                    node: node.to_string(),
+                    connected_ms: 0,
+                    ended_ms: None,
+                    end_reason: None,
+                })
+                .collect(),
             posts,
             ..ClientLog::default()
         };
@@ -460,5 +480,11 @@ mod tests {
         ];
         assert_eq!(first_served_ms(&fault, &clients), Some(1_400));
         assert_eq!(first_served_ms(&fault, &clients[..3]), None);
+        // A client that reconnected to a survivor after the start does not count.
+        let mut reconnected = client("a", vec![post(1_050, 1_300, "n3")]);
+        reconnected.connections[2].connected_ms = 1_250;
+        let mut with_reconnected = clients.clone();
+        with_reconnected.push(reconnected);
+        assert_eq!(first_served_ms(&fault, &with_reconnected), Some(1_400));
     }
 }

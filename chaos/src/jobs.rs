@@ -1,14 +1,15 @@
 //! The optional conversion-jobs workload: enabled when the cluster answers
-//! `GET /api/converters`, it submits small CSV → JSON jobs (`POST /api/jobs`, multipart `file`
-//! + `target`) through every node, follows them, and at the end reads every accepted job's
-//! final state, downloads each done job's output and counts its output objects in the shared
-//! object store (`jobs/<id>/output.*`).
+//! `GET /api/converters`, it submits small CSV → JSON jobs (`POST /api/jobs`, multipart with
+//! `file` and `target`) through every node, follows them, and at the end reads every accepted
+//! job's final state, downloads each done job's output and counts its output objects in the
+//! shared object store (`jobs/<id>/output.*`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -23,6 +24,10 @@ const SUBMIT_INTERVAL: Duration = Duration::from_millis(1500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most jobs one submitter has unfinished at once (stays under any per-user limit).
 const UNFINISHED_PER_USER_MAX: usize = 2;
+/// Downloads of each done job (each from another node); every one must work.
+const DOWNLOAD_ATTEMPTS: usize = 3;
+/// Jobs settled at once after the run.
+const SETTLE_CONCURRENT: usize = 8;
 /// The target format asked for.
 const TARGET: &str = "json";
 
@@ -69,17 +74,29 @@ impl JobBook {
     }
 }
 
-/// Submits jobs through `nodes[home]` (others when it fails) until `stop` is true.
-pub async fn submitter(
-    http: reqwest::Client,
-    user: String,
-    nodes: Vec<String>,
-    home: usize,
-    book: Arc<JobBook>,
-    clock: Clock,
-    progress: Arc<Progress>,
-    stop: watch::Receiver<bool>,
-) {
+/// One job submitter: a user submitting through `nodes[home]` (others when it fails).
+pub struct Submitter {
+    pub http: reqwest::Client,
+    pub user: String,
+    /// Base URLs of every node.
+    pub nodes: Vec<String>,
+    pub home: usize,
+    pub book: Arc<JobBook>,
+    pub clock: Clock,
+    pub progress: Arc<Progress>,
+}
+
+/// Submits and follows jobs until `stop` is true.
+pub async fn submitter(submitter: Submitter, stop: watch::Receiver<bool>) {
+    let Submitter {
+        http,
+        user,
+        nodes,
+        home,
+        book,
+        clock,
+        progress,
+    } = submitter;
     let token = test_token(&user);
     let mut choice = home;
     let mut counter = 0u64;
@@ -117,6 +134,7 @@ pub async fn submitter(
                         error: None,
                         outputs: None,
                         downloaded: None,
+                        download_errors: Vec::new(),
                         done_ms: None,
                     });
                 mine.push(job);
@@ -234,49 +252,89 @@ pub async fn settle(
     timeout: Duration,
 ) {
     let deadline = Instant::now() + timeout;
-    let mut records = book.records();
-    for record in &mut records {
-        let token = test_token(&record.user);
-        let mut attempt = 0;
-        loop {
-            let node = &nodes[attempt % nodes.len()];
-            attempt += 1;
-            if let Some((state, error)) = job_state(http, node, &token, &record.job).await {
-                record.final_state = Some(state.clone());
-                record.error = error;
-                if state == "done" || state == "failed" {
-                    record.done_ms.get_or_insert(clock.now_ms());
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
+    let records: Vec<JobRecord> = futures_util::stream::iter(book.records())
+        .map(|record| settle_one(http, nodes, record, objects_dir, clock, deadline))
+        .buffer_unordered(SETTLE_CONCURRENT)
+        .collect()
+        .await;
+    *book.jobs.lock().unwrap_or_else(PoisonError::into_inner) = records;
+}
+
+/// One job's final state, downloads and output count.
+async fn settle_one(
+    http: &reqwest::Client,
+    nodes: &[String],
+    mut record: JobRecord,
+    objects_dir: &Path,
+    clock: Clock,
+    deadline: Instant,
+) -> JobRecord {
+    let token = test_token(&record.user);
+    let mut attempt = 0;
+    loop {
+        let node = &nodes[attempt % nodes.len()];
+        attempt += 1;
+        if let Some((state, error)) = job_state(http, node, &token, &record.job).await {
+            record.final_state = Some(state.clone());
+            record.error = error;
+            if state == "done" || state == "failed" {
+                record.done_ms.get_or_insert(clock.now_ms());
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if record.final_state.as_deref() == Some("done") {
-            let url = format!(
-                "{}/api/jobs/{}/download",
-                nodes[attempt % nodes.len()],
-                record.job
-            );
-            let downloaded = match http
-                .get(&url)
-                .bearer_auth(&token)
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-                .await
-            {
-                Ok(response) if response.status().is_success() => {
-                    response.bytes().await.is_ok_and(|bytes| !bytes.is_empty())
-                }
-                _ => false,
-            };
-            record.downloaded = Some(downloaded);
+        if Instant::now() >= deadline {
+            break;
         }
-        record.outputs = count_outputs(&objects_dir.join("jobs").join(&record.job));
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    *book.jobs.lock().unwrap_or_else(PoisonError::into_inner) = records;
+    if record.final_state.as_deref() == Some("done") {
+        // Every node in turn: a failure on one node only is still a failure, and its message
+        // says which.
+        let mut failures = Vec::new();
+        for offset in 0..DOWNLOAD_ATTEMPTS.min(nodes.len()) {
+            let node = &nodes[(attempt + offset) % nodes.len()];
+            if let Err(error) = download(http, node, &token, &record.job).await {
+                failures.push(format!("{node}: {error}"));
+            }
+        }
+        record.downloaded = Some(failures.is_empty());
+        record.download_errors = failures;
+    }
+    record.outputs = count_outputs(&objects_dir.join("jobs").join(&record.job));
+    record
+}
+
+/// Downloads a job's output and checks it is complete (as long as its content-length).
+async fn download(
+    http: &reqwest::Client,
+    base_url: &str,
+    token: &str,
+    job: &str,
+) -> Result<(), String> {
+    let url = format!("{base_url}/api/jobs/{job}/download");
+    let response = http
+        .get(&url)
+        .bearer_auth(token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|error| format!("{error}"))?;
+    let status = response.status();
+    let length = response.content_length();
+    if !status.is_success() {
+        return Err(format!(
+            "status {status}: {}",
+            response.text().await.unwrap_or_default()
+        ));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|error| format!("reading the body (content-length {length:?}): {error:?}"))?;
+    if bytes.is_empty() {
+        return Err("empty body".into());
+    }
+    Ok(())
 }
 
 /// Files named `output*` in a job's object folder; `None` if the folder cannot be read.

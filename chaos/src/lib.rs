@@ -11,7 +11,8 @@
 //! - The harness: [`scenario`] (what to run), [`schedule`] (the seeded faults), [`netns`]
 //!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the clients),
 //!   [`faults`] (injection and failover measurements), [`scrape`] (counters from `/metrics`),
-//!   [`records`] (what was observed), [`checker`] (the invariants), [`report`] and
+//!   [`records`] (what was observed), [`rooms`] (the rooms and their histories), [`checker`]
+//!   and [`verdict`] (the invariants), [`progress`] (the live line), [`report`] and
 //!   [`timeline`] (the outputs), [`run`] (one run end to end).
 
 pub mod checker;
@@ -20,11 +21,14 @@ pub mod cluster;
 pub mod faults;
 pub mod jobs;
 pub mod netns;
+pub mod progress;
 pub mod records;
 pub mod report;
+pub mod rooms;
 pub mod run;
 pub mod scenario;
 pub mod schedule;
 pub mod scrape;
 pub mod timeline;
+pub mod verdict;
 pub mod workload;

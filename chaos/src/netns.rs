@@ -37,7 +37,7 @@ pub const HTTP_PORT: u16 = 8000;
 
 /// Why network namespaces cannot be used here, or `None` when they can.
 pub fn unavailable_reason() -> Option<String> {
-    // SAFETY-free check: geteuid through std is not available, so read /proc.
+    // The effective uid from /proc: std has no geteuid, and this needs no unsafe code.
     if !is_root() {
         return Some("not running as root".into());
     }

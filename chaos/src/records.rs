@@ -95,6 +95,8 @@ pub struct JobRecord {
     pub outputs: Option<usize>,
     /// Whether `GET /api/jobs/{id}/download` returned a non-empty body.
     pub downloaded: Option<bool>,
+    /// Failed download attempts (node: error), even when a later one worked.
+    pub download_errors: Vec<String>,
     pub done_ms: Option<u64>,
 }
 
@@ -122,6 +124,9 @@ pub struct FaultRecord {
     /// Until the first ack, to a client on a survivor, of a post to a victim room sent after
     /// the fault began. Filled in after the run from the client logs.
     pub first_served_ms: Option<u64>,
+    /// Stale owners' appends rejected (journal conflicts) seen from the start of the fault to
+    /// one scrape after its recovery.
+    pub journal_conflicts: u64,
     /// Notes: a delayed start, a failed heal, a node that did not come back.
     pub notes: Vec<String>,
 }

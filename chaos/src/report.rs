@@ -97,9 +97,10 @@ pub struct Throughput {
     pub overall_per_s: f64,
 }
 
-/// Acks per whole second of the workload, from the clients' logs.
-pub fn acks_per_second(clients: &[ClientLog], workload_ms: u64) -> Vec<u64> {
-    let mut buckets = vec![0u64; (workload_ms / 1000 + 1) as usize];
+/// Acks per whole second until `end_ms` (a last partial second is left out: it would look
+/// like a drop), from the clients' logs.
+pub fn acks_per_second(clients: &[ClientLog], end_ms: u64) -> Vec<u64> {
+    let mut buckets = vec![0u64; (end_ms / 1000) as usize];
     for ack in clients
         .iter()
         .flat_map(|client| &client.posts)
@@ -270,6 +271,8 @@ pub fn jobs_summary(enabled: bool, reason: Option<String>, jobs: &[JobRecord]) -
 pub struct CounterTotal {
     pub total: u64,
     pub per_node: BTreeMap<String, u64>,
+    /// The part seen while no fault was active (plus one scrape interval after each).
+    pub outside_faults: u64,
 }
 
 /// Everything `report.json` holds.
@@ -407,11 +410,17 @@ impl Report {
             self.totals.deliveries,
             self.totals.messages_stored
         );
+        let mut during_by_kind: BTreeMap<String, u64> = BTreeMap::new();
+        for fault in &self.faults {
+            *during_by_kind.entry(fault.kind.to_string()).or_default() += fault.journal_conflicts;
+        }
         let _ = writeln!(
             text,
-            "stale-owner appends rejected: {} {:?}; retries answered from the journal: {}",
+            "stale-owner appends rejected: {} (per node {:?}; during faults, by kind {:?}; outside faults {}); retries answered from the journal: {}",
             self.stale_owner_rejections.total,
             self.stale_owner_rejections.per_node,
+            during_by_kind,
+            self.stale_owner_rejections.outside_faults,
             self.retries_answered_from_journal.total
         );
         if self.jobs.enabled {

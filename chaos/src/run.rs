@@ -7,20 +7,17 @@
 //! made in the root namespace.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow, bail};
-use serde_json::{Value, json};
+use anyhow::{Context, anyhow};
+use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::checker::{self, CounterExample, Histories, InvariantResult};
-use crate::client::test_token;
+use crate::checker::{self, CounterExample, InvariantResult};
 use crate::cluster::{ClusterBuilder, TestCluster};
-use crate::faults::{self, AUDITOR, Injector};
+use crate::faults::{self, Injector};
 use crate::jobs::{self, JobBook};
 use crate::netns::{self, Network};
 use crate::records::{ClientLog, FaultRecord, StoredMessage};
@@ -30,17 +27,12 @@ use crate::schedule;
 use crate::scrape::{self, CounterTotals};
 use crate::timeline;
 use crate::workload::{self, ClientSpec, Clock, Progress, Signals};
+use crate::{progress, rooms, verdict};
 
 /// Deadline for the cluster to start (nodes ready, all up).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// Attempts at creating the workload's rooms (some are discarded to spread owners evenly).
-const ROOM_ATTEMPTS_PER_ROOM: usize = 10;
-/// Deadline for reading one room's whole history at the end.
-const HISTORY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bound on waiting for the jobs to finish after the run.
 const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often the progress line is refreshed (on a terminal; every 10th otherwise).
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Grace for the runtime's tasks to stop at the end.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -142,6 +134,14 @@ fn run_with_seed(mut options: RunOptions, seed: u64) -> Outcome {
         .out_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("target/chaos/{seed}-{}", timestamp())));
+    if out_dir.join("cluster").exists() {
+        // A new cluster on an old one's data would load its journals and jobs.
+        eprintln!(
+            "chaos: {} holds an earlier run (its cluster/ folder); delete it or choose another --out",
+            out_dir.display()
+        );
+        return Outcome::Error;
+    }
     if let Err(error) = std::fs::create_dir_all(&out_dir) {
         eprintln!("chaos: cannot create {}: {error}", out_dir.display());
         return Outcome::Error;
@@ -292,7 +292,7 @@ impl Harness {
             cluster.dir().display()
         );
 
-        let rooms = create_rooms(&http, &node_ids, &node_urls, scenario.rooms).await?;
+        let rooms = rooms::create_rooms(&http, &node_ids, &node_urls, scenario.rooms).await?;
         let jobs_enabled = match scenario.jobs {
             JobsMode::Off => Err("off in the scenario".to_string()),
             JobsMode::Auto => jobs::detect(&http, &node_urls[0]).await,
@@ -328,6 +328,7 @@ impl Harness {
                     room: room.clone(),
                     nodes: node_pairs.clone(),
                     home,
+                    spread: room_index,
                     post_interval: Duration::from_millis(scenario.post_interval_ms),
                 };
                 clients.push(tokio::spawn(workload::run_client(
@@ -343,19 +344,22 @@ impl Harness {
         if jobs_enabled.is_ok() {
             for (home, node) in node_ids.iter().enumerate() {
                 let user = format!("chaos-jobs-{node}");
-                submitters.push(tokio::spawn(jobs::submitter(
-                    http.clone(),
+                let submitter = jobs::Submitter {
+                    http: http.clone(),
                     user,
-                    node_urls.clone(),
+                    nodes: node_urls.clone(),
                     home,
-                    book.clone(),
+                    book: book.clone(),
                     clock,
-                    progress.clone(),
+                    progress: progress.clone(),
+                };
+                submitters.push(tokio::spawn(jobs::submitter(
+                    submitter,
                     stop_posting.clone(),
                 )));
             }
         }
-        let counters = Arc::new(CounterTotals::default());
+        let counters = Arc::new(CounterTotals::new(clock));
         let (stop_scraping, scraping_stopped) = watch::channel(false);
         let scraper = tokio::spawn(counters.clone().run(
             cluster.clone(),
@@ -389,7 +393,7 @@ impl Harness {
             }));
         }
         let (stop_progress, progress_stopped) = watch::channel(false);
-        let progress_task = tokio::spawn(show_progress(
+        let progress_task = tokio::spawn(progress::show_progress(
             clock,
             duration_ms,
             progress.clone(),
@@ -409,6 +413,7 @@ impl Harness {
         }
 
         // Heal everything, all up, drain.
+        println!("chaos: healing everything, waiting for all up, draining the clients");
         let heal_problems = injector.heal_everything().await;
         self.notes.extend(heal_problems.iter().cloned());
         let all_up = cluster.wait_all_up(scenario.all_up_timeout).await;
@@ -452,6 +457,7 @@ impl Harness {
 
         // Ground truth.
         if jobs_enabled.is_ok() {
+            println!("chaos: waiting for the accepted jobs to finish");
             jobs::settle(
                 &http,
                 &node_urls,
@@ -467,7 +473,7 @@ impl Harness {
             .iter()
             .map(|id| cluster.http_url(id))
             .collect();
-        let (histories, unreadable) = read_histories(&http, &live_urls, &rooms).await;
+        let (histories, unreadable) = rooms::read_histories(&http, &live_urls, &rooms).await;
         for (room, error) in &unreadable {
             self.notes
                 .push(format!("history of {room} unreadable: {error}"));
@@ -479,6 +485,13 @@ impl Harness {
         for (index, fault) in faults.iter_mut().enumerate() {
             fault.index = index;
             fault.first_served_ms = faults::first_served_ms(fault, &logs);
+            let end_ms = fault
+                .recovered_ms
+                .or(fault.healed_ms)
+                .unwrap_or(workload_ms)
+                + scrape::SCRAPE_INTERVAL.as_millis() as u64 * 2;
+            fault.journal_conflicts =
+                counters.increase_between(scrape::JOURNAL_CONFLICTS, fault.started_ms, end_ms);
         }
         let mut invariants = checker::check_chat(&histories, &logs);
         if !unreadable.is_empty() {
@@ -504,8 +517,8 @@ impl Harness {
                 invariants.push(InvariantResult::skipped("jobs_one_output", &why));
             }
         }
-        invariants.push(all_up_result(&faults, &all_up, &scenario));
-        invariants.push(failover_result(&faults, &scenario));
+        invariants.push(verdict::all_up_result(&faults, &all_up, &scenario));
+        invariants.push(verdict::failover_result(&faults, &scenario));
 
         let first_violation =
             invariants
@@ -524,27 +537,23 @@ impl Harness {
         let messages_stored = histories.values().map(|history| history.len() as u64).sum();
         let (conflicts, conflicts_per_node) = counters.total(scrape::JOURNAL_CONFLICTS);
         let (duplicates, duplicates_per_node) = counters.total(scrape::ENTITY_DUPLICATES);
-        let acks_per_second = report::acks_per_second(&logs, workload_ms);
+        let acks_per_second = report::acks_per_second(&logs, posting_end_ms);
         let timeline_path = self.out_dir.join("timeline.png");
-        let timeline_png = match timeline::draw(
-            &timeline_path,
-            &acks_per_second,
-            &faults,
-            self.seed,
-        ) {
-            Ok(true) => Some(timeline_path.display().to_string()),
-            Ok(false) => {
-                self.notes.push(format!(
+        let timeline_png =
+            match timeline::draw(&timeline_path, &acks_per_second, &faults, self.seed) {
+                Ok(true) => Some(timeline_path.display().to_string()),
+                Ok(false) => {
+                    self.notes.push(format!(
                     "timeline drawn without text: no font at {} (Debian package fonts-dejavu-core)",
                     timeline::FONT_PATH
                 ));
-                Some(timeline_path.display().to_string())
-            }
-            Err(error) => {
-                self.notes.push(format!("timeline not drawn: {error:#}"));
-                None
-            }
-        };
+                    Some(timeline_path.display().to_string())
+                }
+                Err(error) => {
+                    self.notes.push(format!("timeline not drawn: {error:#}"));
+                    None
+                }
+            };
         let jobs_reason = jobs_enabled
             .clone()
             .err()
@@ -573,10 +582,13 @@ impl Harness {
             stale_owner_rejections: CounterTotal {
                 total: conflicts,
                 per_node: conflicts_per_node,
+                outside_faults: conflicts
+                    .saturating_sub(faults.iter().map(|fault| fault.journal_conflicts).sum()),
             },
             retries_answered_from_journal: CounterTotal {
                 total: duplicates,
                 per_node: duplicates_per_node,
+                outside_faults: 0,
             },
             jobs: report::jobs_summary(jobs_enabled.is_ok(), jobs_reason, &jobs_records),
             faults,
@@ -628,270 +640,6 @@ impl Harness {
             builder = builder.setting("cluster", "failure_timeout_ms", timeout as i64);
         }
         builder.start().await
-    }
-}
-
-/// Creates `count` rooms, discarding some so that owners are spread as evenly as placement
-/// allows (every node should own rooms, or faults on it would have nothing to fail over).
-async fn create_rooms(
-    http: &reqwest::Client,
-    node_ids: &[String],
-    node_urls: &[String],
-    count: usize,
-) -> anyhow::Result<Vec<String>> {
-    let per_node_max = count.div_ceil(node_ids.len());
-    let mut owned: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rooms = Vec::new();
-    let token = test_token("chaos-room-maker");
-    for attempt in 0..count * ROOM_ATTEMPTS_PER_ROOM {
-        if rooms.len() == count {
-            break;
-        }
-        let url = &node_urls[attempt % node_urls.len()];
-        let response = http
-            .post(format!("{url}/api/rooms"))
-            .bearer_auth(&token)
-            .json(&json!({"name": format!("chaos {attempt}")}))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await;
-        let body: Value = match response {
-            Ok(response) if response.status().as_u16() == 201 => {
-                response.json().await.unwrap_or(Value::Null)
-            }
-            Ok(response) => bail!(
-                "POST /api/rooms answered {}: {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
-            ),
-            Err(error) => bail!("POST /api/rooms failed: {error}"),
-        };
-        let Some(room) = body["room"]["id"].as_str() else {
-            bail!("POST /api/rooms gave no room id: {body}")
-        };
-        let owner = runtime::placement::owner("room", room, node_ids.iter().map(String::as_str))
-            .unwrap_or_default()
-            .to_string();
-        let last_attempts = attempt + 1 >= count * ROOM_ATTEMPTS_PER_ROOM - (count - rooms.len());
-        if owned.get(&owner).copied().unwrap_or(0) < per_node_max || last_attempts {
-            *owned.entry(owner).or_default() += 1;
-            rooms.push(room.to_string());
-        }
-    }
-    if rooms.len() < count {
-        bail!("created only {} of {count} rooms", rooms.len());
-    }
-    println!("chaos: {count} rooms, owners {owned:?}");
-    Ok(rooms)
-}
-
-/// Reads every room's whole history, page by page, from any live node.
-async fn read_histories(
-    http: &reqwest::Client,
-    urls: &[String],
-    rooms: &[String],
-) -> (Histories, Vec<(String, String)>) {
-    let mut histories = Histories::new();
-    let mut unreadable = Vec::new();
-    let token = test_token(AUDITOR);
-    for room in rooms {
-        match read_history(http, urls, room, &token).await {
-            Ok(history) => {
-                histories.insert(room.clone(), history);
-            }
-            Err(error) => unreadable.push((room.clone(), format!("{error:#}"))),
-        }
-    }
-    (histories, unreadable)
-}
-
-async fn read_history(
-    http: &reqwest::Client,
-    urls: &[String],
-    room: &str,
-    token: &str,
-) -> anyhow::Result<Vec<StoredMessage>> {
-    if urls.is_empty() {
-        bail!("no live node to read from");
-    }
-    let deadline = tokio::time::Instant::now() + HISTORY_TIMEOUT;
-    let mut history = Vec::new();
-    let mut after = 0;
-    let mut attempt = 0;
-    loop {
-        let url = format!(
-            "{}/api/rooms/{room}/messages?after={after}&limit=200",
-            urls[attempt % urls.len()]
-        );
-        let page = async {
-            let response = http
-                .get(&url)
-                .bearer_auth(token)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!(
-                    "GET {url}: {status}: {}",
-                    response.text().await.unwrap_or_default()
-                );
-            }
-            Ok::<Value, anyhow::Error>(response.json().await?)
-        }
-        .await;
-        let body = match page {
-            Ok(body) => body,
-            Err(error) => {
-                attempt += 1;
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(error);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        let messages = body["messages"].as_array().cloned().unwrap_or_default();
-        if messages.is_empty() {
-            return Ok(history);
-        }
-        for message in &messages {
-            let seq = message["seq"]
-                .as_u64()
-                .ok_or_else(|| anyhow!("a message without seq in {room}: {message}"))?;
-            history.push(StoredMessage {
-                seq,
-                user: message["user"].as_str().unwrap_or_default().to_string(),
-                id: message["id"].as_str().unwrap_or_default().to_string(),
-            });
-            after = after.max(seq);
-        }
-    }
-}
-
-/// Every fault recovered (all up) within the bound, and the cluster was all up at the end.
-fn all_up_result(
-    faults: &[FaultRecord],
-    final_all_up: &anyhow::Result<()>,
-    scenario: &Scenario,
-) -> InvariantResult {
-    let mut findings = Vec::new();
-    for fault in faults {
-        if fault.recovered_ms.is_none() {
-            findings.push(CounterExample::new(format!(
-                "fault {} ({} {}) at {} ms: not all up within {:?} of its heal: {}",
-                fault.index,
-                fault.kind,
-                fault.targets.join("+"),
-                fault.started_ms,
-                scenario.all_up_timeout,
-                fault.notes.join("; ")
-            )));
-        }
-    }
-    if let Err(error) = final_all_up {
-        findings.push(CounterExample::new(format!(
-            "not all up within {:?} after the final heal: {error:#}",
-            scenario.all_up_timeout
-        )));
-    }
-    InvariantResult::from_findings(
-        "cluster_all_up_after_heal",
-        faults.len() as u64 + 1,
-        findings,
-    )
-}
-
-/// Each fault's rooms served again (first ack) within the bound of its kind.
-fn failover_result(faults: &[FaultRecord], scenario: &Scenario) -> InvariantResult {
-    let mut findings = Vec::new();
-    let mut checked = 0;
-    let mut without_rooms = 0;
-    for fault in faults {
-        if fault.victim_rooms.is_empty() {
-            without_rooms += 1;
-            continue;
-        }
-        checked += 1;
-        let bound = scenario.failover_bound_ms(fault.kind);
-        let describe =
-            |value: Option<u64>| value.map_or("never".to_string(), |value| format!("{value} ms"));
-        let over = fault.first_served_ms.is_none_or(|served| served > bound);
-        if over {
-            findings.push(CounterExample {
-                room: fault.victim_rooms.first().cloned(),
-                ..CounterExample::new(format!(
-                    "fault {} ({} {}) at {} ms: its rooms served again after {} (bound {bound} ms); detection {}, re-hosting {}",
-                    fault.index,
-                    fault.kind,
-                    fault.targets.join("+"),
-                    fault.started_ms,
-                    describe(fault.first_served_ms),
-                    describe(fault.detection_ms),
-                    describe(fault.rehosted_ms)
-                ))
-            });
-        }
-    }
-    let result = InvariantResult::from_findings("failover_within_bound", checked, findings);
-    if without_rooms > 0 {
-        result.with_note(format!(
-            "{without_rooms} faults hit nodes that owned none of the workload's rooms"
-        ))
-    } else {
-        result
-    }
-}
-
-/// Prints the live progress line until `stop`.
-async fn show_progress(
-    clock: Clock,
-    duration_ms: u64,
-    progress: Arc<Progress>,
-    injector: Arc<Injector>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let terminal = std::io::stderr().is_terminal();
-    let mut tick = 0u64;
-    let mut last_acked = 0;
-    let mut last_faults = 0;
-    while !*stop.borrow() {
-        tokio::select! {
-            _ = tokio::time::sleep(PROGRESS_INTERVAL) => {}
-            _ = stop.changed() => break,
-        }
-        tick += 1;
-        let acked = progress.acked.load(Ordering::Relaxed);
-        let faults = progress.faults_started.load(Ordering::Relaxed);
-        let active = injector.active_faults();
-        let rate = acked.saturating_sub(last_acked) as f64 / PROGRESS_INTERVAL.as_secs_f64();
-        last_acked = acked;
-        let line = format!(
-            "[{:6.1}s / {}s] faults {faults}{} | acked {acked} ({rate:.0}/s) | retries {} | reconnects {} | jobs done {}/{}",
-            clock.now_ms() as f64 / 1000.0,
-            duration_ms / 1000,
-            if active.is_empty() {
-                String::new()
-            } else {
-                format!(" (now: {})", active.join(", "))
-            },
-            progress.retries.load(Ordering::Relaxed),
-            progress.reconnects.load(Ordering::Relaxed),
-            progress.jobs_finished.load(Ordering::Relaxed),
-            progress.jobs_accepted.load(Ordering::Relaxed),
-        );
-        if terminal {
-            eprint!("\r\x1b[2K{line}");
-            if faults != last_faults {
-                eprintln!();
-            }
-        } else if tick % 10 == 0 || faults != last_faults {
-            eprintln!("{line}");
-        }
-        last_faults = faults;
-    }
-    if terminal {
-        eprintln!();
     }
 }
 
@@ -961,50 +709,5 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(20_513), (2026, 3, 1));
-    }
-
-    #[test]
-    fn failover_over_the_bound_is_a_violation() {
-        let scenario = Scenario::default();
-        let fault = |kind, served| FaultRecord {
-            index: 0,
-            lane: 0,
-            kind,
-            shape: None,
-            targets: vec!["n2".into()],
-            survivors: vec!["n1".into()],
-            victim_rooms: vec!["room".into()],
-            started_ms: 1000,
-            healed_ms: Some(5000),
-            recovered_ms: Some(6000),
-            detection_ms: Some(100),
-            rehosted_ms: Some(200),
-            first_served_ms: served,
-            notes: Vec::new(),
-        };
-        assert!(
-            failover_result(
-                &[
-                    fault(FaultKind::Kill, Some(1500)),
-                    fault(FaultKind::Pause, Some(2900))
-                ],
-                &scenario
-            )
-            .passed
-        );
-        let result = failover_result(&[fault(FaultKind::Kill, Some(2500))], &scenario);
-        assert!(!result.passed);
-        assert_eq!(
-            result
-                .first_counterexample
-                .expect("example")
-                .room
-                .as_deref(),
-            Some("room")
-        );
-        assert!(!failover_result(&[fault(FaultKind::Partition, None)], &scenario).passed);
-        let mut unrecovered = fault(FaultKind::Kill, Some(10));
-        unrecovered.recovered_ms = None;
-        assert!(!all_up_result(&[unrecovered], &Ok(()), &scenario).passed);
     }
 }

@@ -1,7 +1,9 @@
 //! The fault schedule: an endless, seeded sequence of planned faults per lane.
 //!
 //! The plan depends on the seed and the scenario only, never on timing, so the same seed
-//! replays the same faults (kinds, targets, hold times, gaps) in the same order. The injector
+//! replays the same faults (kinds, targets, hold times, gaps) in the same order. Kinds are
+//! dealt in rounds (every kind once per round, in a seeded order), so even a short run sees
+//! every kind it asked for. The injector
 //! takes plans from the sequence until the run's time is up; a slow recovery can only shift
 //! when a fault happens, not which fault comes next.
 //!
@@ -81,6 +83,9 @@ pub struct LaneSchedule {
     all_nodes: Vec<String>,
     scenario: Scenario,
     next_index: usize,
+    /// Kinds left in the current round: each round deals every kind once, in a seeded order,
+    /// so a short run still sees every kind (a plain draw can give four pauses in a row).
+    deck: Vec<FaultKind>,
 }
 
 /// The lanes of a run, one per concurrent fault allowed.
@@ -111,6 +116,7 @@ pub fn lanes(
                 all_nodes: node_ids.to_vec(),
                 scenario: scenario.clone(),
                 next_index: 0,
+                deck: Vec::new(),
             }
         })
         .collect()
@@ -134,10 +140,10 @@ impl Iterator for LaneSchedule {
         if self.is_idle() {
             return None;
         }
-        // Always draw the same number of values per plan, in the same order, so that each
-        // plan's draws do not depend on an earlier plan's kind.
+        // The same number of values per plan (plus a shuffle per round), in the same order, so
+        // that a plan's draws do not depend on an earlier plan's kind.
         let gap_ms = self.rng.in_range(self.scenario.fault_gap_ms);
-        let kind = self.kinds[self.rng.below(self.kinds.len() as u64) as usize];
+        let kind = self.deal();
         let target = self.nodes[self.rng.below(self.nodes.len() as u64) as usize].clone();
         let split_draw = self.rng.next_u64();
         let hold_ms = match kind {
@@ -169,12 +175,27 @@ impl Iterator for LaneSchedule {
 }
 
 impl LaneSchedule {
+    /// The next kind from the deck, reshuffling a new round when it is empty.
+    fn deal(&mut self) -> FaultKind {
+        if self.deck.is_empty() {
+            self.deck = self.kinds.clone();
+            // Fisher-Yates with the lane's generator.
+            for index in (1..self.deck.len()).rev() {
+                let other = self.rng.below(index as u64 + 1) as usize;
+                self.deck.swap(index, other);
+            }
+        }
+        self.deck
+            .pop()
+            .expect("a lane with kinds has a non-empty deck")
+    }
+
     /// A partition's minority side: the target alone (isolate) or, with 4 nodes or more and
     /// half the draws, the target plus some others up to just under half the cluster (split).
     fn partition_sides(&self, target: &str, draw: u64) -> (Vec<String>, Option<PartitionShape>) {
         let count = self.all_nodes.len();
         let minority_max = (count - 1) / 2;
-        if count < 4 || minority_max < 2 || draw % 2 == 0 {
+        if count < 4 || minority_max < 2 || draw.is_multiple_of(2) {
             return (vec![target.to_string()], Some(PartitionShape::Isolate));
         }
         let size = 2 + (draw >> 8) as usize % (minority_max - 1);
@@ -232,6 +253,12 @@ mod tests {
             .collect();
         assert_eq!(first, again);
         assert_ne!(first, other);
+        // Every round of four plans has every kind once.
+        for round in first.chunks(4).take(12) {
+            let kinds: std::collections::HashSet<FaultKind> =
+                round.iter().map(|plan| plan.kind).collect();
+            assert_eq!(kinds.len(), 4, "{round:?}");
+        }
         for kind in FaultKind::ALL {
             assert!(
                 first.iter().any(|plan| plan.kind == kind),

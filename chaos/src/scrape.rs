@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::cluster::{ProcessState, TestCluster};
+use crate::workload::Clock;
 
 /// Stale owners' appends rejected by the journal's create-only write.
 pub const JOURNAL_CONFLICTS: &str = "actorhub_journal_conflicts_total";
@@ -19,13 +20,25 @@ pub const COUNTERS: [&str; 2] = [JOURNAL_CONFLICTS, ENTITY_DUPLICATES];
 /// Time between two scrapes of the same node.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The highest value seen per (counter, node, pid).
-#[derive(Debug, Default)]
+/// The highest value seen per (counter, node, pid), and when each increase was seen.
+#[derive(Debug)]
 pub struct CounterTotals {
+    clock: Clock,
     highest: Mutex<BTreeMap<(String, String, u32), f64>>,
+    /// `(ms, counter, increase)` per scrape that saw a counter grow: to attribute increases to
+    /// faults (an increase is seen up to one scrape interval after it happened).
+    increases: Mutex<Vec<(u64, String, u64)>>,
 }
 
 impl CounterTotals {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            highest: Mutex::default(),
+            increases: Mutex::default(),
+        }
+    }
+
     /// Scrapes every live node once.
     pub async fn scrape(&self, cluster: &TestCluster, http: &reqwest::Client) {
         for node in cluster.node_ids() {
@@ -39,13 +52,22 @@ impl CounterTotals {
             let Ok(text) = response.text().await else {
                 continue;
             };
+            let now_ms = self.clock.now_ms();
             let mut highest = self.highest.lock().unwrap_or_else(PoisonError::into_inner);
             for counter in COUNTERS {
                 let value = sum_metric(&text, counter);
                 let entry = highest
                     .entry((counter.to_string(), node.clone(), pid))
                     .or_insert(0.0);
-                *entry = entry.max(value);
+                if value > *entry {
+                    let increase = (value - *entry) as u64;
+                    let mut increases = self
+                        .increases
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    increases.push((now_ms, counter.to_string(), increase));
+                    *entry = value;
+                }
             }
         }
     }
@@ -64,6 +86,19 @@ impl CounterTotals {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Increases of `counter` seen in `[from_ms, to_ms]`.
+    pub fn increase_between(&self, counter: &str, from_ms: u64, to_ms: u64) -> u64 {
+        let increases = self
+            .increases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        increases
+            .iter()
+            .filter(|(at, name, _)| name == counter && (from_ms..=to_ms).contains(at))
+            .map(|(_, _, increase)| increase)
+            .sum()
     }
 
     /// The run's total of `counter`, overall and per node.

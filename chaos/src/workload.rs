@@ -35,7 +35,7 @@ const PING_INTERVAL: Duration = Duration::from_millis(1000);
 /// Read timeout of one receive; bounds how late a client notices stop signals.
 const RECEIVE_SLICE: Duration = Duration::from_millis(250);
 /// Time away from the home node after which a client goes back (between posts).
-pub const REBALANCE_AFTER: Duration = Duration::from_secs(15);
+pub const REBALANCE_AFTER: Duration = Duration::from_secs(10);
 /// Pause before resending a post the server refused for now.
 const RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between connection attempts (it starts at 50 ms and doubles).
@@ -105,6 +105,9 @@ pub struct ClientSpec {
     pub nodes: Vec<(String, String)>,
     /// Index into `nodes` of the home node.
     pub home: usize,
+    /// Spreads the clients of a failed node over the other nodes (any number, e.g. the room's
+    /// index).
+    pub spread: usize,
     pub post_interval: Duration,
 }
 
@@ -213,7 +216,12 @@ impl ClientRun {
                     connection.close().await;
                     choice = self.spec.home;
                 }
-                ConnectionEnd::Closed(_) => choice = (choice + 1) % node_count,
+                // Clients leaving a failed node spread over the others (by their spread
+                // index), so every room keeps clients on the survivors.
+                ConnectionEnd::Closed(_) => {
+                    let step = 1 + self.spec.spread % (node_count - 1).max(1);
+                    choice = (choice + step) % node_count;
+                }
             }
         }
     }
@@ -273,7 +281,16 @@ impl ClientRun {
                     return ConnectionEnd::Closed(format!("post send failed: {error:#}"));
                 }
             }
-            let received = connection.receive(RECEIVE_SLICE).await;
+            // Wake up in time for the next post (or a retry) rather than a whole slice later.
+            let mut wake_at = Instant::now() + RECEIVE_SLICE;
+            if self.pending.is_none() && joined {
+                wake_at = wake_at.min(self.next_post_at);
+            }
+            if let Some(at) = resend_at.into_iter().chain(rejoin_at).min() {
+                wake_at = wake_at.min(at);
+            }
+            let slice = wake_at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let received = connection.receive(slice).await;
             match received {
                 Ok(Received::Frame(frame)) => {
                     last_frame_at = Instant::now();

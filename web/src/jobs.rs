@@ -150,6 +150,21 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
             },
         );
 
+    // Reached when the body is not multipart (the form filter above refused it).
+    let not_multipart = warp::path!("api" / "jobs")
+        .and(warp::post())
+        .and(auth.clone())
+        .map(|_claims: Claims| {
+            let message =
+                "send the file as multipart/form-data with a `file` part and a `target` field";
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            )
+            .into_response()
+        });
+
     let list = warp::path!("api" / "jobs")
         .and(warp::get())
         .and(with_runtime.clone())
@@ -196,6 +211,8 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     converters
         .or(submit)
+        .unify()
+        .or(not_multipart)
         .unify()
         .or(list)
         .unify()

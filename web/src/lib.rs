@@ -3,8 +3,10 @@
 //! this crate chooses HTTP status codes.
 
 pub mod auth;
+mod cors;
 pub mod error;
 mod jobs;
+mod page;
 mod rooms;
 mod routes;
 pub mod users;

@@ -89,7 +89,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
             })
     };
 
-    healthz
+    let all = healthz
         .or(readyz)
         .unify()
         .or(metrics)
@@ -104,7 +104,14 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .unify()
         .or(crate::users::routes(state.clone()))
         .unify()
+        .or(crate::page::routes(state.clone()))
+        .unify()
         .recover(handle_rejection)
         .unify()
-        .boxed()
+        .boxed();
+    // The page may talk to any node of its cluster (see `cors`).
+    crate::cors::allow_cluster_origins(
+        all,
+        crate::cors::ClusterOrigins::from_config(state.runtime.config()),
+    )
 }

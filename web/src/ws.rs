@@ -128,9 +128,10 @@ async fn connection(socket: WebSocket, claims: Claims, state: AppState, _guard: 
             };
             let closing = message.is_close();
             // A client that does not read leaves this send pending forever: a close request
-            // must still end the connection, so race the send against it.
+            // must still end the connection, so race the send against it. Frames already
+            // queued go out with it, in one flush (one syscall rather than one per frame).
             let sent = tokio::select! {
-                result = sink.send(message) => result.is_ok(),
+                result = send_batch(&mut sink, message, &mut frames_out) => result.is_ok(),
                 _ = close_requested.changed(), if !closing => false,
             };
             if !sent || closing {
@@ -174,6 +175,26 @@ async fn connection(socket: WebSocket, claims: Claims, state: AppState, _guard: 
     if !writer_done {
         let _ = writer.await;
     }
+}
+
+/// Most frames written before one flush.
+const FRAMES_PER_FLUSH_MAX: usize = 64;
+
+/// Feeds `first` and whatever else is queued (up to [`FRAMES_PER_FLUSH_MAX`]), then flushes.
+async fn send_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    first: Message,
+    queue: &mut mpsc::Receiver<String>,
+) -> Result<(), warp::Error> {
+    let closing = first.is_close();
+    sink.feed(first).await?;
+    if !closing {
+        for _ in 1..FRAMES_PER_FLUSH_MAX {
+            let Ok(text) = queue.try_recv() else { break };
+            sink.feed(Message::text(text)).await?;
+        }
+    }
+    sink.flush().await
 }
 
 async fn start_session(

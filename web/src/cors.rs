@@ -1,0 +1,228 @@
+//! Cross-origin requests between the nodes of one cluster. The web page is served by one node
+//! (its origin) and, when that node dies, carries on against another node: a different origin.
+//! So every node answers CORS requests from the origins of the cluster's own nodes, and only
+//! from them.
+//!
+//! The allowed origins are `http://<http_addr>` of every configured node (plus
+//! `http://localhost:<port>` when that address is loopback: the same socket under the name a
+//! browser is usually given) and the origin of `[users] public_url` when set. Credentials are
+//! never allowed (the page sends its token in `Authorization`, not in cookies), there is no
+//! wildcard, and a request from any other origin gets no CORS headers at all (its browser then
+//! refuses to show it the response). Same-origin requests need none of this and are unchanged.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use runtime::config::ClusterConfig;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+
+/// How long a browser may cache a preflight answer.
+const PREFLIGHT_MAX_AGE_S: &str = "600";
+const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+const ALLOWED_HEADERS: &str = "authorization, content-type";
+/// Response headers the page reads on cross-origin answers.
+const EXPOSED_HEADERS: &str = "location, retry-after";
+
+/// The origins of the cluster's own nodes.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOrigins {
+    origins: BTreeSet<String>,
+}
+
+impl ClusterOrigins {
+    pub fn from_config(config: &ClusterConfig) -> Self {
+        let mut origins = BTreeSet::new();
+        for node in &config.nodes {
+            let address = node.http_addr;
+            if address.ip().is_unspecified() {
+                continue; // 0.0.0.0 is no origin a browser can have.
+            }
+            origins.insert(format!("http://{address}"));
+            if address.ip().is_loopback() {
+                origins.insert(format!("http://localhost:{}", address.port()));
+            }
+        }
+        if let Some(origin) = config.users.public_url.as_deref().and_then(origin_of) {
+            origins.insert(origin);
+        }
+        Self { origins }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.contains(origin)
+    }
+
+    /// The allowed origins, e.g. for a Content-Security-Policy.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.origins.iter().map(String::as_str)
+    }
+}
+
+/// `scheme://host[:port]` of a URL, if it has one.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty() || !matches!(scheme, "http" | "https") {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}").to_ascii_lowercase())
+}
+
+/// Wraps every route: answers preflights from cluster origins, and adds
+/// `Access-Control-Allow-Origin` for them to every response. Never rejects.
+pub fn allow_cluster_origins(
+    routes: BoxedFilter<(Response,)>,
+    origins: ClusterOrigins,
+) -> BoxedFilter<(Response,)> {
+    let origins = Arc::new(origins);
+    let preflight = {
+        let origins = origins.clone();
+        warp::options()
+            .and(warp::header::<String>("origin"))
+            .and(warp::header::<String>("access-control-request-method"))
+            .and_then(move |origin: String, _method: String| {
+                let allowed = origins.allows(&origin);
+                async move {
+                    if allowed {
+                        Ok(preflight_response(&origin))
+                    } else {
+                        Err(warp::reject::not_found())
+                    }
+                }
+            })
+    };
+    let simple = warp::header::optional::<String>("origin").and(routes).map(
+        move |origin: Option<String>, mut response: Response| {
+            if let Some(origin) = origin {
+                let headers = response.headers_mut();
+                headers.append(header::VARY, HeaderValue::from_static("origin"));
+                if origins.allows(&origin)
+                    && let Ok(value) = HeaderValue::from_str(&origin)
+                {
+                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+                    headers.insert(
+                        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                        HeaderValue::from_static(EXPOSED_HEADERS),
+                    );
+                }
+            }
+            response
+        },
+    );
+    preflight.or(simple).unify().boxed()
+}
+
+fn preflight_response(origin: &str) -> Response {
+    let mut response = Response::new(Vec::<u8>::new().into());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    }
+    for (name, value) in [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS),
+        (header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S),
+        (header::VARY, "origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_come_from_urls() {
+        assert_eq!(
+            origin_of("https://Hub.example.com/path?x").as_deref(),
+            Some("https://hub.example.com")
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:8101").as_deref(),
+            Some("http://127.0.0.1:8101")
+        );
+        assert_eq!(origin_of("ftp://example.com"), None);
+        assert_eq!(origin_of("example.com"), None);
+    }
+
+    fn wrapped() -> BoxedFilter<(Response,)> {
+        let routes = warp::path!("api" / "thing")
+            .map(|| Response::new(Vec::<u8>::from("ok").into()))
+            .boxed();
+        let origins = ClusterOrigins {
+            origins: ["http://127.0.0.1:8102".to_string()].into(),
+        };
+        allow_cluster_origins(routes, origins)
+    }
+
+    #[tokio::test]
+    async fn only_cluster_origins_get_cors_headers() {
+        let filter = wrapped();
+        let allowed = warp::test::request()
+            .path("/api/thing")
+            .header("origin", "http://127.0.0.1:8102")
+            .reply(&filter)
+            .await;
+        assert_eq!(
+            allowed.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            Some(&HeaderValue::from_static("http://127.0.0.1:8102"))
+        );
+        assert!(
+            allowed
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+                .is_none()
+        );
+        let foreign = warp::test::request()
+            .path("/api/thing")
+            .header("origin", "http://evil.example")
+            .reply(&filter)
+            .await;
+        assert_eq!(
+            foreign.status(),
+            StatusCode::OK,
+            "answered, just not shared"
+        );
+        assert!(
+            foreign
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn preflights_are_answered_for_cluster_origins_only() {
+        let filter = wrapped();
+        let preflight = |origin: &'static str| {
+            warp::test::request()
+                .method("OPTIONS")
+                .path("/api/thing")
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
+        };
+        let allowed = preflight("http://127.0.0.1:8102").reply(&filter).await;
+        assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            allowed.headers().get(header::ACCESS_CONTROL_ALLOW_HEADERS),
+            Some(&HeaderValue::from_static(ALLOWED_HEADERS))
+        );
+        let foreign = preflight("http://evil.example").reply(&filter).await;
+        assert!(
+            foreign
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                .is_none()
+        );
+    }
+}
