@@ -39,6 +39,11 @@ pub enum EntityMsg {
     IdleCheck,
     /// From the shards actor: passivate once pending work is durable.
     Stop,
+    /// From the shards actor after a membership change: check that nobody appended past our
+    /// head while we could not see them (a partition), and reload if someone did.
+    Revalidate,
+    /// The answer of that check.
+    HeadMoved(bool),
 }
 
 pub struct EntityArgs<E: Entity> {
@@ -220,6 +225,14 @@ impl<E: Entity> Actor for EntityActor<E> {
             EntityMsg::SnapshotDone => state.snapshot_in_flight = false,
             EntityMsg::IdleCheck => state.idle_check(),
             EntityMsg::Stop => state.stopping = true,
+            EntityMsg::Revalidate => state.revalidate(&myself),
+            EntityMsg::HeadMoved(moved) => {
+                if moved && state.is_quiet() {
+                    tracing::warn!(entity = %state.id, "the journal moved past this entity's head while it could not see the writer; reloading");
+                    state.phase = Phase::Loading;
+                    state.start_load(&myself);
+                }
+            }
         }
         if state.stopping && state.is_quiet() {
             metrics::counter!(names::ENTITY_PASSIVATIONS_TOTAL, "kind" => E::KIND).increment(1);
@@ -237,6 +250,22 @@ impl<E: Entity> EntityState<E> {
         tokio::spawn(async move {
             let result = journal.load(&id).await;
             let _ = myself.cast(EntityMsg::Loaded(result));
+        });
+    }
+
+    /// Checks for a segment after our durable head (one HEAD request). With appends pending
+    /// there is nothing to do: the next append would conflict and reload anyway.
+    fn revalidate(&self, myself: &ActorRef<EntityMsg>) {
+        if !self.is_quiet() || self.stopping {
+            return;
+        }
+        let journal = self.runtime.journal().clone();
+        let id = self.id.clone();
+        let next = self.durable_head + 1;
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let moved = journal.segment_exists(&id, next).await.unwrap_or(false);
+            let _ = myself.cast(EntityMsg::HeadMoved(moved));
         });
     }
 

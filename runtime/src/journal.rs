@@ -248,6 +248,16 @@ impl Journal {
         Ok(starts)
     }
 
+    /// Whether a segment starts at `first_seq`: another writer appended past our head.
+    pub async fn segment_exists(&self, entity: &EntityId, first_seq: u64) -> Result<bool> {
+        let path = segment_path(entity, first_seq);
+        match self.store.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(error) => Err(RuntimeError::Store(format!("head {path}: {error}"))),
+        }
+    }
+
     /// The records of the segment starting at `first_seq`, if it exists.
     pub async fn read_records(
         &self,

@@ -380,6 +380,11 @@ impl ShardsState {
         for entity in moved {
             self.passivate(&entity, "handoff");
         }
+        // Those that stay may have been written by another node that believed it owned them
+        // while we could not see it (a partition): each checks its journal head.
+        for actor in self.active.values() {
+            let _ = actor.cast(EntityMsg::Revalidate);
+        }
     }
 
     fn update_count(&self) {
