@@ -289,7 +289,9 @@ impl ClientRun {
             if let Some(at) = resend_at.into_iter().chain(rejoin_at).min() {
                 wake_at = wake_at.min(at);
             }
-            let slice = wake_at.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let slice = wake_at
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
             let received = connection.receive(slice).await;
             match received {
                 Ok(Received::Frame(frame)) => {

@@ -224,18 +224,40 @@ async fn sign_up_verify_and_log_in_across_three_nodes() {
     assert_eq!(claims.name.as_deref(), Some("Alice"));
 
     // The login token opens a WebSocket on node 1, and chat shows the account's display name.
-    let mut socket = chaos::client::ChatClient::connect(&n1, &jwt).await.expect("WebSocket with the login token");
+    let mut socket = chaos::client::ChatClient::connect(&n1, &jwt)
+        .await
+        .expect("WebSocket with the login token");
     let room = {
-        let (status, body) = call(client.post(format!("{n1}/api/rooms")).bearer_auth(&jwt).json(&json!({"name": "Tea party"}))).await;
+        let (status, body) = call(
+            client
+                .post(format!("{n1}/api/rooms"))
+                .bearer_auth(&jwt)
+                .json(&json!({"name": "Tea party"})),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["room"]["id"].as_str().expect("room id").to_string()
     };
     socket.join_and_wait(&room, None).await.expect("join");
-    socket.post(&room, "hello-1", "Why is a raven like a writing-desk?").await.expect("post");
-    let (message, _) = socket.until("message", Duration::from_secs(10)).await.expect("own message");
-    assert_eq!((message["user"].as_str(), message["name"].as_str()), (Some(user_id.as_str()), Some("Alice")));
+    socket
+        .post(&room, "hello-1", "Why is a raven like a writing-desk?")
+        .await
+        .expect("post");
+    let (message, _) = socket
+        .until("message", Duration::from_secs(10))
+        .await
+        .expect("own message");
+    assert_eq!(
+        (message["user"].as_str(), message["name"].as_str()),
+        (Some(user_id.as_str()), Some("Alice"))
+    );
     socket.close().await;
-    let (status, me) = call(client.get(format!("{n1}/api/users/me")).query(&[("token", jwt.as_str())])).await;
+    let (status, me) = call(
+        client
+            .get(format!("{n1}/api/users/me"))
+            .query(&[("token", jwt.as_str())]),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["email"], normalised);
 
