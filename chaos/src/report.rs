@@ -92,6 +92,8 @@ pub struct Throughput {
     pub before_per_s: Option<f64>,
     /// While a fault was active (from its start to all up again).
     pub during_per_s: Option<f64>,
+    /// Between two faults (after one recovered, before the next began).
+    pub between_per_s: Option<f64>,
     /// After the last fault recovered, until the clients stopped posting.
     pub after_per_s: Option<f64>,
     pub overall_per_s: f64,
@@ -147,6 +149,7 @@ pub fn throughput(
         return Throughput {
             before_per_s: Some(overall),
             during_per_s: None,
+            between_per_s: None,
             after_per_s: None,
             overall_per_s: overall,
         };
@@ -165,9 +168,13 @@ pub fn throughput(
     let before = acks.iter().filter(|at| **at < first_start).count();
     let during = acks.iter().filter(|at| in_fault(**at)).count();
     let after = acks.iter().filter(|at| **at > last_end).count();
+    let between_ms = last_end
+        .saturating_sub(first_start)
+        .saturating_sub(during_ms);
     Throughput {
         before_per_s: rate(before, first_start),
         during_per_s: rate(during, during_ms),
+        between_per_s: rate(acks.len() - before - during - after, between_ms),
         after_per_s: rate(after, posting_end_ms.saturating_sub(last_end)),
         overall_per_s: overall,
     }
@@ -392,9 +399,10 @@ impl Report {
         let rate = |rate: Option<f64>| rate.map_or("-".to_string(), |rate| format!("{rate:.0}"));
         let _ = writeln!(
             text,
-            "throughput acks/s: before {}, during faults {}, after {}, overall {:.0}",
+            "throughput acks/s: before faults {}, during faults {}, between faults {}, after faults {}, overall {:.0}",
             rate(self.throughput.before_per_s),
             rate(self.throughput.during_per_s),
+            rate(self.throughput.between_per_s),
             rate(self.throughput.after_per_s),
             self.throughput.overall_per_s
         );

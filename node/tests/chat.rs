@@ -469,15 +469,23 @@ async fn killing_a_room_owner_under_traffic_loses_and_duplicates_nothing_acknowl
     let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = cluster_with(&[]).await;
     let members = ["n1", "n2", "n3"];
+    // Room ids are random: create rooms until one is owned by n2 (each is with odds 1/3).
     let mut rooms = Vec::new();
-    for index in 0..12 {
+    for index in 0..60 {
         rooms.push(create_room(&cluster, members[index % 3], &format!("Traffic {index}")).await);
+        let owners: HashSet<_> = rooms
+            .iter()
+            .filter_map(|room| runtime::placement::owner("room", room, members))
+            .collect();
+        if rooms.len() >= 3 && owners.contains("n2") {
+            break;
+        }
     }
     let victim_room = rooms
         .iter()
         .find(|room| runtime::placement::owner("room", room, members) == Some("n2"))
         .cloned()
-        .expect("some room is owned by n2");
+        .expect("some room is owned by n2 among 60");
     let watched: Vec<String> = rooms
         .iter()
         .take(2)
