@@ -8,9 +8,9 @@
 //! when a fault happens, not which fault comes next.
 //!
 //! With `concurrent_faults_max = k > 1`, lane `j` draws from its own stream and only targets
-//! the nodes `n(j+1), n(j+1+k), ...`, so concurrent faults never hit the same node; node
-//! `nN` ... stays untouched when `k` does not divide evenly, and partitions happen in lane 0
-//! only (the switch has one set of blocked pairs).
+//! the nodes `n(j+1), n(j+1+k), ...`, so concurrent faults never hit the same node and, as the
+//! scenario keeps `k` below the node count, at least one node is always healthy. Partitions
+//! happen in lane 0 only (the switch has one set of blocked pairs).
 
 use serde::Serialize;
 

@@ -17,6 +17,8 @@ use crate::scenario::FaultKind;
 pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 500;
+/// Beyond this many faults their labels would overlap: the legend names the kinds instead.
+const LABELLED_FAULTS_MAX: usize = 12;
 
 fn colour(kind: FaultKind) -> RGBColor {
     match kind {
@@ -88,7 +90,7 @@ pub fn draw(
                     style,
                 )))
                 .map_err(|error| anyhow!("{error:?}"))?;
-            if with_text {
+            if with_text && faults.len() <= LABELLED_FAULTS_MAX {
                 let label = format!("{} {}", fault.kind, fault.targets.join("+"));
                 chart
                     .draw_series(std::iter::once(Text::new(
@@ -108,10 +110,94 @@ pub fn draw(
                 points,
                 ShapeStyle::from(&BLUE).stroke_width(2),
             ))
-            .map_err(|error| anyhow!("{error:?}"))?;
+            .map_err(|error| anyhow!("{error:?}"))?
+            .label("acks per second")
+            .legend(|(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    ShapeStyle::from(&BLUE).stroke_width(2),
+                )
+            });
+        if with_text {
+            // One legend entry per kind of fault present (an empty series carries it).
+            for kind in FaultKind::ALL
+                .into_iter()
+                .filter(|kind| faults.iter().any(|fault| fault.kind == *kind))
+            {
+                chart
+                    .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+                    .map_err(|error| anyhow!("{error:?}"))?
+                    .label(kind.to_string())
+                    .legend(move |(x, y)| {
+                        Rectangle::new(
+                            [(x, y - 6), (x + 20, y + 6)],
+                            colour(kind).mix(0.4).filled(),
+                        )
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font(("sans-serif", 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|error| anyhow!("{error:?}"))?;
+        }
         root.present().map_err(|error| anyhow!("{error:?}"))?;
     }
     image::save_buffer(path, &buffer, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(with_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(index: usize, kind: FaultKind) -> FaultRecord {
+        let started_ms = 5_000 + index as u64 * 9_000;
+        FaultRecord {
+            index,
+            lane: 0,
+            kind,
+            shape: None,
+            targets: vec![format!("n{}", index % 3 + 1)],
+            survivors: Vec::new(),
+            victim_rooms: Vec::new(),
+            started_ms,
+            healed_ms: Some(started_ms + 4_000),
+            recovered_ms: Some(started_ms + 4_500),
+            detection_ms: None,
+            rehosted_ms: None,
+            first_served_ms: None,
+            journal_conflicts: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn timelines_are_written_as_png_with_few_or_many_faults() {
+        let directory = tempfile::tempdir().expect("tempdir");
+        for count in [3, 30] {
+            let faults: Vec<FaultRecord> = (0..count)
+                .map(|index| fault(index, FaultKind::ALL[index % 4]))
+                .collect();
+            let seconds = 10 + count * 9;
+            let acks: Vec<u64> = (0..seconds)
+                .map(|second| 300 + (second as u64 * 37) % 120)
+                .collect();
+            let path = directory.path().join(format!("timeline-{count}.png"));
+            draw(&path, &acks, &faults, 42).expect("drawn");
+            let bytes = std::fs::read(&path).expect("written");
+            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+            if let Some(keep) = std::env::var_os("CHAOS_KEEP_TIMELINE") {
+                std::fs::copy(
+                    &path,
+                    std::path::Path::new(&keep).join(format!("timeline-{count}.png")),
+                )
+                .expect("copy");
+            }
+        }
+    }
 }
