@@ -67,12 +67,19 @@ impl ChatMessage {
     }
 }
 
-/// What crosses the network to each node with members, for its sessions.
+/// What crosses the network to each node with members, for its sessions: the messages made
+/// durable by one journal append, in sequence order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomBroadcast {
     pub room: String,
+    pub messages: Vec<RenderedMessage>,
+}
+
+/// One message as every member receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenderedMessage {
     pub seq: u64,
-    /// The rendered `message` frame, rendered once for every recipient.
+    /// The `message` frame, rendered once for every recipient.
     pub frame: String,
 }
 
@@ -364,21 +371,29 @@ impl Entity for Room {
         // Members of nodes that are down cannot hear us; they rejoin when their node returns.
         self.members.retain(|node, _| view.is_up(node));
         let room = context.key();
-        for (_, event) in events {
-            if let RoomEvent::Posted(message) = event {
-                let broadcast = RoomBroadcast {
-                    room: room.to_string(),
+        let messages: Vec<RenderedMessage> = events
+            .iter()
+            .filter_map(|(_, event)| match event {
+                RoomEvent::Posted(message) => Some(RenderedMessage {
                     seq: message.seq,
                     frame: message.frame(room),
-                };
-                let payload = runtime::codec::encode(&broadcast);
-                runtime.publish(
-                    self.members.keys().map(String::as_str),
-                    &topic(room),
-                    payload,
-                );
-            }
+                }),
+                RoomEvent::Created(_) => None,
+            })
+            .collect();
+        if messages.is_empty() || self.members.is_empty() {
+            return;
         }
+        // One publication per append: a burst reaches each node, and each socket, at once.
+        let broadcast = RoomBroadcast {
+            room: room.to_string(),
+            messages,
+        };
+        runtime.publish(
+            self.members.keys().map(String::as_str),
+            &topic(room),
+            runtime::codec::encode(&broadcast),
+        );
     }
 }
 

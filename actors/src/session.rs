@@ -2,9 +2,8 @@
 //!
 //! It parses client frames, enforces the connection's limits (frame size, rate, pending
 //! posts, rooms), keeps the joined rooms with the last sequence number delivered in each, and
-//! writes rendered frames into a bounded outbound queue that the web layer drains into the
-//! socket. A client that lets that queue fill is disconnected with a reason: it never makes
-//! the node's memory grow.
+//! writes rendered frames into the connection's [`FrameSink`], whose queue is bounded: a client
+//! that lets it fill is disconnected with a reason and never makes the node's memory grow.
 //!
 //! Ordering and exactly-once delivery to the client: live messages arrive through pub/sub,
 //! replays through `Join` replies; the session drops anything at or below the room's last
@@ -12,23 +11,28 @@
 //! Posts to one room are sent one at a time, so a sender's messages keep their order even
 //! across retries on a new owner.
 //!
+//! Live messages take a fast path: the pub/sub callback checks the room's cursor and writes
+//! to the sink itself, without a hop through the actor's mailbox (one lock, one write per
+//! publication). The cursors live behind that lock, shared by the callback and the actor, and
+//! every frame of a room is written while holding it, so a room's frames reach the socket in
+//! sequence order whichever path sends them.
+//!
 //! **Architecture Invariant:** the session never awaits a remote call in its handler; asks run
 //! in tasks that report back as messages, so a slow room never stalls the connection.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use runtime::config::SessionsSection;
 use runtime::pubsub::{Publication, Subscription};
 use runtime::{Entity, Runtime, RuntimeError};
-use tokio::sync::{mpsc, watch};
 
 use crate::metrics as names;
 use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
-use crate::room::{self, Room, RoomBroadcast, RoomCommand, RoomReply};
+use crate::room::{self, RenderedMessage, Room, RoomBroadcast, RoomCommand, RoomReply};
 
 /// Rooms one connection may have joined at once.
 pub const ROOMS_PER_SESSION_MAX: usize = 100;
@@ -42,6 +46,9 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_SHUTDOWN: u16 = 1001;
 
+/// The node-local pub/sub topic on which [`spawn_view_relay`] announces membership changes.
+pub const VIEW_TOPIC: &str = "node:view";
+
 /// Why the server closes a connection; the web layer sends it as the close frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -49,9 +56,41 @@ pub struct CloseReason {
     pub reason: String,
 }
 
+/// Why a [`FrameSink`] refused frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkError {
+    /// The outbound queue is at its bound: the client does not read fast enough.
+    Full,
+    /// The connection is closed or closing.
+    Closed,
+}
+
+/// Where a session's frames go: the connection's writer, owned by the web layer. Both calls
+/// are cheap and never block (they may write to a non-blocking socket).
+pub trait FrameSink: Send + Sync + 'static {
+    /// Queues rendered text frames, in order, as one write when possible.
+    fn send(&self, frames: &[&str]) -> Result<(), SinkError>;
+    /// Sends a close frame with `reason` after what is being written; later sends fail.
+    fn close(&self, reason: CloseReason);
+}
+
 /// The pub/sub topic of a user's personal notifications (job progress).
 pub fn user_topic(user: &str) -> String {
     format!("user:{user}")
+}
+
+/// Announces every membership change of this node on [`VIEW_TOPIC`], so sessions learn of
+/// new room owners without a watcher task each. Runs until the runtime's view ends.
+pub fn spawn_view_relay(runtime: Runtime) -> tokio::task::JoinHandle<()> {
+    let mut views = runtime.watch_view();
+    tokio::spawn(async move {
+        views.borrow_and_update();
+        while views.changed().await.is_ok() {
+            runtime
+                .pubsub()
+                .publish_local(&Arc::new(Publication::new(VIEW_TOPIC, Vec::new())));
+        }
+    })
 }
 
 pub struct SessionArgs {
@@ -61,19 +100,15 @@ pub struct SessionArgs {
     pub user: String,
     pub name: String,
     pub limits: SessionsSection,
-    /// Rendered frames for the socket; bounded by `limits.outbound_queue_max`.
-    pub frames: mpsc::Sender<String>,
-    /// Set once to close the connection with a reason.
-    pub close: watch::Sender<Option<CloseReason>>,
+    /// The connection's writer; its queue is bounded by `limits.outbound_queue_max`.
+    pub sink: Arc<dyn FrameSink>,
 }
 
 #[derive(RactorMessage)]
 pub enum SessionMsg {
     /// A text frame from the client.
     ClientText(String),
-    /// A ping or pong from the client: it is alive.
-    ClientAlive,
-    /// The client closed the connection or the socket failed.
+    /// The client closed the connection, the socket failed or the server closed it.
     ClientGone,
     JoinDone {
         room: String,
@@ -85,25 +120,140 @@ pub enum SessionMsg {
         id: String,
         result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
     },
-    Published(Arc<Publication>),
+    /// Live messages skipped some: the cursor is already joining again (`attempt`).
+    Gap {
+        room: String,
+        since: u64,
+        attempt: u64,
+    },
     ViewChanged,
-    IdleCheck,
 }
 
 enum Phase {
     /// A join is in flight; live messages wait here.
     Joining {
         attempt: u64,
-        buffered: Vec<RoomBroadcast>,
+        buffered: Vec<RenderedMessage>,
     },
     Joined,
 }
 
-struct JoinedRoom {
+/// Where a room's delivery stands; shared with the pub/sub callback.
+struct Cursor {
     last_seq: u64,
+    phase: Phase,
+}
+
+/// The part of the session that pub/sub callbacks use directly.
+struct Shared {
+    sink: Arc<dyn FrameSink>,
+    myself: ActorRef<SessionMsg>,
+    session_id: String,
+    queue_max: usize,
+    rooms: Mutex<HashMap<String, Cursor>>,
+    next_attempt: AtomicU64,
+}
+
+impl Shared {
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Cursor>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn next_attempt(&self) -> u64 {
+        self.next_attempt.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Writes frames; a full queue means the client does not keep up: disconnect it.
+    /// Returns false once the connection is closed.
+    fn write(&self, frames: &[&str]) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        match self.sink.send(frames) {
+            Ok(()) => true,
+            Err(SinkError::Full) => {
+                metrics::counter!(names::SLOW_CLIENTS_TOTAL).increment(1);
+                let reason = format!(
+                    "outbound queue full ({} frames): the client does not read fast enough",
+                    self.queue_max
+                );
+                tracing::info!(session = %self.session_id, code = CLOSE_TOO_SLOW, %reason, "closing connection");
+                self.sink.close(CloseReason {
+                    code: CLOSE_TOO_SLOW,
+                    reason,
+                });
+                false
+            }
+            Err(SinkError::Closed) => false,
+        }
+    }
+
+    /// The fast path of live room messages (runs in the publisher's task).
+    fn deliver_room(&self, publication: &Publication) -> bool {
+        let Some(broadcast) = publication.decoded(|bytes| {
+            runtime::codec::decode::<RoomBroadcast>(bytes, "room broadcast")
+                .map_err(|error| tracing::warn!(%error, "dropped an undecodable room broadcast"))
+                .ok()
+        }) else {
+            return true;
+        };
+        let mut rooms = self.rooms();
+        let Some(cursor) = rooms.get_mut(&broadcast.room) else {
+            return true;
+        };
+        match &mut cursor.phase {
+            Phase::Joining { buffered, .. } => {
+                let room = buffered.len();
+                buffered.extend(
+                    broadcast
+                        .messages
+                        .iter()
+                        .take(JOIN_BUFFER_MAX.saturating_sub(room))
+                        .cloned(),
+                );
+                true
+            }
+            Phase::Joined => {
+                let mut frames = Vec::with_capacity(broadcast.messages.len());
+                let mut rest = broadcast.messages.iter();
+                let mut gap = None;
+                for message in rest.by_ref() {
+                    if message.seq <= cursor.last_seq {
+                        continue;
+                    }
+                    if message.seq > cursor.last_seq + 1 && cursor.last_seq > 0 {
+                        // We missed some (a broadcast lost with a dying link): rejoin to replay.
+                        gap = Some(message.clone());
+                        break;
+                    }
+                    cursor.last_seq = message.seq;
+                    frames.push(message.frame.as_str());
+                }
+                let open = self.write(&frames);
+                if let Some(first) = gap {
+                    let attempt = self.next_attempt();
+                    let since = cursor.last_seq;
+                    let mut buffered = vec![first];
+                    buffered.extend(rest.cloned());
+                    cursor.phase = Phase::Joining { attempt, buffered };
+                    let _ = self.myself.cast(SessionMsg::Gap {
+                        room: broadcast.room.clone(),
+                        since,
+                        attempt,
+                    });
+                }
+                open
+            }
+        }
+    }
+}
+
+/// What only the actor uses, per joined room.
+struct JoinedRoom {
     /// The owner the room had when we joined; a change means rejoining.
     owner: Option<String>,
-    phase: Phase,
     posts: VecDeque<(String, String)>,
     post_in_flight: bool,
     _subscription: Subscription,
@@ -112,14 +262,24 @@ struct JoinedRoom {
 pub struct SessionState {
     args: SessionArgs,
     myself: ActorRef<SessionMsg>,
+    shared: Arc<Shared>,
     rooms: HashMap<String, JoinedRoom>,
-    next_attempt: u64,
     tokens: f64,
-    tokens_at: Instant,
-    last_activity: Instant,
-    closing: bool,
-    _user_subscription: Subscription,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tokens_at: std::time::Instant,
+    _subscriptions: [Subscription; 2],
+    _close_on_drop: CloseOnDrop,
+}
+
+/// Ends the connection when the session's state goes, a crash included.
+struct CloseOnDrop(Arc<dyn FrameSink>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(CloseReason {
+            code: 1011,
+            reason: "server error: the session ended; reconnect".into(),
+        });
+    }
 }
 
 pub struct SessionActor;
@@ -134,42 +294,50 @@ impl Actor for SessionActor {
         myself: ActorRef<SessionMsg>,
         args: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let user_subscription = subscribe(&args.runtime, user_topic(&args.user), &myself);
-        let mut views = args.runtime.watch_view();
-        let view_target = myself.clone();
-        let view_task = tokio::spawn(async move {
-            views.borrow_and_update();
-            while views.changed().await.is_ok() {
-                if view_target.cast(SessionMsg::ViewChanged).is_err() {
-                    break;
-                }
-            }
+        let shared = Arc::new(Shared {
+            sink: args.sink.clone(),
+            myself: myself.clone(),
+            session_id: args.session_id.clone(),
+            queue_max: args.limits.outbound_queue_max,
+            rooms: Mutex::new(HashMap::new()),
+            next_attempt: AtomicU64::new(0),
         });
-        let idle_check =
-            Duration::from_millis(args.limits.idle_timeout_ms / 4).max(Duration::from_millis(100));
-        let idle_target = myself.clone();
-        let idle_task = tokio::spawn(async move {
-            let mut interval = tokio::time::interval(idle_check);
-            loop {
-                interval.tick().await;
-                if idle_target.cast(SessionMsg::IdleCheck).is_err() {
-                    break;
-                }
-            }
-        });
+        let pubsub = args.runtime.pubsub();
+        let notifications = {
+            let shared = shared.clone();
+            // Personal notifications are rendered frames already.
+            pubsub.subscribe(
+                user_topic(&args.user),
+                Arc::new(move |publication: &Arc<Publication>| {
+                    match std::str::from_utf8(&publication.payload) {
+                        Ok(frame) => shared.write(&[frame]),
+                        Err(_) => {
+                            tracing::warn!(topic = %publication.topic, "dropped a notification that is not UTF-8");
+                            true
+                        }
+                    }
+                }),
+            )
+        };
+        let views = {
+            let target = myself.clone();
+            pubsub.subscribe(
+                VIEW_TOPIC,
+                Arc::new(move |_: &Arc<Publication>| target.cast(SessionMsg::ViewChanged).is_ok()),
+            )
+        };
         metrics::gauge!(names::SESSIONS_ACTIVE).increment(1.0);
         let burst = f64::from(args.limits.messages_per_second) * 2.0;
+        let close_on_drop = CloseOnDrop(args.sink.clone());
         Ok(SessionState {
             args,
             myself,
+            shared,
             rooms: HashMap::new(),
-            next_attempt: 0,
             tokens: burst,
-            tokens_at: Instant::now(),
-            last_activity: Instant::now(),
-            closing: false,
-            _user_subscription: user_subscription,
-            tasks: vec![view_task, idle_task],
+            tokens_at: std::time::Instant::now(),
+            _subscriptions: [notifications, views],
+            _close_on_drop: close_on_drop,
         })
     }
 
@@ -178,9 +346,6 @@ impl Actor for SessionActor {
         _myself: ActorRef<SessionMsg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        for task in state.tasks.drain(..) {
-            task.abort();
-        }
         let node = state.args.runtime.node_id().to_string();
         for room in state.rooms.keys() {
             let leave = RoomCommand::Leave {
@@ -190,6 +355,11 @@ impl Actor for SessionActor {
             // Best effort: a room that misses it drops us when it next finds our node empty.
             let _ = state.args.runtime.entity::<Room>(room.clone()).tell(leave);
         }
+        // Stopped while the client is still there: the node is shutting down.
+        state.shared.sink.close(CloseReason {
+            code: CLOSE_SHUTDOWN,
+            reason: "the node is shutting down; reconnect to another node".into(),
+        });
         metrics::gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
         Ok(())
     }
@@ -202,7 +372,6 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMsg::ClientText(text) => state.client_text(&text),
-            SessionMsg::ClientAlive => state.last_activity = Instant::now(),
             SessionMsg::ClientGone => {
                 myself.stop(Some("client gone".into()));
             }
@@ -212,32 +381,22 @@ impl Actor for SessionActor {
                 result,
             } => state.join_done(&room, attempt, result),
             SessionMsg::PostDone { room, id, result } => state.post_done(&room, &id, result),
-            SessionMsg::Published(publication) => state.published(&publication),
+            SessionMsg::Gap {
+                room,
+                since,
+                attempt,
+            } => {
+                metrics::counter!(names::ROOM_REJOINS_TOTAL).increment(1);
+                state.send_join(room, Some(since), attempt);
+            }
             SessionMsg::ViewChanged => state.view_changed(),
-            SessionMsg::IdleCheck => state.idle_check(),
-        }
-        if state.closing {
-            myself.stop(Some("closed by the server".into()));
         }
         Ok(())
     }
 }
 
-fn subscribe(runtime: &Runtime, topic: String, myself: &ActorRef<SessionMsg>) -> Subscription {
-    let target = myself.clone();
-    runtime.pubsub().subscribe(
-        topic,
-        Arc::new(move |publication| {
-            target
-                .cast(SessionMsg::Published(publication.clone()))
-                .is_ok()
-        }),
-    )
-}
-
 impl SessionState {
     fn client_text(&mut self, text: &str) {
-        self.last_activity = Instant::now();
         metrics::counter!(names::FRAMES_IN_TOTAL).increment(1);
         if text.len() > self.args.limits.frame_bytes_max {
             let message = format!(
@@ -259,7 +418,7 @@ impl SessionState {
             Err(error) => return self.error(error.code, &error.message, None),
         };
         match frame {
-            ClientFrame::Ping => self.send(ServerFrame::Pong.to_json()),
+            ClientFrame::Ping => self.send(&ServerFrame::Pong.to_json()),
             ClientFrame::Join { room, since } => self.join(room, since),
             ClientFrame::Leave { room } => self.leave(&room),
             ClientFrame::Post { room, id, text } => self.post(room, id, text),
@@ -268,7 +427,7 @@ impl SessionState {
 
     fn take_token(&mut self) -> bool {
         let rate = f64::from(self.args.limits.messages_per_second);
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         self.tokens =
             (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * rate).min(rate * 2.0);
         self.tokens_at = now;
@@ -288,27 +447,43 @@ impl SessionState {
         if room.is_empty() || room.len() > 128 {
             return self.error("invalid_frame", "room ids have 1 to 128 bytes", Some(&room));
         }
-        let attempt = self.next_attempt();
-        let entry = self
-            .rooms
-            .entry(room.clone())
-            .or_insert_with(|| JoinedRoom {
+        let attempt = self.shared.next_attempt();
+        {
+            let mut cursors = self.shared.rooms();
+            let cursor = cursors.entry(room.clone()).or_insert(Cursor {
                 last_seq: 0,
-                owner: None,
                 phase: Phase::Joined,
-                posts: VecDeque::new(),
-                post_in_flight: false,
-                _subscription: subscribe(&self.args.runtime, room::topic(&room), &self.myself),
             });
-        // A client's own `since` wins: it knows what it has shown.
-        if let Some(since) = since {
-            entry.last_seq = since;
+            // A client's own `since` wins: it knows what it has shown.
+            if let Some(since) = since {
+                cursor.last_seq = since;
+            }
+            cursor.phase = Phase::Joining {
+                attempt,
+                buffered: Vec::new(),
+            };
         }
-        entry.phase = Phase::Joining {
-            attempt,
-            buffered: Vec::new(),
-        };
+        if !self.rooms.contains_key(&room) {
+            let subscription = self.subscribe_room(&room);
+            self.rooms.insert(
+                room.clone(),
+                JoinedRoom {
+                    owner: None,
+                    posts: VecDeque::new(),
+                    post_in_flight: false,
+                    _subscription: subscription,
+                },
+            );
+        }
         self.send_join(room, since, attempt);
+    }
+
+    fn subscribe_room(&self, room: &str) -> Subscription {
+        let shared = self.shared.clone();
+        self.args.runtime.pubsub().subscribe(
+            room::topic(room),
+            Arc::new(move |publication: &Arc<Publication>| shared.deliver_room(publication)),
+        )
     }
 
     fn send_join(&self, room: String, since: Option<u64>, attempt: u64) {
@@ -341,13 +516,15 @@ impl SessionState {
             .view()
             .owner(Room::KIND, room)
             .map(str::to_string);
-        let Some(entry) = self.rooms.get_mut(room) else {
+        let shared = self.shared.clone();
+        let mut cursors = shared.rooms();
+        let Some(cursor) = cursors.get_mut(room) else {
             return;
         };
         let Phase::Joining {
             attempt: expected,
             buffered,
-        } = &mut entry.phase
+        } = &mut cursor.phase
         else {
             return;
         };
@@ -355,20 +532,19 @@ impl SessionState {
             return; // A newer join superseded this one.
         }
         let buffered = std::mem::take(buffered);
-        match result {
+        let error = match result {
             Ok(Ok(RoomReply::Joined {
                 head,
                 missed,
                 gap_before,
             })) => {
-                entry.phase = Phase::Joined;
-                entry.owner = owner;
-                let first_join = entry.last_seq == 0 && missed.is_empty();
+                cursor.phase = Phase::Joined;
+                let first_join = cursor.last_seq == 0 && missed.is_empty();
                 let mut frames = vec![ServerFrame::Joined { room, head }.to_json()];
-                if let Some(gap) = gap_before.filter(|gap| *gap > entry.last_seq + 1) {
+                if let Some(gap) = gap_before.filter(|gap| *gap > cursor.last_seq + 1) {
                     let message = format!(
                         "messages {}..{} are older than the room keeps in memory; fetch them from /api/rooms/{room}/messages",
-                        entry.last_seq + 1,
+                        cursor.last_seq + 1,
                         gap - 1
                     );
                     frames.push(
@@ -380,54 +556,56 @@ impl SessionState {
                         .to_json(),
                     );
                 }
-                if first_join && entry.last_seq < head && missed.is_empty() {
+                if first_join && cursor.last_seq < head {
                     // A fresh member starts live from the head.
-                    entry.last_seq = head;
+                    cursor.last_seq = head;
                 }
                 for message in missed {
-                    if message.seq > entry.last_seq {
-                        entry.last_seq = message.seq;
+                    if message.seq > cursor.last_seq {
+                        cursor.last_seq = message.seq;
                         frames.push(message.frame(room));
                     }
                 }
-                for broadcast in buffered {
-                    if broadcast.seq > entry.last_seq {
-                        entry.last_seq = broadcast.seq;
-                        frames.push(broadcast.frame);
+                for message in buffered {
+                    if message.seq > cursor.last_seq {
+                        cursor.last_seq = message.seq;
+                        frames.push(message.frame);
                     }
                 }
-                let start_posts = !entry.posts.is_empty() && !entry.post_in_flight;
-                for frame in frames {
-                    self.send(frame);
-                }
-                if start_posts {
+                // Written under the cursors' lock: live messages cannot overtake the replay.
+                let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
+                shared.write(&frames);
+                drop(cursors);
+                let Some(entry) = self.rooms.get_mut(room) else {
+                    return;
+                };
+                entry.owner = owner;
+                if !entry.posts.is_empty() && !entry.post_in_flight {
                     self.next_post(room);
                 }
+                return;
             }
             Ok(Ok(other)) => {
                 tracing::error!(room, ?other, "unexpected reply to join");
-                self.rooms.remove(room);
-                self.error("internal", "unexpected reply from the room", Some(room));
+                ("internal", "unexpected reply from the room".to_string())
             }
-            Ok(Err(error)) => {
-                self.rooms.remove(room);
-                self.error(error.code(), &error.to_string(), Some(room));
-            }
-            Err(error) => {
-                self.rooms.remove(room);
-                self.error(
-                    "unavailable",
-                    &format!("cannot join now: {error}; try again"),
-                    Some(room),
-                );
-            }
-        }
+            Ok(Err(error)) => (error.code(), error.to_string()),
+            Err(error) => (
+                "unavailable",
+                format!("cannot join now: {error}; try again"),
+            ),
+        };
+        cursors.remove(room);
+        drop(cursors);
+        self.rooms.remove(room);
+        self.error(error.0, &error.1, Some(room));
     }
 
     fn leave(&mut self, room: &str) {
         if self.rooms.remove(room).is_none() {
             return self.error("not_joined", "you have not joined this room", Some(room));
         }
+        self.shared.rooms().remove(room);
         let leave = RoomCommand::Leave {
             node: self.args.runtime.node_id().to_string(),
             session: self.args.session_id.clone(),
@@ -437,7 +615,7 @@ impl SessionState {
             .runtime
             .entity::<Room>(room.to_string())
             .tell(leave);
-        self.send(ServerFrame::Left { room }.to_json());
+        self.send(&ServerFrame::Left { room }.to_json());
     }
 
     fn post(&mut self, room: String, id: String, text: String) {
@@ -469,10 +647,16 @@ impl SessionState {
             return self.error("rate_limited", &message, Some(&id));
         }
         entry.posts.push_back((id, text));
-        let ready = !entry.post_in_flight && matches!(entry.phase, Phase::Joined);
-        if ready {
+        if !entry.post_in_flight && self.joined(&room) {
             self.next_post(&room);
         }
+    }
+
+    fn joined(&self, room: &str) -> bool {
+        self.shared
+            .rooms()
+            .get(room)
+            .is_some_and(|cursor| matches!(cursor.phase, Phase::Joined))
     }
 
     /// Sends the room's next queued post; one at a time keeps the sender's order.
@@ -513,9 +697,10 @@ impl SessionState {
         if entry.posts.front().is_some_and(|(queued, _)| queued == id) {
             entry.posts.pop_front();
         }
+        let more = !entry.posts.is_empty();
         match result {
             Ok(Ok(RoomReply::Posted { seq, .. })) => {
-                self.send(ServerFrame::Ack { room, id, seq }.to_json())
+                self.send(&ServerFrame::Ack { room, id, seq }.to_json())
             }
             Ok(Ok(other)) => {
                 tracing::error!(room, ?other, "unexpected reply to post");
@@ -528,63 +713,8 @@ impl SessionState {
                 Some(id),
             ),
         }
-        let more = self
-            .rooms
-            .get(room)
-            .is_some_and(|entry| !entry.posts.is_empty() && matches!(entry.phase, Phase::Joined));
-        if more {
+        if more && self.joined(room) {
             self.next_post(room);
-        }
-    }
-
-    fn published(&mut self, publication: &Publication) {
-        if !publication.topic.starts_with("room:") {
-            // A personal notification: already a rendered frame.
-            match String::from_utf8(publication.payload.clone()) {
-                Ok(frame) => self.send(frame),
-                Err(_) => {
-                    tracing::warn!(topic = %publication.topic, "dropped a notification that is not UTF-8")
-                }
-            }
-            return;
-        }
-        let broadcast: RoomBroadcast =
-            match runtime::codec::decode(&publication.payload, "room broadcast") {
-                Ok(broadcast) => broadcast,
-                Err(error) => {
-                    return tracing::warn!(%error, "dropped an undecodable room broadcast");
-                }
-            };
-        let Some(entry) = self.rooms.get_mut(&broadcast.room) else {
-            return;
-        };
-        match &mut entry.phase {
-            Phase::Joining { buffered, .. } => {
-                if buffered.len() < JOIN_BUFFER_MAX {
-                    buffered.push(broadcast);
-                }
-            }
-            Phase::Joined => {
-                if broadcast.seq > entry.last_seq {
-                    if broadcast.seq > entry.last_seq + 1 && entry.last_seq > 0 {
-                        // We missed some (a broadcast lost with a dying link): rejoin to replay.
-                        let since = entry.last_seq;
-                        let room = broadcast.room.clone();
-                        let attempt = self.next_attempt();
-                        if let Some(entry) = self.rooms.get_mut(&room) {
-                            entry.phase = Phase::Joining {
-                                attempt,
-                                buffered: vec![broadcast],
-                            };
-                        }
-                        self.send_join(room, Some(since), attempt);
-                        return;
-                    }
-                    entry.last_seq = broadcast.seq;
-                    let frame = broadcast.frame;
-                    self.send(frame);
-                }
-            }
         }
     }
 
@@ -592,41 +722,36 @@ impl SessionState {
     fn view_changed(&mut self) {
         let view = self.args.runtime.view();
         let mut rejoin = Vec::new();
-        for (room, entry) in &self.rooms {
-            let owner = view.owner(Room::KIND, room).map(str::to_string);
-            if matches!(entry.phase, Phase::Joined) && owner != entry.owner {
-                rejoin.push((room.clone(), entry.last_seq));
+        {
+            let mut cursors = self.shared.rooms();
+            for (room, entry) in &self.rooms {
+                let owner = view.owner(Room::KIND, room).map(str::to_string);
+                if owner == entry.owner {
+                    continue;
+                }
+                let Some(cursor) = cursors.get_mut(room) else {
+                    continue;
+                };
+                if matches!(cursor.phase, Phase::Joined) {
+                    let attempt = self.shared.next_attempt();
+                    cursor.phase = Phase::Joining {
+                        attempt,
+                        buffered: Vec::new(),
+                    };
+                    rejoin.push((room.clone(), cursor.last_seq, attempt));
+                }
             }
         }
-        for (room, since) in rejoin {
-            let attempt = self.next_attempt();
-            if let Some(entry) = self.rooms.get_mut(&room) {
-                entry.phase = Phase::Joining {
-                    attempt,
-                    buffered: Vec::new(),
-                };
-            }
+        for (room, since, attempt) in rejoin {
             metrics::counter!(names::ROOM_REJOINS_TOTAL).increment(1);
             self.send_join(room, Some(since), attempt);
         }
     }
 
-    fn idle_check(&mut self) {
-        let idle = Duration::from_millis(self.args.limits.idle_timeout_ms);
-        if self.last_activity.elapsed() > idle {
-            self.close(CLOSE_IDLE, format!("no frame for {} s", idle.as_secs()));
-        }
-    }
-
-    fn next_attempt(&mut self) -> u64 {
-        self.next_attempt += 1;
-        self.next_attempt
-    }
-
-    fn error(&mut self, code: &str, message: &str, reference: Option<&str>) {
+    fn error(&self, code: &str, message: &str, reference: Option<&str>) {
         metrics::counter!(names::FRAME_ERRORS_TOTAL, "code" => code.to_string()).increment(1);
         self.send(
-            ServerFrame::Error {
+            &ServerFrame::Error {
                 code,
                 message,
                 reference,
@@ -635,28 +760,8 @@ impl SessionState {
         );
     }
 
-    /// Queues a frame; a full queue means the client does not keep up: disconnect it.
-    fn send(&mut self, frame: String) {
-        if self.closing {
-            return;
-        }
-        match self.args.frames.try_send(frame) {
-            Ok(()) => metrics::counter!(names::FRAMES_OUT_TOTAL).increment(1),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!(names::SLOW_CLIENTS_TOTAL).increment(1);
-                let reason = format!(
-                    "outbound queue full ({} frames): the client does not read fast enough",
-                    self.args.limits.outbound_queue_max
-                );
-                self.close(CLOSE_TOO_SLOW, reason);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => self.closing = true,
-        }
-    }
-
-    fn close(&mut self, code: u16, reason: String) {
-        tracing::info!(session = %self.args.session_id, user = %self.args.user, code, %reason, "closing connection");
-        let _ = self.args.close.send(Some(CloseReason { code, reason }));
-        self.closing = true;
+    /// Writes one frame that belongs to no room's sequence (acks, errors, pongs).
+    fn send(&self, frame: &str) {
+        self.shared.write(&[frame]);
     }
 }

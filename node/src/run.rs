@@ -92,6 +92,8 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     node.start_child(sessions_supervisor(node_id))
         .await
         .context("cannot start the sessions supervisor")?;
+    // Sessions learn of membership changes (new room owners) from this one task.
+    let view_relay = actors::session::spawn_view_relay(node.runtime());
     node.start_child(actors::job::reviver::child_spec(node.runtime()))
         .await
         .context("cannot start the job reviver")?;
@@ -137,6 +139,7 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     {
         tracing::warn!("HTTP connections still open at the deadline; closing them");
     }
+    view_relay.abort();
     node.shutdown(shutdown_timeout).await;
     tracing::info!(node = node_id, "stopped");
     Ok(())

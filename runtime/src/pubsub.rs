@@ -6,17 +6,47 @@
 //! Local subscribers are callbacks that must be cheap and non-blocking (typically a cast into
 //! an actor); one that returns `false` is dropped, which is how a slow consumer is cut off.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 
 use serde::{Deserialize, Serialize};
 
 /// A message on a topic. The payload is opaque to the runtime.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Publication {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// The payload decoded by the first local subscriber that asked, shared with the others:
+    /// a publication is decoded once per node, not once per subscriber.
+    #[serde(skip)]
+    decoded: OnceLock<Option<Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Publication {
+    pub fn new(topic: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload,
+            decoded: OnceLock::new(),
+        }
+    }
+
+    /// The payload decoded as `T` by `decode`, which runs at most once per publication on
+    /// this node; `None` if it failed (or an earlier subscriber decoded another type).
+    pub fn decoded<T: Send + Sync + 'static>(
+        &self,
+        decode: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Option<Arc<T>> {
+        self.decoded
+            .get_or_init(|| {
+                decode(&self.payload).map(|value| Arc::new(value) as Arc<dyn Any + Send + Sync>)
+            })
+            .clone()?
+            .downcast::<T>()
+            .ok()
+    }
 }
 
 /// Delivers a publication to one local subscriber; `false` unsubscribes it.
@@ -150,16 +180,10 @@ mod tests {
                 true
             }),
         );
-        let publication = Arc::new(Publication {
-            topic: "room:a".into(),
-            payload: vec![1],
-        });
+        let publication = Arc::new(Publication::new("room:a", vec![1]));
         assert_eq!(pubsub.publish_local(&publication), 1);
         assert_eq!(
-            pubsub.publish_local(&Arc::new(Publication {
-                topic: "room:b".into(),
-                payload: vec![]
-            })),
+            pubsub.publish_local(&Arc::new(Publication::new("room:b", vec![]))),
             0
         );
         drop(subscription);
@@ -171,11 +195,22 @@ mod tests {
     fn a_subscriber_that_refuses_is_dropped() {
         let pubsub = PubSub::default();
         let _subscription = pubsub.subscribe("t", Arc::new(|_| false));
-        let publication = Arc::new(Publication {
-            topic: "t".into(),
-            payload: vec![],
-        });
+        let publication = Arc::new(Publication::new("t", vec![]));
         assert_eq!(pubsub.publish_local(&publication), 0);
         assert_eq!(pubsub.subscriber_count("t"), 0);
+    }
+
+    #[test]
+    fn a_publication_is_decoded_once_for_all_subscribers() {
+        let publication = Publication::new("t", vec![7]);
+        let decodes = AtomicUsize::new(0);
+        let decode = |bytes: &[u8]| {
+            decodes.fetch_add(1, Ordering::Relaxed);
+            Some(u32::from(bytes[0]))
+        };
+        assert_eq!(publication.decoded(decode).as_deref(), Some(&7));
+        assert_eq!(publication.decoded(decode).as_deref(), Some(&7));
+        assert_eq!(decodes.load(Ordering::Relaxed), 1);
+        assert!(publication.decoded(|_| Some("other type")).is_none());
     }
 }

@@ -161,18 +161,20 @@ impl Runtime {
         topic: &str,
         payload: Vec<u8>,
     ) {
-        let publication = Arc::new(Publication {
-            topic: topic.to_string(),
-            payload,
-        });
+        let publication = Arc::new(Publication::new(topic, payload));
+        // Remote nodes first: local delivery writes to sockets and should not delay them.
+        let mut local = false;
         for node in nodes {
             if node == self.node_id() {
-                self.inner.pubsub.publish_local(&publication);
+                local = true;
             } else if let Ok(host) = self.peer_host(node) {
                 let _ = host.cast(HostMsg::Publish(crate::codec::Wire::new(
                     (*publication).clone(),
                 )));
             }
+        }
+        if local {
+            self.inner.pubsub.publish_local(&publication);
         }
     }
 

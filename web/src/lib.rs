@@ -6,6 +6,7 @@ pub mod auth;
 mod cors;
 pub mod error;
 mod jobs;
+mod outbound;
 mod page;
 mod rooms;
 mod routes;
@@ -34,6 +35,9 @@ pub struct AppState {
 
 /// Serves the routes on `address` until `shutdown` resolves, then lets in-flight requests end.
 /// Fails at once (instead of panicking inside warp) when the address cannot be bound.
+///
+/// HTTP/1.1 connections are served by hyper directly (warp's filters as the service) so that
+/// an upgraded WebSocket connection hands its `TcpStream` to the gateway (see `ws.rs`).
 pub async fn serve(
     address: SocketAddr,
     state: AppState,
@@ -47,8 +51,75 @@ pub async fn serve(
                 format!("cannot listen for HTTP on {address}: {error} (is the port in use?)"),
             )
         })?;
-    let server = warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown);
-    Ok(tokio::spawn(server.run()))
+    let service = warp::service(routes(state));
+    Ok(tokio::spawn(accept_loop(listener, service, shutdown)))
+}
+
+async fn accept_loop<S>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) where
+    S: tower_service::Service<
+            warp::http::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    // Connections watch `stopping`; each holds a clone of `alive`, so `ended` yields `None`
+    // once the last one has finished.
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!(%error, "cannot accept an HTTP connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = service.clone();
+        let handler = hyper::service::service_fn(move |request| {
+            let mut service = service.clone();
+            tower_service::Service::call(&mut service, request)
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
+            .with_upgrades();
+        let mut stop = stopping.subscribe();
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = until_true(&mut stop) => {
+                    // Finish the request in flight, then close (an upgraded socket is not ours).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+            drop(alive);
+        });
+    }
+    drop(listener);
+    stopping.send_replace(true);
+    drop(alive);
+    let _ = ended.recv().await;
+}
+
+/// Resolves when `flag` becomes true (or its sender is gone).
+pub(crate) async fn until_true(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|value| *value).await;
 }

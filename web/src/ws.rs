@@ -1,31 +1,47 @@
 //! The WebSocket gateway: `GET /ws?token=JWT`. The token is checked before the upgrade (401
-//! otherwise); each connection gets a session actor under the node's sessions supervisor,
-//! a reader loop (socket → session) and a writer task (bounded queue → socket).
+//! otherwise); each connection gets a session actor under the node's sessions supervisor and
+//! one reader task (socket → session, pings, idle timeout). Frames to the client do not go
+//! through a task: the session writes them to the connection's [`Outbound`], which writes to
+//! the socket directly (see `outbound.rs`).
+//!
+//! The upgrade is done here rather than by warp's `ws()` filter so that the connection keeps
+//! its `TcpStream` (for direct non-blocking writes) and a small read buffer (tungstenite's
+//! default is 128 KiB per connection, touched on the first read).
 //!
 //! The socket's transport limits are set here: a message above [`WS_MESSAGE_BYTES_MAX`] is a
 //! protocol violation and ends the connection (tungstenite refuses it before buffering it);
 //! anything up to that reaches the session, which answers frames above the configured
 //! `sessions.frame_bytes_max` with a `too_large` error and keeps the connection.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
-use actors::session::{CloseReason, SessionActor, SessionArgs, SessionMsg};
-use futures_util::{SinkExt, StreamExt};
+use actors::session::{CLOSE_IDLE, CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg};
+use futures_util::StreamExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use ractor::{Actor, ActorCell, ActorRef};
 use runtime::supervisor::{ChildSpec, Restart, SupervisorMsg};
-use tokio::sync::{mpsc, watch};
-use warp::filters::ws::{Message, WebSocket, Ws};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::AppState;
 use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
+use crate::outbound::Outbound;
 
 /// Hard limit of one WebSocket message; beyond it the connection is closed by the transport.
 pub const WS_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Initial read buffer of a connection (grows for larger frames).
+const READ_BUFFER_BYTES: usize = 4096;
 
 /// Registry name of the node's sessions supervisor.
 pub fn sessions_supervisor_name(node: &str) -> String {
@@ -47,12 +63,40 @@ impl Drop for ConnectionGuard {
     }
 }
 
+fn bad_upgrade(message: &str) -> warp::Rejection {
+    warp::reject::custom(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "not_a_websocket",
+        format!("{message}; connect with a WebSocket client (RFC 6455, version 13)"),
+    ))
+}
+
+/// The handshake's headers, checked; yields the `Sec-WebSocket-Accept` value.
+fn handshake() -> impl Filter<Extract = (String,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("upgrade")
+        .and(warp::header::optional::<String>("sec-websocket-version"))
+        .and(warp::header::optional::<String>("sec-websocket-key"))
+        .and_then(
+            |upgrade: Option<String>, version: Option<String>, key: Option<String>| async move {
+                if !upgrade.is_some_and(|value| value.eq_ignore_ascii_case("websocket")) {
+                    return Err(bad_upgrade("missing `Upgrade: websocket`"));
+                }
+                if version.as_deref().map(str::trim) != Some("13") {
+                    return Err(bad_upgrade("`Sec-WebSocket-Version` must be 13"));
+                }
+                let key = key.ok_or_else(|| bad_upgrade("missing `Sec-WebSocket-Key`"))?;
+                Ok(derive_accept_key(key.trim().as_bytes()))
+            },
+        )
+}
+
 pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     warp::path!("ws")
         .and(warp::get())
         .and(authenticated(state.tokens.clone()))
-        .and(warp::ws())
-        .and_then(move |claims: Claims, ws: Ws| {
+        .and(handshake())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(move |claims: Claims, accept: String, upgrade: Option<OnUpgrade>| {
             let state = state.clone();
             async move {
                 let limit = state.runtime.config().sessions.connections_max;
@@ -65,136 +109,175 @@ pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respon
                         format!("this node already holds {limit} connections; try another node"),
                     )));
                 }
-                let ws = ws
-                    .max_message_size(WS_MESSAGE_BYTES_MAX)
-                    .max_frame_size(WS_MESSAGE_BYTES_MAX);
-                Ok::<_, warp::Rejection>(
-                    ws.on_upgrade(move |socket| connection(socket, claims, state, guard))
-                        .into_response(),
-                )
+                let upgrade = upgrade.ok_or_else(|| bad_upgrade("this connection cannot be upgraded"))?;
+                tokio::spawn(async move {
+                    match upgrade.await {
+                        Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                            Ok(parts) => {
+                                connection(parts.io.into_inner(), parts.read_buf.to_vec(), claims, state, guard)
+                                    .await;
+                            }
+                            Err(_) => tracing::error!(
+                                "WebSocket upgrade on a connection that is not a plain TCP stream; serve HTTP with web::serve"
+                            ),
+                        },
+                        Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+                    }
+                });
+                let mut response = warp::reply::Response::default();
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert("connection", warp::http::HeaderValue::from_static("upgrade"));
+                headers.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+                let accept = warp::http::HeaderValue::from_str(&accept)
+                    .map_err(|_| bad_upgrade("bad `Sec-WebSocket-Key`"))?;
+                headers.insert("sec-websocket-accept", accept);
+                Ok::<_, warp::Rejection>(response.into_response())
             }
         })
         .boxed()
 }
 
-async fn connection(socket: WebSocket, claims: Claims, state: AppState, _guard: ConnectionGuard) {
+/// The socket as the WebSocket reader sees it: reads come from the socket, writes (its
+/// replies to pings and closes) go through the connection's [`Outbound`] like every frame.
+struct ReadHalf {
+    stream: Arc<TcpStream>,
+    outbound: Arc<Outbound>,
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            ready!(self.stream.poll_read_ready(context))?;
+            match self.stream.try_read(buf.initialize_unfilled()) {
+                Ok(read) => {
+                    buf.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _context: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.outbound.send_raw(bytes);
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        _context: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    read_buf: Vec<u8>,
+    claims: Claims,
+    state: AppState,
+    _guard: ConnectionGuard,
+) {
     let limits = state.runtime.config().sessions.clone();
+    let _ = stream.set_nodelay(true);
+    let stream = Arc::new(stream);
+    let outbound = Outbound::new(stream.clone(), limits.outbound_queue_max);
     let session_number = state.connections.next_id.fetch_add(1, Ordering::Relaxed);
     let session_id = format!("{}-{session_number}", state.runtime.node_id());
-    let (frames, mut frames_out) = mpsc::channel::<String>(limits.outbound_queue_max);
-    let (close, mut close_requested) = watch::channel::<Option<CloseReason>>(None);
-    let (mut sink, mut stream) = socket.split();
     let args = SessionArgs {
         runtime: state.runtime.clone(),
         session_id: session_id.clone(),
         name: claims.name.clone().unwrap_or_else(|| claims.sub.clone()),
         user: claims.sub,
         limits: limits.clone(),
-        frames,
-        close,
+        sink: outbound.clone(),
     };
     let session = match start_session(&state, &session_id, args).await {
         Ok(session) => session,
         Err(error) => {
             tracing::error!(%error, "cannot start a session");
-            let _ = sink
-                .send(Message::close_with(
-                    1011u16,
-                    "server error: cannot start a session",
-                ))
-                .await;
+            outbound.close(CloseReason {
+                code: 1011,
+                reason: "server error: cannot start a session".into(),
+            });
             return;
         }
     };
-
-    let ping_every =
-        Duration::from_millis(limits.idle_timeout_ms / 3).max(Duration::from_millis(100));
-    let mut writer = tokio::spawn(async move {
-        let mut ping = tokio::time::interval(ping_every);
-        ping.tick().await;
-        loop {
-            let message = tokio::select! {
-                frame = frames_out.recv() => match frame {
-                    Some(text) => Message::text(text),
-                    None => Message::close_with(1000u16, "session ended"),
-                },
-                changed = close_requested.changed() => {
-                    match changed.ok().and_then(|()| close_requested.borrow().clone()) {
-                        Some(reason) => Message::close_with(reason.code, reason.reason),
-                        None => break,
-                    }
-                }
-                _ = ping.tick() => Message::ping(Vec::new()),
-            };
-            let closing = message.is_close();
-            // A client that does not read leaves this send pending forever: a close request
-            // must still end the connection, so race the send against it. Frames already
-            // queued go out with it, in one flush (one syscall rather than one per frame).
-            let sent = tokio::select! {
-                result = send_batch(&mut sink, message, &mut frames_out) => result.is_ok(),
-                _ = close_requested.changed(), if !closing => false,
-            };
-            if !sent || closing {
-                break;
-            }
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    });
-
-    let mut writer_done = false;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+    let reader = ReadHalf {
+        stream,
+        outbound: outbound.clone(),
+    };
+    let mut socket =
+        WebSocketStream::from_partially_read(reader, read_buf, Role::Server, Some(config)).await;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let mut ping = tokio::time::interval(
+        Duration::from_millis(limits.idle_timeout_ms / 3).max(Duration::from_millis(100)),
+    );
+    ping.tick().await;
+    let mut closed = outbound.closed();
+    let mut last_activity = Instant::now();
     loop {
-        let received = tokio::select! {
-            received = stream.next() => received,
-            _ = &mut writer => {
-                writer_done = true;
-                break;
+        tokio::select! {
+            received = socket.next() => {
+                let message = match received {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::debug!(session = %session_id, %error, "WebSocket read failed");
+                        break;
+                    }
+                    None => break,
+                };
+                last_activity = Instant::now();
+                let forwarded = match message {
+                    Message::Text(text) => session.cast(SessionMsg::ClientText(text.as_str().to_string())),
+                    Message::Binary(bytes) => session.cast(SessionMsg::ClientText(
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    )),
+                    Message::Close(_) => break,
+                    // Pings and pongs prove the client is alive (tungstenite answers pings).
+                    _ => Ok(()),
+                };
+                if forwarded.is_err() {
+                    break;
+                }
             }
-        };
-        let message = match received {
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                tracing::debug!(session = %session_id, %error, "WebSocket read failed");
-                break;
+            _ = ping.tick() => {
+                if last_activity.elapsed() > idle {
+                    tracing::info!(session = %session_id, "closing an idle connection");
+                    outbound.close(CloseReason {
+                        code: CLOSE_IDLE,
+                        reason: format!("no frame for {} s", idle.as_secs()),
+                    });
+                } else {
+                    outbound.ping();
+                }
             }
-            None => break,
-        };
-        let forwarded = if message.is_text() || message.is_binary() {
-            let text = String::from_utf8_lossy(message.as_bytes()).into_owned();
-            session.cast(SessionMsg::ClientText(text))
-        } else if message.is_close() {
-            break;
-        } else {
-            // Pings and pongs prove the client is alive.
-            session.cast(SessionMsg::ClientAlive)
-        };
-        if forwarded.is_err() {
-            break;
+            () = crate::until_true(&mut closed) => break,
         }
     }
     let _ = session.cast(SessionMsg::ClientGone);
-    if !writer_done {
-        let _ = writer.await;
-    }
-}
-
-/// Most frames written before one flush.
-const FRAMES_PER_FLUSH_MAX: usize = 64;
-
-/// Feeds `first` and whatever else is queued (up to [`FRAMES_PER_FLUSH_MAX`]), then flushes.
-async fn send_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    first: Message,
-    queue: &mut mpsc::Receiver<String>,
-) -> Result<(), warp::Error> {
-    let closing = first.is_close();
-    sink.feed(first).await?;
-    if !closing {
-        for _ in 1..FRAMES_PER_FLUSH_MAX {
-            let Ok(text) = queue.try_recv() else { break };
-            sink.feed(Message::text(text)).await?;
-        }
-    }
-    sink.flush().await
+    outbound.finish();
 }
 
 async fn start_session(

@@ -1,0 +1,388 @@
+//! The writing side of one WebSocket connection: server frames encoded by hand (they are
+//! never masked, so encoding is a header and a copy) and written straight to the
+//! non-blocking socket by whoever sends them.
+//!
+//! A live chat message thus costs one `write` on the publisher's task and no task wake-up.
+//! Only when the socket's buffer is full does a writer task start; it drains the queue as the
+//! socket becomes writable and ends when the queue is empty. The queue is bounded in frames
+//! (`sessions.outbound_queue_max`): beyond it [`FrameSink::send`] answers `Full` and the session
+//! closes the connection.
+//!
+//! **Invariant:** bytes reach the socket in the order the calls that produced them returned.
+//! A direct write happens only when no writer task runs (the queue is then empty); otherwise
+//! bytes go to the back of the queue, which the writer drains in order. The state lock is held
+//! across the non-blocking write so two senders cannot interleave.
+//!
+//! Closing: a close frame goes after the frame being written (never inside it), queued frames
+//! are dropped, and a client that does not read gets [`CLOSE_GRACE`] to take the close frame
+//! before the socket is shut down.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use actors::session::{CloseReason, FrameSink, SinkError};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+
+/// How long a closing connection may take to write its last frames.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Most buffers handed to one vectored write.
+const SLICES_PER_WRITE_MAX: usize = 64;
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+
+/// Appends one unmasked, final frame (RFC 6455 §5.2) to `out`.
+pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    out.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+fn close_frame(reason: &CloseReason) -> Vec<u8> {
+    // A close frame's payload is at most 125 bytes: the code and up to 123 bytes of reason.
+    let mut text = reason.reason.as_str();
+    while text.len() > 123 {
+        let mut end = 123;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text = &text[..end];
+    }
+    let mut payload = reason.code.to_be_bytes().to_vec();
+    payload.extend_from_slice(text.as_bytes());
+    let mut out = Vec::with_capacity(payload.len() + 2);
+    encode_frame(&mut out, OP_CLOSE, &payload);
+    out
+}
+
+/// Bytes waiting for the socket, with the number of data frames they hold.
+struct Chunk {
+    bytes: Vec<u8>,
+    frames: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Chunk>,
+    /// Data frames queued or held by the writer; bounded by `frames_max`.
+    frames: usize,
+    /// The queue's first chunk is the rest of a partly written one: it must go out whole.
+    partial_front: bool,
+    writer_running: bool,
+    /// No more data frames are accepted; the writer shuts the socket down once drained.
+    closing: bool,
+}
+
+pub struct Outbound {
+    stream: Arc<TcpStream>,
+    frames_max: usize,
+    state: Mutex<State>,
+    /// Tells a writer stuck on an unwritable socket that a close was requested.
+    close_requested: Notify,
+    /// Becomes true when the connection starts closing (for the reader).
+    closed: watch::Sender<bool>,
+    myself: Weak<Outbound>,
+    frames_out: metrics::Counter,
+}
+
+impl Outbound {
+    pub fn new(stream: Arc<TcpStream>, frames_max: usize) -> Arc<Self> {
+        Arc::new_cyclic(|myself| Self {
+            stream,
+            frames_max: frames_max.max(1),
+            state: Mutex::new(State::default()),
+            close_requested: Notify::new(),
+            closed: watch::channel(false).0,
+            myself: myself.clone(),
+            frames_out: metrics::counter!(actors::metrics::FRAMES_OUT_TOTAL),
+        })
+    }
+
+    /// Resolves once the connection is closing (close requested, socket failed).
+    pub fn closed(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `bytes` now if nothing is ahead of them, else queues them. `frames` counts
+    /// against the bound unless it is 0 (control frames, which are tiny and rare).
+    fn push(&self, state: &mut State, mut bytes: Vec<u8>, frames: usize) -> Result<(), SinkError> {
+        if !state.writer_running {
+            match self.stream.try_write(&bytes) {
+                Ok(written) if written == bytes.len() => {
+                    self.frames_out.increment(frames as u64);
+                    return Ok(());
+                }
+                Ok(written) => {
+                    bytes.drain(..written);
+                    state.partial_front = written > 0;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    tracing::debug!(%error, "WebSocket write failed");
+                    self.fail(state);
+                    return Err(SinkError::Closed);
+                }
+            }
+            state.frames += frames;
+            state.queue.push_back(Chunk { bytes, frames });
+            self.start_writer(state);
+            return Ok(());
+        }
+        if frames > 0 && state.frames + frames > self.frames_max {
+            return Err(SinkError::Full);
+        }
+        state.frames += frames;
+        state.queue.push_back(Chunk { bytes, frames });
+        Ok(())
+    }
+
+    fn start_writer(&self, state: &mut State) {
+        if state.writer_running {
+            return;
+        }
+        let Some(myself) = self.myself.upgrade() else {
+            return;
+        };
+        state.writer_running = true;
+        tokio::spawn(myself.write_queue());
+    }
+
+    /// The socket failed: nothing more can be written.
+    fn fail(&self, state: &mut State) {
+        state.closing = true;
+        state.queue.clear();
+        state.frames = 0;
+        self.closed.send_replace(true);
+    }
+
+    /// A ping, for the client's liveness and to keep middleboxes from timing us out.
+    pub fn ping(&self) {
+        let mut state = self.state();
+        if state.closing {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(2);
+        encode_frame(&mut bytes, OP_PING, &[]);
+        let _ = self.push(&mut state, bytes, 0);
+    }
+
+    /// Raw bytes produced by the WebSocket reader (its replies to pings and closes).
+    pub fn send_raw(&self, bytes: &[u8]) {
+        let mut state = self.state();
+        if state.closing || bytes.is_empty() {
+            return;
+        }
+        let _ = self.push(&mut state, bytes.to_vec(), 0);
+    }
+
+    /// Writes what is queued, then shuts the socket down (the reader ended).
+    pub fn finish(&self) {
+        let mut state = self.state();
+        if !state.closing {
+            state.closing = true;
+            self.closed.send_replace(true);
+        }
+        if !state.writer_running {
+            self.start_writer(&mut state);
+        }
+    }
+
+    /// Drains the queue as the socket allows; ends when it is empty, shutting the socket down
+    /// if the connection is closing.
+    async fn write_queue(self: Arc<Self>) {
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let (mut batch, closing) = {
+                let mut state = self.state();
+                if state.queue.is_empty() {
+                    state.writer_running = false;
+                    if state.closing {
+                        drop(state);
+                        self.shutdown(std::net::Shutdown::Write);
+                    }
+                    return;
+                }
+                state.partial_front = false;
+                (std::mem::take(&mut state.queue), state.closing)
+            };
+            if closing && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            let mut offset = 0;
+            while !batch.is_empty() {
+                let written = {
+                    let mut slices = Vec::with_capacity(batch.len().min(SLICES_PER_WRITE_MAX));
+                    for (index, chunk) in batch.iter().take(SLICES_PER_WRITE_MAX).enumerate() {
+                        let start = if index == 0 { offset } else { 0 };
+                        slices.push(IoSlice::new(&chunk.bytes[start..]));
+                    }
+                    self.stream.try_write_vectored(&slices)
+                };
+                match written {
+                    Ok(mut written) => {
+                        while let Some(chunk) = batch.front() {
+                            let left = chunk.bytes.len() - offset;
+                            if written < left {
+                                offset += written;
+                                break;
+                            }
+                            written -= left;
+                            offset = 0;
+                            let frames = chunk.frames;
+                            batch.pop_front();
+                            self.frames_out.increment(frames as u64);
+                            let mut state = self.state();
+                            state.frames = state.frames.saturating_sub(frames);
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        let waited = tokio::select! {
+                            ready = self.stream.writable() => ready.is_ok(),
+                            () = self.close_requested.notified(), if deadline.is_none() => {
+                                deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                                // Keep only the frame on the wire; the close frame follows it.
+                                let keep = usize::from(offset > 0);
+                                let dropped: usize =
+                                    batch.iter().skip(keep).map(|chunk| chunk.frames).sum();
+                                batch.truncate(keep);
+                                let mut state = self.state();
+                                state.frames = state.frames.saturating_sub(dropped);
+                                true
+                            }
+                            () = sleep_until(deadline) => false,
+                        };
+                        if !waited {
+                            self.abort();
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "WebSocket write failed");
+                        self.abort();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives up on the socket: a client that does not read loses the rest.
+    fn abort(&self) {
+        {
+            let mut state = self.state();
+            self.fail(&mut state);
+            state.writer_running = false;
+        }
+        self.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) {
+        let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
+        self.closed.send_replace(true);
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl FrameSink for Outbound {
+    fn send(&self, frames: &[&str]) -> Result<(), SinkError> {
+        let mut state = self.state();
+        if state.closing {
+            return Err(SinkError::Closed);
+        }
+        let size: usize = frames.iter().map(|frame| frame.len() + 10).sum();
+        let mut bytes = Vec::with_capacity(size);
+        for frame in frames {
+            encode_frame(&mut bytes, OP_TEXT, frame.as_bytes());
+        }
+        self.push(&mut state, bytes, frames.len())
+    }
+
+    fn close(&self, reason: CloseReason) {
+        let mut state = self.state();
+        if state.closing {
+            return;
+        }
+        state.closing = true;
+        // Queued frames are dropped; a partly written one must still end before the close frame.
+        let keep = if state.partial_front {
+            state.queue.pop_front()
+        } else {
+            None
+        };
+        state.queue.clear();
+        state.frames = keep.as_ref().map_or(0, |chunk| chunk.frames);
+        state.queue.extend(keep);
+        let bytes = close_frame(&reason);
+        if state.writer_running {
+            state.queue.push_back(Chunk { bytes, frames: 0 });
+            self.close_requested.notify_one();
+        } else {
+            let _ = self.push(&mut state, bytes, 0);
+            if !state.writer_running {
+                // Written at once: nothing is left but the shutdown.
+                self.start_writer(&mut state);
+            }
+        }
+        self.closed.send_replace(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_use_the_shortest_length_encoding() {
+        for (len, header) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65_535, 4),
+            (65_536, 10),
+        ] {
+            let mut out = Vec::new();
+            encode_frame(&mut out, OP_TEXT, &vec![b'a'; len]);
+            assert_eq!(out.len(), header + len, "payload of {len} bytes");
+            assert_eq!(out[0], 0x81);
+        }
+    }
+
+    #[test]
+    fn a_close_frame_fits_in_125_bytes_without_splitting_a_character() {
+        let frame = close_frame(&CloseReason {
+            code: 4008,
+            reason: "é".repeat(100),
+        });
+        assert_eq!(frame[0], 0x88);
+        let len = usize::from(frame[1]);
+        assert!(len <= 125);
+        assert_eq!(&frame[2..4], &4008u16.to_be_bytes());
+        assert!(std::str::from_utf8(&frame[4..]).is_ok());
+    }
+}
