@@ -40,8 +40,9 @@ use crate::outbound::Outbound;
 
 /// Hard limit of one WebSocket message; beyond it the connection is closed by the transport.
 pub const WS_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
-/// Initial read buffer of a connection (grows for larger frames).
-const READ_BUFFER_BYTES: usize = 4096;
+/// Initial read buffer of a connection (grows for larger frames): chat frames are small, and
+/// an idle connection should cost little.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// Registry name of the node's sessions supervisor.
 pub fn sessions_supervisor_name(node: &str) -> String {
@@ -114,8 +115,11 @@ pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respon
                     match upgrade.await {
                         Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                             Ok(parts) => {
-                                connection(parts.io.into_inner(), parts.read_buf.to_vec(), claims, state, guard)
-                                    .await;
+                                // Copy what hyper read past the request, and free its buffer
+                                // (8 KiB) now rather than when the connection ends.
+                                let early = parts.read_buf.to_vec();
+                                drop(parts.read_buf);
+                                connection(parts.io.into_inner(), early, claims, state, guard).await;
                             }
                             Err(_) => tracing::error!(
                                 "WebSocket upgrade on a connection that is not a plain TCP stream; serve HTTP with web::serve"
@@ -208,7 +212,8 @@ async fn connection(
         limits: limits.clone(),
         sink: outbound.clone(),
     };
-    let session = match start_session(&state, &session_id, args).await {
+    // Boxed: the start-up's state would otherwise enlarge this future for the connection's life.
+    let session = match Box::pin(start_session(&state, &session_id, args)).await {
         Ok(session) => session,
         Err(error) => {
             tracing::error!(%error, "cannot start a session");
