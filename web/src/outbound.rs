@@ -95,6 +95,8 @@ pub struct Outbound {
     close_requested: Notify,
     /// Becomes true when the connection starts closing (for the reader).
     closed: watch::Sender<bool>,
+    /// Becomes true once the socket is shut down (all written, or given up).
+    shut: watch::Sender<bool>,
     myself: Weak<Outbound>,
     frames_out: metrics::Counter,
 }
@@ -107,6 +109,7 @@ impl Outbound {
             state: Mutex::new(State::default()),
             close_requested: Notify::new(),
             closed: watch::channel(false).0,
+            shut: watch::channel(false).0,
             myself: myself.clone(),
             frames_out: metrics::counter!(actors::metrics::FRAMES_OUT_TOTAL),
         })
@@ -299,6 +302,7 @@ impl Outbound {
     fn shutdown(&self, how: std::net::Shutdown) {
         let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
         self.closed.send_replace(true);
+        self.shut.send_replace(true);
     }
 }
 
@@ -356,6 +360,135 @@ impl FrameSink for Outbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A server-side `Outbound` and the client end of its socket (which the test reads, or not).
+    async fn pair(frames_max: usize) -> (Arc<Outbound>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (Outbound::new(Arc::new(server), frames_max), client)
+    }
+
+    /// Reads until EOF (or a reset) and splits the bytes into (opcode, payload) frames; a
+    /// truncated frame at the end is an error unless `cut_allowed` (an aborted connection).
+    async fn read_frames(mut client: TcpStream, cut_allowed: bool) -> Vec<(u8, Vec<u8>)> {
+        let mut bytes = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => bytes.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "the server never ended the connection");
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            if cut_allowed && at + 10 > bytes.len() {
+                break;
+            }
+            assert!(at + 2 <= bytes.len(), "truncated header");
+            let opcode = bytes[at] & 0x0f;
+            assert_eq!(bytes[at] & 0x80, 0x80, "every frame is final");
+            let (len, header) = match bytes[at + 1] {
+                126 => (
+                    usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                    4,
+                ),
+                127 => (
+                    u64::from_be_bytes(bytes[at + 2..at + 10].try_into().expect("8 bytes"))
+                        as usize,
+                    10,
+                ),
+                len => (usize::from(len), 2),
+            };
+            if cut_allowed && at + header + len > bytes.len() {
+                break;
+            }
+            assert!(
+                at + header + len <= bytes.len(),
+                "frame cut at byte {} of {}",
+                bytes.len() - at - header,
+                len
+            );
+            frames.push((opcode, bytes[at + header..at + header + len].to_vec()));
+            at += header + len;
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn frames_stay_whole_and_ordered_through_a_full_socket_and_end_with_the_close_frame() {
+        let (outbound, client) = pair(1_000_000).await;
+        let text = "y".repeat(3000);
+        // Write until the socket is full and the writer task has taken over, then some more.
+        let mut sent = 0u32;
+        while !outbound.state().writer_running || sent % 100 != 0 {
+            let frame = format!("{sent:08}{text}");
+            outbound.send(&[frame.as_str()]).expect("queue has room");
+            sent += 1;
+            assert!(sent < 200_000, "the socket never filled up");
+        }
+        outbound.close(CloseReason {
+            code: 4008,
+            reason: "too slow".into(),
+        });
+        assert_eq!(outbound.send(&["late"]), Err(SinkError::Closed));
+        let frames = read_frames(client, false).await;
+        let (close, data) = frames.split_last().expect("frames");
+        assert_eq!(close.0, OP_CLOSE, "the last frame closes");
+        assert_eq!(&close.1[..2], &4008u16.to_be_bytes());
+        assert!(!data.is_empty());
+        for (index, (opcode, payload)) in data.iter().enumerate() {
+            assert_eq!(*opcode, OP_TEXT);
+            let number: usize = std::str::from_utf8(&payload[..8])
+                .expect("utf8")
+                .parse()
+                .expect("number");
+            assert_eq!(number, index, "frames arrive in order, none skipped");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_fills_the_bound_and_is_cut_off() {
+        let (outbound, client) = pair(8).await;
+        let text = "z".repeat(4000);
+        let mut refused = false;
+        for _ in 0..100_000 {
+            match outbound.send(&[text.as_str()]) {
+                Ok(()) => {}
+                Err(SinkError::Full) => {
+                    refused = true;
+                    break;
+                }
+                Err(SinkError::Closed) => panic!("closed before the bound"),
+            }
+        }
+        assert!(refused, "the queue grew past its bound");
+        assert!(outbound.state().frames <= 8);
+        outbound.close(CloseReason {
+            code: 4008,
+            reason: "too slow".into(),
+        });
+        // Nobody reads: after the grace period the socket is shut down (the frame on the wire
+        // is cut: the connection is aborted), so reading now drains the kernel's buffers and
+        // then ends instead of waiting forever.
+        let mut shut = outbound.shut.subscribe();
+        let waited = tokio::time::timeout(CLOSE_GRACE * 5, crate::until_true(&mut shut)).await;
+        assert!(waited.is_ok(), "the socket was never shut down");
+        assert!(!outbound.state().writer_running, "the writer gave up");
+        let frames = read_frames(client, true).await;
+        assert!(!frames.is_empty());
+        assert!(frames.iter().all(|(opcode, _)| *opcode == OP_TEXT));
+    }
 
     #[test]
     fn frames_use_the_shortest_length_encoding() {
