@@ -431,7 +431,7 @@ mod tests {
         let text = "y".repeat(3000);
         // Write until the socket is full and the writer task has taken over, then some more.
         let mut sent = 0u32;
-        while !outbound.state().writer_running || sent % 100 != 0 {
+        while !outbound.state().writer_running || !sent.is_multiple_of(100) {
             let frame = format!("{sent:08}{text}");
             outbound.send(&[frame.as_str()]).expect("queue has room");
             sent += 1;
