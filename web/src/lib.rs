@@ -55,6 +55,9 @@ pub async fn serve(
     Ok(tokio::spawn(accept_loop(listener, service, shutdown)))
 }
 
+/// Time a client has to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn accept_loop<S>(
     listener: tokio::net::TcpListener,
     service: S,
@@ -93,6 +96,9 @@ async fn accept_loop<S>(
             tower_service::Service::call(&mut service, request)
         });
         let connection = hyper::server::conn::http1::Builder::new()
+            // A client that never finishes its request headers is dropped (slowloris).
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
             .with_upgrades();
         let mut stop = stopping.subscribe();

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Chat load benchmark: starts N release nodes from a throw-away copy of cluster.toml, runs the
+# load generator against them with the given arguments, prints its JSON line, stops the nodes.
+#
+#   benches/chat.sh NODES FSYNC [loadgen arguments...]
+#   benches/chat.sh 3 true --rooms 50 --clients-per-room 20 --rate 2 --duration 15
+#   benches/chat.sh 1 true --idle 5000
+#
+# FSYNC (true|false) is `storage.fsync`. The data lives in a fresh directory under
+# ${CHAT_BENCH_DIR:-target/chat-bench}; nothing is deleted (deleting many files just before a run
+# makes ext4 without a journal slow at creating new ones, which would skew the next run).
+# The per-connection limits are raised so the generator, not the limits, sets the pace.
+set -euo pipefail
+
+if [[ $# -lt 2 ]]; then
+    sed -n '2,12p' "$0"
+    exit 2
+fi
+nodes=$1
+fsync=$2
+shift 2
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/target/release
+[[ -x $bin/node && -x $bin/loadgen ]] || {
+    echo "build first: cargo build --release -p node -p benches --bins" >&2
+    exit 2
+}
+dir=${CHAT_BENCH_DIR:-$root/target/chat-bench}/run-$(date +%s%N)
+mkdir -p "$dir"
+config=$dir/cluster.toml
+
+# The shared sections of cluster.toml, with this run's paths and limits, then N nodes.
+awk -v dir="$dir" -v fsync="$fsync" '
+    /^\[\[node\]\]/ { exit }
+    /^data_dir *=/ { print "data_dir = \"" dir "/data\""; next }
+    /^url *=/ && section == "storage" { print "url = \"file:" dir "/objects\""; print "fsync = " fsync; next }
+    /^messages_per_second *=/ { print "messages_per_second = 1000"; next }
+    /^outbound_queue_max *=/ { print "outbound_queue_max = 4096"; print "connections_max = 20000"; next }
+    /^\[/ { section = $0; gsub(/[\[\] ]/, "", section) }
+    { print }
+' "$root/cluster.toml" >"$config"
+for i in $(seq 1 "$nodes"); do
+    printf '\n[[node]]\nid = "n%d"\ncluster_addr = "127.0.0.1:%d"\nhttp_addr = "127.0.0.1:%d"\n' \
+        "$i" $((7100 + i)) $((8100 + i)) >>"$config"
+done
+
+pids=()
+stop() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop EXIT
+for i in $(seq 1 "$nodes"); do
+    RUST_LOG=${RUST_LOG:-warn} "$bin/node" run --config "$config" --id "n$i" >"$dir/n$i.log" 2>&1 &
+    pids+=($!)
+done
+for i in $(seq 1 "$nodes"); do
+    for _ in $(seq 1 150); do
+        if curl -sf "http://127.0.0.1:$((8100 + i))/readyz" >/dev/null; then continue 2; fi
+        sleep 0.2
+    done
+    echo "node n$i did not become ready; see $dir/n$i.log" >&2
+    exit 1
+done
+"$bin/loadgen" --config "$config" --pids "$(IFS=,; echo "${pids[*]}")" "$@"
