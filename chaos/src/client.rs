@@ -118,8 +118,10 @@ impl ChatClient {
 
     /// The next JSON frame, or `None` when the connection closed; errors after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
+        // One deadline for the call: the server's pings must not extend it.
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let received = tokio::time::timeout(timeout, self.socket.next())
+            let received = tokio::time::timeout_at(deadline, self.socket.next())
                 .await
                 .map_err(|_| anyhow!("no frame within {timeout:?}"))?;
             match received {

@@ -52,6 +52,8 @@ async fn cluster() -> TestCluster {
         .nodes(3)
         .setting("users", "argon2_memory_kib", 1024)
         .setting("users", "argon2_iterations", 1)
+        // The bots post as fast as acks come back, above the default 50 frames/s.
+        .setting("sessions", "messages_per_second", 10_000)
         .start()
         .await
         .expect("3-node cluster starts")

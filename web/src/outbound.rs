@@ -198,14 +198,18 @@ impl Outbound {
         let _ = self.push(&mut state, bytes.to_vec(), 0);
     }
 
-    /// Writes what is queued, then shuts the socket down (the reader ended).
+    /// The reader ended: writes what is queued (within [`CLOSE_GRACE`] if the client does not
+    /// read), then shuts the socket down.
     pub fn finish(&self) {
         let mut state = self.state();
         if !state.closing {
             state.closing = true;
             self.closed.send_replace(true);
         }
-        if !state.writer_running {
+        if state.writer_running {
+            // A writer waiting on a client that does not read now has a deadline.
+            self.close_requested.notify_one();
+        } else {
             self.start_writer(&mut state);
         }
     }
