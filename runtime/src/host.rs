@@ -61,7 +61,8 @@ impl Actor for HostActor {
                     Ok(publication) => {
                         runtime
                             .pubsub()
-                            .publish_local(&std::sync::Arc::new(publication));
+                            .publish_local_in_order(std::sync::Arc::new(publication))
+                            .await;
                     }
                     Err(error) => {
                         metrics::counter!(names::WIRE_DECODE_ERRORS_TOTAL, "message" => "publication").increment(1);

@@ -60,10 +60,18 @@ pub struct PubSub {
     inner: Arc<PubSubInner>,
 }
 
+/// Publications waiting in one fan-out lane.
+pub const LANE_PUBLICATIONS_MAX: usize = 1024;
+/// Most fan-out lanes per node.
+const LANES_MAX: usize = 4;
+
 #[derive(Default)]
 struct PubSubInner {
     topics: RwLock<Topics>,
     next_id: AtomicU64,
+    /// Fan-out tasks for publications from peers, started on first use; see
+    /// [`PubSub::publish_local_in_order`].
+    lanes: OnceLock<Vec<tokio::sync::mpsc::Sender<Arc<Publication>>>>,
 }
 
 impl std::fmt::Debug for PubSub {
@@ -152,6 +160,40 @@ impl PubSub {
         delivered
     }
 
+    /// Hands `publication` to the local subscribers on one of the node's fan-out lanes (chosen
+    /// by topic, so one topic's publications keep their order) and returns without waiting for
+    /// them, unless that lane already holds [`LANE_PUBLICATIONS_MAX`]. The host uses it for
+    /// publications from peers: one big room's fan-out (a socket write per member) must not
+    /// hold up every other message to this node.
+    pub async fn publish_local_in_order(&self, publication: Arc<Publication>) {
+        let lanes = self.inner.lanes.get_or_init(|| self.start_lanes());
+        let lane = &lanes[lane_of(&publication.topic, lanes.len())];
+        if let Err(error) = lane.send(publication).await {
+            // Only while the node shuts down: deliver here rather than not at all.
+            self.publish_local(&error.0);
+        }
+    }
+
+    fn start_lanes(&self) -> Vec<tokio::sync::mpsc::Sender<Arc<Publication>>> {
+        let count = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, LANES_MAX);
+        (0..count)
+            .map(|_| {
+                let (sender, mut receiver) =
+                    tokio::sync::mpsc::channel::<Arc<Publication>>(LANE_PUBLICATIONS_MAX);
+                let pubsub = Arc::downgrade(&self.inner);
+                tokio::spawn(async move {
+                    while let Some(publication) = receiver.recv().await {
+                        let Some(inner) = pubsub.upgrade() else { break };
+                        PubSub { inner }.publish_local(&publication);
+                    }
+                });
+                sender
+            })
+            .collect()
+    }
+
     /// Local subscribers of `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         let topics = self
@@ -161,6 +203,13 @@ impl PubSub {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         topics.get(topic).map_or(0, HashMap::len)
     }
+}
+
+fn lane_of(topic: &str, lanes: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
 }
 
 #[cfg(test)]
@@ -198,6 +247,44 @@ mod tests {
         let publication = Arc::new(Publication::new("t", vec![]));
         assert_eq!(pubsub.publish_local(&publication), 0);
         assert_eq!(pubsub.subscriber_count("t"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publications_in_lanes_keep_their_order_per_topic() {
+        let pubsub = PubSub::default();
+        let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(String, u8)>();
+        let topics = ["a", "b", "c", "d", "e"];
+        let _subscriptions: Vec<_> = topics
+            .iter()
+            .map(|topic| {
+                let seen = seen.clone();
+                pubsub.subscribe(
+                    *topic,
+                    Arc::new(move |publication: &Arc<Publication>| {
+                        seen.send((publication.topic.clone(), publication.payload[0]))
+                            .is_ok()
+                    }),
+                )
+            })
+            .collect();
+        for number in 0..200u8 {
+            for topic in topics {
+                pubsub
+                    .publish_local_in_order(Arc::new(Publication::new(topic, vec![number])))
+                    .await;
+            }
+        }
+        let mut next: HashMap<String, u8> = HashMap::new();
+        for _ in 0..200 * topics.len() {
+            let (topic, number) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), seen_rx.recv())
+                    .await
+                    .expect("delivered")
+                    .expect("open");
+            let expected = next.entry(topic.clone()).or_default();
+            assert_eq!(number, *expected, "topic {topic} out of order");
+            *expected += 1;
+        }
     }
 
     #[test]
