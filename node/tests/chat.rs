@@ -273,6 +273,13 @@ async fn bad_input_gets_specific_errors_and_harms_nothing() {
     );
     let missing = reqwest::get(format!("{url}/ws")).await.expect("http");
     assert_eq!(missing.status(), 401);
+    // A valid token on a plain GET (no WebSocket handshake) gets a JSON error, not a hang.
+    let plain = reqwest::get(format!("{url}/ws?token={}", test_token("curious")))
+        .await
+        .expect("http");
+    assert_eq!(plain.status(), 400);
+    let body: Value = plain.json().await.expect("json error");
+    assert_eq!(body["error"]["code"], "not_a_websocket", "{body}");
     assert!(
         ChatClient::connect(&url, "garbage.garbage.garbage")
             .await
