@@ -205,12 +205,13 @@ impl Shared {
         };
         match &mut cursor.phase {
             Phase::Joining { buffered, .. } => {
-                let room = buffered.len();
+                // Beyond the bound the next live message shows a gap, and the session rejoins.
+                let held = buffered.len();
                 buffered.extend(
                     broadcast
                         .messages
                         .iter()
-                        .take(JOIN_BUFFER_MAX.saturating_sub(room))
+                        .take(JOIN_BUFFER_MAX.saturating_sub(held))
                         .cloned(),
                 );
                 true
