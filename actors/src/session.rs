@@ -262,7 +262,6 @@ struct JoinedRoom {
 
 pub struct SessionState {
     args: SessionArgs,
-    myself: ActorRef<SessionMsg>,
     shared: Arc<Shared>,
     rooms: HashMap<String, JoinedRoom>,
     tokens: f64,
@@ -332,7 +331,6 @@ impl Actor for SessionActor {
         let close_on_drop = CloseOnDrop(args.sink.clone());
         Ok(SessionState {
             args,
-            myself,
             shared,
             rooms: HashMap::new(),
             tokens: burst,
@@ -494,7 +492,7 @@ impl SessionState {
             session: self.args.session_id.clone(),
             since,
         };
-        let myself = self.myself.clone();
+        let myself = self.shared.myself.clone();
         tokio::spawn(async move {
             let result = runtime.entity::<Room>(room.clone()).ask(command).await;
             let _ = myself.cast(SessionMsg::JoinDone {
@@ -677,7 +675,7 @@ impl SessionState {
             text,
             now_ms: runtime::membership::unix_ms(),
         };
-        let myself = self.myself.clone();
+        let myself = self.shared.myself.clone();
         let room = room.to_string();
         tokio::spawn(async move {
             let result = runtime.entity::<Room>(room.clone()).ask(command).await;

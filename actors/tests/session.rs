@@ -8,7 +8,7 @@ use std::time::Duration;
 use actors::room::{Room, RoomCommand};
 use actors::session::{CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg, SinkError};
 use ractor::{Actor, ActorRef};
-use runtime::config::{ClusterConfig, ConfigOverrides};
+use runtime::config::ClusterConfig;
 use runtime::{Node, NodeBuilder};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -88,33 +88,22 @@ impl FrameSink for RecordingSink {
 }
 
 fn config(directory: &std::path::Path) -> ClusterConfig {
-    let port = |_| {
+    let port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
             .local_addr()
             .expect("addr")
             .port()
     };
-    let text = format!(
-        r#"
-[cluster]
-name = "session-test"
-cookie = "test-cookie"
-data_dir = "{data}"
-[storage]
-url = "file://{objects}"
-fsync = false
-[[node]]
-id = "s1"
-cluster_addr = "127.0.0.1:{cluster}"
-http_addr = "127.0.0.1:{http}"
-"#,
-        data = directory.join("data").display(),
-        objects = directory.join("objects").display(),
-        cluster = port(0),
-        http = port(1),
-    );
-    ClusterConfig::from_toml(&text, "test config", ConfigOverrides::default()).expect("config")
+    ClusterConfig::single_node(
+        "s1",
+        &directory.join("data"),
+        &directory.join("objects"),
+        [port(), port()],
+        false,
+        "",
+    )
+    .expect("config")
 }
 
 async fn start_node(directory: &std::path::Path) -> Node {

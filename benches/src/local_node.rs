@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use runtime::config::{ClusterConfig, ConfigOverrides};
+use runtime::config::ClusterConfig;
 use runtime::{Node, NodeBuilder};
 
 /// How long a fresh single node may take to see itself up.
@@ -23,29 +23,13 @@ pub fn single_node_config(
     fsync: bool,
 ) -> anyhow::Result<ClusterConfig> {
     let ports = chaos::cluster::free_loopback_ports(2).context("allocating loopback ports")?;
-    let text = format!(
-        r#"
-[cluster]
-name = "bench"
-cookie = "bench-cookie"
-data_dir = "{data}"
-[storage]
-url = "file://{objects}"
-fsync = {fsync}
-[[node]]
-id = "{id}"
-cluster_addr = "127.0.0.1:{cluster_port}"
-http_addr = "127.0.0.1:{http_port}"
-"#,
-        data = directory.join("data").display(),
-        objects = directory.join("objects").display(),
-        cluster_port = ports[0],
-        http_port = ports[1],
-    );
-    Ok(ClusterConfig::from_toml(
-        &text,
-        "benchmark config",
-        ConfigOverrides::default(),
+    Ok(ClusterConfig::single_node(
+        id,
+        &directory.join("data"),
+        &directory.join("objects"),
+        [ports[0], ports[1]],
+        fsync,
+        "",
     )?)
 }
 

@@ -478,6 +478,40 @@ pub struct ConfigOverrides {
 }
 
 impl ClusterConfig {
+    /// A one-node cluster for in-process tests and benchmarks: node `id` on the loopback ports
+    /// `[cluster, http]`, node data under `data`, the object store in the directory `objects`.
+    /// `extra` is TOML inserted after `[cluster]` (more sections, e.g. `[entities]` settings).
+    pub fn single_node(
+        id: &str,
+        data: &Path,
+        objects: &Path,
+        ports: [u16; 2],
+        fsync: bool,
+        extra: &str,
+    ) -> Result<Self> {
+        let text = format!(
+            r#"
+[cluster]
+name = "local"
+cookie = "local-cookie"
+data_dir = "{data}"
+{extra}
+[storage]
+url = "file://{objects}"
+fsync = {fsync}
+[[node]]
+id = "{id}"
+cluster_addr = "127.0.0.1:{cluster_port}"
+http_addr = "127.0.0.1:{http_port}"
+"#,
+            data = data.display(),
+            objects = objects.display(),
+            cluster_port = ports[0],
+            http_port = ports[1],
+        );
+        Self::from_toml(&text, "single-node config", ConfigOverrides::default())
+    }
+
     /// Parses and validates `cluster.toml` text. `origin` names the file in errors.
     pub fn from_toml(text: &str, origin: &str, overrides: ConfigOverrides) -> Result<Self> {
         let mut config: ClusterConfig = toml::from_str(text)

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock, Weak};
 use serde::{Deserialize, Serialize};
 
 /// A message on a topic. The payload is opaque to the runtime.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Publication {
     pub topic: String,
     pub payload: Vec<u8>,

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use runtime::config::{ClusterConfig, ConfigOverrides};
+use runtime::config::ClusterConfig;
 
 /// A config with the single node `id` whose object store is `objects` (shared if you pass the
 /// same directory to two nodes) and whose data lives under `data`.
@@ -14,27 +14,7 @@ pub fn single_node_config(id: &str, data: &Path, objects: &Path, extra: &str) ->
         .iter()
         .map(|listener| listener.local_addr().expect("addr").port())
         .collect();
-    let text = format!(
-        r#"
-[cluster]
-name = "test"
-cookie = "test-cookie"
-data_dir = "{data}"
-{extra}
-[storage]
-url = "file://{objects}"
-fsync = false
-[[node]]
-id = "{id}"
-cluster_addr = "127.0.0.1:{cluster_port}"
-http_addr = "127.0.0.1:{http_port}"
-"#,
-        data = data.display(),
-        objects = objects.display(),
-        cluster_port = ports[0],
-        http_port = ports[1],
-    );
-    ClusterConfig::from_toml(&text, "test config", ConfigOverrides::default())
+    ClusterConfig::single_node(id, data, objects, [ports[0], ports[1]], false, extra)
         .expect("test config is valid")
 }
 
