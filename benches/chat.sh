@@ -10,6 +10,7 @@
 # ${CHAT_BENCH_DIR:-target/chat-bench}; nothing is deleted (deleting many files just before a run
 # makes ext4 without a journal slow at creating new ones, which would skew the next run).
 # The per-connection limits are raised so the generator, not the limits, sets the pace.
+# CHAT_BENCH_NODE names another `node` binary (an older build, for a before/after comparison).
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -51,7 +52,7 @@ stop() {
 }
 trap stop EXIT
 for i in $(seq 1 "$nodes"); do
-    RUST_LOG=${RUST_LOG:-warn} "$bin/node" run --config "$config" --id "n$i" >"$dir/n$i.log" 2>&1 &
+    RUST_LOG=${RUST_LOG:-warn} "${CHAT_BENCH_NODE:-$bin/node}" run --config "$config" --id "n$i" >"$dir/n$i.log" 2>&1 &
     pids+=($!)
 done
 for i in $(seq 1 "$nodes"); do

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use runtime::builtin::{Register, RegisterCommand, RegisterReply};
 use runtime::config::StorageSection;
-use runtime::journal::Journal;
 use runtime::{EntityId, EntityRef, Node};
 
 /// Tells per iteration of the tell-throughput benchmark (one ask barrier each).
@@ -214,8 +213,9 @@ fn journal_append(criterion: &mut Criterion) {
             fsync,
             ..StorageSection::default()
         };
-        let store = runtime::storage::open(&section).expect("object store");
-        let journal = Journal::new(store, "bench/1");
+        let journal = runtime::storage::open(&section)
+            .expect("object store")
+            .journal("bench/1");
         let entity = EntityId::new("bench.journal", fsync_label(fsync));
         let next_seq = AtomicU64::new(1);
         group.bench_function(

@@ -59,8 +59,7 @@ fn open_journal(directory: &Path, fsync: bool) -> anyhow::Result<Journal> {
         fsync,
         ..StorageSection::default()
     };
-    let store = runtime::storage::open(&section)?;
-    Ok(Journal::new(store, "bench/1"))
+    Ok(runtime::storage::open(&section)?.journal("bench/1"))
 }
 
 /// The record one `ask(Add(1))` of a register leaves: one event, its message id and its reply.

@@ -110,7 +110,8 @@ pub struct StorageSection {
     pub secret_access_key: Option<String>,
     #[serde(default)]
     pub allow_http: bool,
-    /// fsync every journal object on the local directory store before acknowledging it.
+    /// Local directory store: make every journal append durable (one `syncfs` per node for all
+    /// appends waiting at that moment, see `storage.rs`) before acknowledging it.
     #[serde(default = "defaults::fsync")]
     pub fsync: bool,
 }

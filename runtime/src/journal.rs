@@ -25,6 +25,7 @@ use crate::codec;
 use crate::error::{Result, RuntimeError};
 use crate::id::{EntityId, MsgId};
 use crate::metrics as names;
+use crate::storage::{CreateError, Durability, LocalWrites};
 
 /// Snapshots kept per entity; older ones are deleted after a new one is written.
 const SNAPSHOTS_KEPT: usize = 2;
@@ -75,6 +76,8 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Journal {
     store: Arc<dyn ObjectStore>,
+    durability: Durability,
+    local: Option<LocalWrites>,
     writer: String,
     cache: Option<SegmentCache>,
 }
@@ -103,9 +106,24 @@ impl Journal {
     pub fn new(store: Arc<dyn ObjectStore>, writer: impl Into<String>) -> Self {
         Self {
             store,
+            durability: Durability::on_put(),
+            local: None,
             writer: writer.into(),
             cache: None,
         }
+    }
+
+    /// Appends straight into this local directory (the store's own files) instead of through
+    /// `object_store` (see [`LocalWrites`]).
+    pub fn with_local_writes(mut self, local: Option<LocalWrites>) -> Self {
+        self.local = local;
+        self
+    }
+
+    /// Makes every append durable this way before it returns (see [`crate::storage`]).
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// Keeps read segments in `tree` (node-local), so rehydrating an entity again reads the
@@ -180,27 +198,45 @@ impl Journal {
             writer: self.writer.clone(),
             records,
         };
-        let payload = PutPayload::from(codec::encode(&segment));
+        let bytes = codec::encode(&segment);
         let path = segment_path(entity, first_seq);
-        let result = self
-            .store
-            .put_opts(&path, payload, PutOptions::from(PutMode::Create))
-            .await;
-        metrics::histogram!(names::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(_) => {
-                metrics::counter!(names::JOURNAL_APPENDS_TOTAL).increment(1);
-                Ok(())
-            }
-            Err(object_store::Error::AlreadyExists { .. }) => {
+        let put = match &self.local {
+            Some(local) => local.create(&path, &bytes),
+            None => match self
+                .store
+                .put_opts(
+                    &path,
+                    PutPayload::from(bytes),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. }) => Err(CreateError::Exists),
+                Err(error) => Err(CreateError::Io(format!("append {path}: {error}"))),
+            },
+        };
+        let result = match put {
+            // Durable before anyone hears of it: the caller acknowledges after this returns.
+            Ok(()) => self.durability.sync().await.map_err(|error| {
+                RuntimeError::Store(format!(
+                    "append {path} was written but not flushed: {error}"
+                ))
+            }),
+            Err(CreateError::Exists) => {
                 metrics::counter!(names::JOURNAL_CONFLICTS_TOTAL).increment(1);
                 Err(RuntimeError::JournalConflict {
                     entity: entity.to_string(),
                     seq: first_seq,
                 })
             }
-            Err(error) => Err(RuntimeError::Store(format!("append {path}: {error}"))),
+            Err(CreateError::Io(error)) => Err(RuntimeError::Store(error)),
+        };
+        metrics::histogram!(names::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            metrics::counter!(names::JOURNAL_APPENDS_TOTAL).increment(1);
         }
+        result
     }
 
     /// Writes a snapshot, then deletes all but the newest [`SNAPSHOTS_KEPT`].

@@ -17,6 +17,8 @@ pub const ASK_SECONDS: &str = "actorhub_ask_seconds";
 pub const ASK_RETRIES_TOTAL: &str = "actorhub_ask_retries_total";
 pub const JOURNAL_APPENDS_TOTAL: &str = "actorhub_journal_appends_total";
 pub const JOURNAL_APPEND_SECONDS: &str = "actorhub_journal_append_seconds";
+pub const STORE_FLUSH_SECONDS: &str = "actorhub_store_flush_seconds";
+pub const STORE_FLUSH_WAITERS: &str = "actorhub_store_flush_waiters";
 pub const JOURNAL_BATCH_EVENTS: &str = "actorhub_journal_batch_events";
 pub const JOURNAL_CONFLICTS_TOTAL: &str = "actorhub_journal_conflicts_total";
 pub const JOURNAL_LOAD_SECONDS: &str = "actorhub_journal_load_seconds";
@@ -86,6 +88,15 @@ pub fn describe() {
         "Journal append latency"
     );
     describe_histogram!(JOURNAL_BATCH_EVENTS, "Events per journal segment");
+    describe_histogram!(
+        STORE_FLUSH_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one syncfs of the local object store (group commit, fsync = true)"
+    );
+    describe_histogram!(
+        STORE_FLUSH_WAITERS,
+        "Writers made durable by one syncfs of the local object store"
+    );
     describe_counter!(
         JOURNAL_CONFLICTS_TOTAL,
         "Appends rejected because another writer held the sequence number"

@@ -27,7 +27,6 @@ use crate::config::ClusterConfig;
 use crate::entity::Entity;
 use crate::error::{Result, RuntimeError};
 use crate::host::HostActor;
-use crate::journal::Journal;
 use crate::local_store::LocalStore;
 use crate::membership::{
     EVENTS_BUFFERED_MAX, HeartbeatActor, MembershipActor, MembershipArgs, MembershipMsg,
@@ -84,9 +83,11 @@ impl NodeBuilder {
         })?;
         let local_store = LocalStore::open(&data_dir.join("node.sled"))?;
         let incarnation = local_store.next_incarnation()?;
-        let store = crate::storage::open(&config.storage)?;
-        let segment_cache = local_store.segment_cache(&crate::storage::store_id(&store).await?)?;
-        let journal = Journal::new(store, format!("{}/{}", me.id, incarnation))
+        let storage = crate::storage::open(&config.storage)?;
+        let segment_cache =
+            local_store.segment_cache(&crate::storage::store_id(&storage.objects).await?)?;
+        let journal = storage
+            .journal(format!("{}/{}", me.id, incarnation))
             .with_segment_cache(segment_cache);
 
         let listen_ip = me.listen_ip.unwrap_or(me.cluster_addr.ip());

@@ -1,8 +1,15 @@
 //! The shared object store (journals, snapshots, uploaded files), built from `[storage]`.
 //!
 //! Everything another node may need lives here, never only in a node's sled.
+//!
+//! Durability on a local directory is a node-wide group commit: writes go to the page cache,
+//! and whoever needs them on disk before answering (a journal append before its ack) awaits
+//! [`Durability::sync`]. One flusher thread per store runs `syncfs(2)` for every caller that
+//! arrived since its last round, so N appends cost one device flush instead of 2N (a file and
+//! a directory fsync each). `syncfs` covers the whole filesystem, so it also covers files
+//! another process wrote before it started (an upload on one node, journaled on another).
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
@@ -11,8 +18,27 @@ use object_store::local::LocalFileSystem;
 use crate::config::StorageSection;
 use crate::error::{Result, RuntimeError};
 
+/// The shared store and how to make what was written to it durable.
+#[derive(Clone)]
+pub struct Storage {
+    pub objects: Arc<dyn ObjectStore>,
+    pub durability: Durability,
+    /// Set when the store is a local directory: journal appends write to it directly.
+    pub local: Option<LocalWrites>,
+}
+
+impl Storage {
+    /// The journals kept in this store, written by `writer` (node and incarnation), each
+    /// append durable before it returns.
+    pub fn journal(&self, writer: impl Into<String>) -> crate::journal::Journal {
+        crate::journal::Journal::new(Arc::clone(&self.objects), writer)
+            .with_durability(self.durability.clone())
+            .with_local_writes(self.local.clone())
+    }
+}
+
 /// Opens the store that `[storage].url` names: a local directory (created if missing) or S3.
-pub fn open(section: &StorageSection) -> Result<Arc<dyn ObjectStore>> {
+pub fn open(section: &StorageSection) -> Result<Storage> {
     // `file:///abs` or, relative to the working directory, `file:dir`.
     let local = section
         .url
@@ -26,9 +52,21 @@ pub fn open(section: &StorageSection) -> Result<Arc<dyn ObjectStore>> {
         })?;
         let store = LocalFileSystem::new_with_prefix(directory)
             .map_err(|error| RuntimeError::Store(format!("cannot open {directory}: {error}")))?
-            .with_automatic_cleanup(true)
-            .with_fsync(section.fsync);
-        return Ok(Arc::new(store));
+            .with_automatic_cleanup(true);
+        let (store, durability) = if !section.fsync {
+            (store, Durability::on_put())
+        } else if cfg!(target_os = "linux") {
+            (store, Durability::syncfs(std::path::Path::new(directory))?)
+        } else {
+            // No syncfs: object_store fsyncs every file and its directory itself.
+            (store.with_fsync(true), Durability::on_put())
+        };
+        let store = Arc::new(store);
+        return Ok(Storage {
+            objects: Arc::clone(&store) as Arc<dyn ObjectStore>,
+            durability,
+            local: Some(LocalWrites { store }),
+        });
     }
     if let Some(bucket) = section.url.strip_prefix("s3://") {
         let mut builder =
@@ -53,7 +91,12 @@ pub fn open(section: &StorageSection) -> Result<Arc<dyn ObjectStore>> {
             .map_err(|error| {
                 RuntimeError::Store(format!("cannot configure S3 bucket {bucket}: {error}"))
             })?;
-        return Ok(Arc::new(store));
+        // A successful S3 put is durable.
+        return Ok(Storage {
+            objects: Arc::new(store),
+            durability: Durability::on_put(),
+            local: None,
+        });
     }
     Err(RuntimeError::Config(format!(
         "`storage.url` = {:?}: unsupported scheme",
@@ -84,4 +127,397 @@ pub async fn store_id(store: &Arc<dyn ObjectStore>) -> Result<String> {
         .await
         .map_err(|error| RuntimeError::Store(format!("cannot read {path}: {error}")))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Create-only writes straight into a local directory store, on the caller's thread.
+///
+/// `LocalFileSystem::put_opts` runs every put on tokio's blocking pool and publishes with a hard
+/// link and an unlink. A journal append is a few hundred bytes into the page cache (the flush, if
+/// any, is [`Durability::sync`]'s), so the append writes it itself: a staging file named the way
+/// `LocalFileSystem` names its own (`<object>#<n>`, which listings skip), then one
+/// `renameat2(RENAME_NOREPLACE)` that publishes it atomically or fails if the object exists.
+/// Reads, listings and every other write still go through `object_store`, which sees the same
+/// files.
+#[derive(Clone)]
+pub struct LocalWrites {
+    store: Arc<LocalFileSystem>,
+}
+
+/// Why [`LocalWrites::create`] wrote nothing.
+#[derive(Debug)]
+pub enum CreateError {
+    /// The object exists already (another writer created it first).
+    Exists,
+    Io(String),
+}
+
+/// Staging names tried for one object before giving up (each is taken only by a concurrent or
+/// crashed writer of the same object).
+const STAGING_ATTEMPTS_MAX: u32 = 64;
+
+impl LocalWrites {
+    /// Creates `location` with `bytes`, atomically, unless it exists.
+    pub fn create(
+        &self,
+        location: &object_store::path::Path,
+        bytes: &[u8],
+    ) -> std::result::Result<(), CreateError> {
+        use std::io::Write;
+        let destination = self
+            .store
+            .path_to_filesystem(location)
+            .map_err(|error| CreateError::Io(error.to_string()))?;
+        let (mut file, staging) = open_staging(&destination)
+            .map_err(|error| CreateError::Io(format!("cannot stage {location}: {error}")))?;
+        let published = file
+            .write_all(bytes)
+            .and_then(|()| publish_no_replace(&staging, &destination));
+        drop(file);
+        match published {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let _ = std::fs::remove_file(&staging);
+                if error.kind() == std::io::ErrorKind::AlreadyExists {
+                    Err(CreateError::Exists)
+                } else {
+                    Err(CreateError::Io(format!("cannot write {location}: {error}")))
+                }
+            }
+        }
+    }
+}
+
+fn open_staging(
+    destination: &std::path::Path,
+) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    let mut suffix = 1;
+    while suffix <= STAGING_ATTEMPTS_MAX {
+        let mut staging = destination.as_os_str().to_owned();
+        staging.push(format!("#{suffix}"));
+        let staging = std::path::PathBuf::from(staging);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)
+        {
+            Ok(file) => return Ok((file, staging)),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => suffix += 1,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                // First object of its directory (a new entity): create it, try the same name.
+                let parent = staging.parent().unwrap_or(std::path::Path::new("."));
+                std::fs::create_dir_all(parent)?;
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&staging)
+                {
+                    Ok(file) => return Ok((file, staging)),
+                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => suffix += 1,
+                    Err(error) => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{STAGING_ATTEMPTS_MAX} staging names of {} are taken; remove stale `#<n>` files",
+        destination.display()
+    )))
+}
+
+/// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn publish_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+    let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that live until the call returns.
+    let result = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if result == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        // The filesystem cannot rename without replacing: publish as object_store does.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => link_then_unlink(from, to),
+        _ => Err(error),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn publish_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    link_then_unlink(from, to)
+}
+
+fn link_then_unlink(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    let _ = std::fs::remove_file(from);
+    Ok(())
+}
+
+/// How writes to the store become durable (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Durability {
+    flusher: Option<Arc<Flusher>>,
+}
+
+impl std::fmt::Debug for Durability {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(if self.flusher.is_some() {
+            "Durability::Syncfs"
+        } else {
+            "Durability::OnPut"
+        })
+    }
+}
+
+impl Durability {
+    /// A put is as durable as it will be when it returns (S3, memory, or `fsync = false`).
+    pub fn on_put() -> Self {
+        Self::default()
+    }
+
+    /// Group commit with `syncfs(2)` on the filesystem that holds `directory`.
+    pub fn syncfs(directory: &std::path::Path) -> Result<Self> {
+        let root = std::fs::File::open(directory).map_err(|error| {
+            RuntimeError::Store(format!(
+                "cannot open {} to flush it: {error}",
+                directory.display()
+            ))
+        })?;
+        let shared = Arc::new(FlushShared::default());
+        let thread_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("actorhub-flush".to_string())
+            .spawn(move || flush_loop(&root, &thread_shared))
+            .map_err(|error| RuntimeError::Store(format!("cannot start the flusher: {error}")))?;
+        Ok(Self {
+            flusher: Some(Arc::new(Flusher { shared })),
+        })
+    }
+
+    /// Returns once everything written to the store before this call is on disk.
+    pub async fn sync(&self) -> Result<()> {
+        let Some(flusher) = &self.flusher else {
+            return Ok(());
+        };
+        let (reply, done) = tokio::sync::oneshot::channel();
+        {
+            let mut state = flusher.shared.lock();
+            state.waiting.push(reply);
+        }
+        flusher.shared.wake.notify_one();
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(RuntimeError::Store(error.to_string())),
+            Err(_) => Err(RuntimeError::Store(
+                "the store's flusher stopped; the write may not be on disk".to_string(),
+            )),
+        }
+    }
+}
+
+/// Most callers served by one flush (a bound on the round, not on the callers: the rest wait
+/// for the next round).
+const FLUSH_WAITERS_MAX: usize = 65_536;
+
+type FlushReply = tokio::sync::oneshot::Sender<std::result::Result<(), Arc<str>>>;
+
+/// Owner of the flusher thread: stops it when the last `Durability` clone goes.
+struct Flusher {
+    shared: Arc<FlushShared>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.lock().stopping = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct FlushShared {
+    state: Mutex<FlushState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    waiting: Vec<FlushReply>,
+    stopping: bool,
+    /// syncfs calls made so far.
+    rounds: u64,
+}
+
+impl FlushShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        // The state stays consistent whatever panicked while holding it (a Vec and a flag).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn flush_loop(root: &std::fs::File, shared: &FlushShared) {
+    loop {
+        let round: Vec<FlushReply> = {
+            let mut state = shared.lock();
+            while state.waiting.is_empty() && !state.stopping {
+                state = shared
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.waiting.is_empty() {
+                return;
+            }
+            let take = state.waiting.len().min(FLUSH_WAITERS_MAX);
+            state.rounds += 1;
+            state.waiting.drain(..take).collect()
+        };
+        // Every caller in `round` had finished its writes before it queued, so before this.
+        let started = std::time::Instant::now();
+        let result = syncfs(root).map_err(|error| -> Arc<str> {
+            tracing::error!(%error, "syncfs of the object store failed: recent writes may not be on disk");
+            format!("cannot flush the object store to disk (syncfs): {error}; check the disk").into()
+        });
+        metrics::histogram!(crate::metrics::STORE_FLUSH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::STORE_FLUSH_WAITERS).record(round.len() as f64);
+        for reply in round {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs(2) takes an open descriptor, which `root` keeps open for the call, and
+    // touches no memory of this process.
+    let result = unsafe { libc::syncfs(root.as_raw_fd()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
+    root.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_writers_all_return_flushed() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let durability = Durability::syncfs(directory.path()).expect("flusher starts");
+        let callers: Vec<_> = (0..64)
+            .map(|index| {
+                let durability = durability.clone();
+                let path = directory.path().join(format!("file-{index}"));
+                tokio::spawn(async move {
+                    std::fs::write(&path, b"written before the sync").expect("write");
+                    durability.sync().await
+                })
+            })
+            .collect();
+        for caller in callers {
+            caller.await.expect("caller task").expect("sync succeeds");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_syncfs_serves_every_caller_queued_before_it() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let durability = Durability::syncfs(directory.path()).expect("flusher starts");
+        let shared = Arc::clone(&durability.flusher.as_ref().expect("a flusher").shared);
+        let (replies, done): (Vec<_>, Vec<_>) =
+            (0..10).map(|_| tokio::sync::oneshot::channel()).unzip();
+        shared.lock().waiting.extend(replies);
+        shared.wake.notify_one();
+        for caller in done {
+            caller.await.expect("answered").expect("flushed");
+        }
+        assert_eq!(shared.lock().rounds, 1, "ten queued callers, one syncfs");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_tells_the_flusher_to_stop() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let durability = Durability::syncfs(directory.path()).expect("flusher starts");
+        durability.sync().await.expect("sync succeeds");
+        let shared = Arc::clone(&durability.flusher.as_ref().expect("a flusher").shared);
+        drop(durability);
+        assert!(
+            shared.lock().stopping,
+            "dropping the last handle stops the thread"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_create_is_create_only_and_object_store_reads_it() {
+        use object_store::ObjectStoreExt;
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let section = StorageSection {
+            url: format!("file://{}", directory.path().display()),
+            fsync: false,
+            ..StorageSection::default()
+        };
+        let storage = open(&section).expect("store opens");
+        let local = storage.local.as_ref().expect("a local directory store");
+        let location = object_store::path::Path::from("journal/room/a b%c/e/00000000000000000001");
+        local.create(&location, b"first").expect("created");
+        assert!(matches!(
+            local.create(&location, b"second"),
+            Err(CreateError::Exists)
+        ));
+        let read = storage
+            .objects
+            .get(&location)
+            .await
+            .expect("object_store finds it")
+            .bytes()
+            .await
+            .expect("read");
+        assert_eq!(&read[..], b"first", "the loser wrote nothing");
+        // What a writer that crashed between staging and publishing leaves behind.
+        let mut stray = local
+            .store
+            .path_to_filesystem(&location)
+            .expect("a file path")
+            .into_os_string();
+        stray.push("#3");
+        std::fs::write(&stray, b"half").expect("stray staging file");
+        let listed: Vec<_> = futures_util::TryStreamExt::try_collect::<Vec<_>>(
+            storage
+                .objects
+                .list(Some(&object_store::path::Path::from("journal"))),
+        )
+        .await
+        .expect("listing");
+        assert_eq!(listed.len(), 1, "staging files are not objects: {listed:?}");
+    }
+
+    #[tokio::test]
+    async fn on_put_needs_no_flush() {
+        Durability::on_put()
+            .sync()
+            .await
+            .expect("nothing to wait for");
+    }
 }
