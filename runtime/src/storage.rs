@@ -53,19 +53,21 @@ pub fn open(section: &StorageSection) -> Result<Storage> {
         let store = LocalFileSystem::new_with_prefix(directory)
             .map_err(|error| RuntimeError::Store(format!("cannot open {directory}: {error}")))?
             .with_automatic_cleanup(true);
-        let (store, durability) = if !section.fsync {
-            (store, Durability::on_put())
+        // Appends write in place unless only object_store's own fsync can make them durable.
+        let (store, durability, write_in_place) = if !section.fsync {
+            (store, Durability::on_put(), true)
         } else if cfg!(target_os = "linux") {
-            (store, Durability::syncfs(std::path::Path::new(directory))?)
+            let durability = Durability::syncfs(std::path::Path::new(directory))?;
+            (store, durability, true)
         } else {
             // No syncfs: object_store fsyncs every file and its directory itself.
-            (store.with_fsync(true), Durability::on_put())
+            (store.with_fsync(true), Durability::on_put(), false)
         };
         let store = Arc::new(store);
         return Ok(Storage {
             objects: Arc::clone(&store) as Arc<dyn ObjectStore>,
             durability,
-            local: Some(LocalWrites { store }),
+            local: write_in_place.then_some(LocalWrites { store }),
         });
     }
     if let Some(bucket) = section.url.strip_prefix("s3://") {
