@@ -252,6 +252,12 @@ impl Journal {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
             Err(error) => return Err(RuntimeError::Store(format!("snapshot {path}: {error}"))),
         }
+        // On disk before the older snapshots go: a power loss must not leave only a torn one.
+        self.durability.sync().await.map_err(|error| {
+            RuntimeError::Store(format!(
+                "snapshot {path} was written but not flushed: {error}"
+            ))
+        })?;
         let mut seqs = self.snapshot_seqs(entity).await?;
         seqs.sort_unstable_by(|a, b| b.cmp(a));
         for old in seqs.into_iter().skip(SNAPSHOTS_KEPT) {

@@ -8,6 +8,10 @@
 //! arrived since its last round, so N appends cost one device flush instead of 2N (a file and
 //! a directory fsync each). `syncfs` covers the whole filesystem, so it also covers files
 //! another process wrote before it started (an upload on one node, journaled on another).
+//! Writes that must survive a power loss are therefore either journal appends or followed by
+//! one (a job's input and output, then its journaled state) or by a sync of their own
+//! (snapshots, before older ones are deleted). A directory shared by nodes on different
+//! machines (a network filesystem) is not covered: use S3-compatible storage for that.
 
 use std::sync::{Arc, Condvar, Mutex};
 
