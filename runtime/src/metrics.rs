@@ -17,11 +17,11 @@ pub const ASK_SECONDS: &str = "actorhub_ask_seconds";
 pub const ASK_RETRIES_TOTAL: &str = "actorhub_ask_retries_total";
 pub const JOURNAL_APPENDS_TOTAL: &str = "actorhub_journal_appends_total";
 pub const JOURNAL_APPEND_SECONDS: &str = "actorhub_journal_append_seconds";
-pub const STORE_FLUSH_SECONDS: &str = "actorhub_store_flush_seconds";
-pub const STORE_FLUSH_WAITERS: &str = "actorhub_store_flush_waiters";
 pub const JOURNAL_BATCH_EVENTS: &str = "actorhub_journal_batch_events";
 pub const JOURNAL_CONFLICTS_TOTAL: &str = "actorhub_journal_conflicts_total";
 pub const JOURNAL_LOAD_SECONDS: &str = "actorhub_journal_load_seconds";
+pub const STORE_FLUSH_SECONDS: &str = "actorhub_store_flush_seconds";
+pub const STORE_FLUSH_WAITERS: &str = "actorhub_store_flush_waiters";
 pub const SNAPSHOTS_TOTAL: &str = "actorhub_snapshots_total";
 pub const WIRE_DECODE_ERRORS_TOTAL: &str = "actorhub_wire_decode_errors_total";
 

@@ -196,6 +196,7 @@ impl LocalWrites {
 fn open_staging(
     destination: &std::path::Path,
 ) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
+    let mut parent_created = false;
     let mut suffix = 1;
     while suffix <= STAGING_ATTEMPTS_MAX {
         let mut staging = destination.as_os_str().to_owned();
@@ -208,19 +209,11 @@ fn open_staging(
         {
             Ok(file) => return Ok((file, staging)),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => suffix += 1,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                // First object of its directory (a new entity): create it, try the same name.
+            // First object of its directory (a new entity): create it, try the same name.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !parent_created => {
                 let parent = staging.parent().unwrap_or(std::path::Path::new("."));
                 std::fs::create_dir_all(parent)?;
-                match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&staging)
-                {
-                    Ok(file) => return Ok((file, staging)),
-                    Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => suffix += 1,
-                    Err(error) => return Err(error),
-                }
+                parent_created = true;
             }
             Err(error) => return Err(error),
         }
@@ -276,16 +269,6 @@ pub struct Durability {
     flusher: Option<Arc<Flusher>>,
 }
 
-impl std::fmt::Debug for Durability {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(if self.flusher.is_some() {
-            "Durability::Syncfs"
-        } else {
-            "Durability::OnPut"
-        })
-    }
-}
-
 impl Durability {
     /// A put is as durable as it will be when it returns (S3, memory, or `fsync = false`).
     pub fn on_put() -> Self {
@@ -332,10 +315,6 @@ impl Durability {
     }
 }
 
-/// Most callers served by one flush (a bound on the round, not on the callers: the rest wait
-/// for the next round).
-const FLUSH_WAITERS_MAX: usize = 65_536;
-
 type FlushReply = tokio::sync::oneshot::Sender<std::result::Result<(), Arc<str>>>;
 
 /// Owner of the flusher thread: stops it when the last `Durability` clone goes.
@@ -375,6 +354,7 @@ impl FlushShared {
 
 fn flush_loop(root: &std::fs::File, shared: &FlushShared) {
     loop {
+        // At most one waiter per entity with an append in flight.
         let round: Vec<FlushReply> = {
             let mut state = shared.lock();
             while state.waiting.is_empty() && !state.stopping {
@@ -386,9 +366,8 @@ fn flush_loop(root: &std::fs::File, shared: &FlushShared) {
             if state.waiting.is_empty() {
                 return;
             }
-            let take = state.waiting.len().min(FLUSH_WAITERS_MAX);
             state.rounds += 1;
-            state.waiting.drain(..take).collect()
+            std::mem::take(&mut state.waiting)
         };
         // Every caller in `round` had finished its writes before it queued, so before this.
         let started = std::time::Instant::now();
@@ -419,9 +398,13 @@ fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
     }
 }
 
+/// Only Linux has syncfs; [`open`] lets object_store fsync each write elsewhere.
 #[cfg(not(target_os = "linux"))]
-fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
-    root.sync_all()
+fn syncfs(_root: &std::fs::File) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "syncfs exists only on Linux",
+    ))
 }
 
 #[cfg(test)]
