@@ -17,8 +17,9 @@
 //! every frame of a room is written while holding it, so a room's frames reach the socket in
 //! sequence order whichever path sends them.
 //!
-//! **Architecture Invariant:** the session never awaits a remote call in its handler; asks run
-//! in tasks that report back as messages, so a slow room never stalls the connection.
+//! **Architecture Invariant:** the session never awaits a remote call in its handler; the
+//! answers to its asks come back as messages (`EntityRef::ask_then`), so a slow room never
+//! stalls the connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -493,8 +494,8 @@ impl SessionState {
             since,
         };
         let myself = self.shared.myself.clone();
-        tokio::spawn(async move {
-            let result = runtime.entity::<Room>(room.clone()).ask(command).await;
+        let entity = runtime.entity::<Room>(room.clone());
+        entity.ask_then(command, move |result| {
             let _ = myself.cast(SessionMsg::JoinDone {
                 room,
                 attempt,
@@ -677,8 +678,8 @@ impl SessionState {
         };
         let myself = self.shared.myself.clone();
         let room = room.to_string();
-        tokio::spawn(async move {
-            let result = runtime.entity::<Room>(room.clone()).ask(command).await;
+        let entity = runtime.entity::<Room>(room.clone());
+        entity.ask_then(command, move |result| {
             let _ = myself.cast(SessionMsg::PostDone { room, id, result });
         });
     }

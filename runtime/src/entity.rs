@@ -160,6 +160,53 @@ pub struct Envelope {
 /// Reply port type shared by the local and remote paths.
 pub type ReplyPort = RpcReplyPort<Wire<AskOutcome>>;
 
+/// Where an entity's answer to one delivery goes.
+pub enum Reply {
+    /// A reply port: an ask awaiting it (here or, through the host, on a peer).
+    Port(ReplyPort),
+    /// A function run by whoever answers (see [`EntityRef::ask_then`]).
+    Callback(ReplyCallback),
+}
+
+impl Reply {
+    pub fn send(self, outcome: AskOutcome) {
+        match self {
+            Reply::Port(port) => {
+                let _ = port.send(Wire::new(outcome));
+            }
+            Reply::Callback(mut callback) => {
+                if let Some(function) = callback.0.take() {
+                    function(Some(outcome));
+                }
+            }
+        }
+    }
+}
+
+impl From<ReplyPort> for Reply {
+    fn from(port: ReplyPort) -> Self {
+        Reply::Port(port)
+    }
+}
+
+/// A one-shot answer function. Dropped without an answer (the entity stopped, the delivery
+/// was lost on the way), it runs with `None`, so the caller always hears back.
+pub struct ReplyCallback(Option<Box<dyn FnOnce(Option<AskOutcome>) + Send>>);
+
+impl ReplyCallback {
+    pub fn new(function: impl FnOnce(Option<AskOutcome>) + Send + 'static) -> Self {
+        Self(Some(Box::new(function)))
+    }
+}
+
+impl Drop for ReplyCallback {
+    fn drop(&mut self) {
+        if let Some(function) = self.0.take() {
+            function(None);
+        }
+    }
+}
+
 /// A location-transparent handle to one entity. Cheap to clone and to create.
 pub struct EntityRef<E: Entity> {
     id: EntityId,
@@ -228,12 +275,96 @@ impl<E: Entity> EntityRef<E> {
         timeout: Duration,
         msg_id: Option<MsgId>,
     ) -> Result<E::Reply> {
+        let msg_id = msg_id.unwrap_or_else(|| self.runtime.next_msg_id());
+        self.ask_encoded(codec::encode(&command), msg_id, Instant::now(), timeout)
+            .await
+    }
+
+    /// Asks with the default deadline and hands the answer to `done` instead of returning it.
+    ///
+    /// When this node owns the entity, the command goes to it with `done` as its reply: the
+    /// entity runs `done` itself, so no task waits for the answer (cheaper than `ask` on a
+    /// hot path). If the local attempt does not produce an answer (ownership moved, the
+    /// entity stopped or is unavailable), it goes on as [`EntityRef::ask`] would, in a task,
+    /// with the same message id (so it takes effect at most once) and the same deadline.
+    /// The local attempt itself has no deadline: an entity that never answers nor stops would
+    /// keep `done` waiting (an entity answers every delivery or fails, and a failed entity
+    /// drops its replies).
+    pub fn ask_then<F>(&self, command: E::Command, done: F)
+    where
+        F: FnOnce(Result<E::Reply>) + Send + 'static,
+    {
         let started = Instant::now();
+        let timeout = Duration::from_millis(self.runtime.config().entities.ask_timeout_ms);
+        let msg_id = self.runtime.next_msg_id();
+        let payload = codec::encode(&command);
+        let local = self
+            .runtime
+            .owner_of(&self.id.kind, &self.id.key)
+            .as_deref()
+            == Some(self.runtime.node_id());
+        let shards = match self.runtime.shards() {
+            Ok(shards) if local => shards,
+            _ => return self.spawn_ask(payload, msg_id, started, timeout, done),
+        };
+        let this = self.clone();
+        let retry_payload = payload.clone();
+        let callback = ReplyCallback::new(move |outcome| match outcome {
+            Some(AskOutcome::Reply(bytes)) => {
+                metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
+                done(codec::decode(&bytes, "entity reply"))
+            }
+            Some(AskOutcome::Rejected(reason)) => done(Err(RuntimeError::Rejected {
+                entity: this.id.to_string(),
+                reason,
+            })),
+            // Not the owner anymore, unavailable, or no answer: the full ask path.
+            _ => this.spawn_ask(retry_payload, msg_id, started, timeout, done),
+        });
+        // If the cast fails, the delivery (and with it the callback) is dropped: fallback.
+        let _ = shards.cast(ShardMsg::Deliver {
+            entity: self.id.clone(),
+            delivery: Delivery {
+                msg_id: Some(msg_id),
+                payload,
+                reply: Some(Reply::Callback(callback)),
+            },
+        });
+    }
+
+    fn spawn_ask<F>(
+        &self,
+        payload: Vec<u8>,
+        msg_id: MsgId,
+        started: Instant,
+        timeout: Duration,
+        done: F,
+    ) where
+        F: FnOnce(Result<E::Reply>) + Send + 'static,
+    {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return done(Err(RuntimeError::Unavailable(
+                "the node is shutting down".into(),
+            )));
+        };
+        let this = self.clone();
+        handle.spawn(async move {
+            done(this.ask_encoded(payload, msg_id, started, timeout).await);
+        });
+    }
+
+    async fn ask_encoded(
+        &self,
+        payload: Vec<u8>,
+        msg_id: MsgId,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<E::Reply> {
         let deadline = started + timeout;
         let envelope = Envelope {
             entity: self.id.clone(),
-            msg_id: msg_id.unwrap_or_else(|| self.runtime.next_msg_id()),
-            payload: codec::encode(&command),
+            msg_id,
+            payload,
             from: self.runtime.node_id().to_string(),
         };
         let mut views = self.runtime.watch_view();
@@ -360,7 +491,7 @@ impl<E: Entity> EntityRef<E> {
         let delivery = Delivery {
             msg_id: Some(envelope.msg_id),
             payload: envelope.payload.clone(),
-            reply: Some(sender.into()),
+            reply: Some(Reply::Port(sender.into())),
         };
         shards
             .cast(ShardMsg::Deliver {

@@ -18,8 +18,8 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 
-use crate::codec::{self, Wire};
-use crate::entity::{AskOutcome, Context, Entity, ReplyPort};
+use crate::codec;
+use crate::entity::{AskOutcome, Context, Entity, Reply};
 use crate::error::RuntimeError;
 use crate::id::{EntityId, MsgId};
 use crate::journal::{Loaded, Record, Snapshot};
@@ -35,6 +35,8 @@ pub enum EntityMsg {
     Deliver(Delivery),
     Loaded(Result<Loaded, RuntimeError>),
     Appended(Result<(), RuntimeError>),
+    /// To itself: write the open batch now (in-place appends; see `flush`).
+    Flush,
     SnapshotDone,
     IdleCheck,
     /// From the shards actor: passivate once pending work is durable.
@@ -72,7 +74,7 @@ struct Entry {
     msg_id: Option<MsgId>,
     payload: Vec<u8>,
     reply: Vec<u8>,
-    ports: Vec<ReplyPort>,
+    ports: Vec<Reply>,
     /// Events the command persisted (0 for a read queued behind an append).
     events: usize,
 }
@@ -144,6 +146,8 @@ pub struct EntityState<E: Entity> {
     next_seq: u64,
     open: Batch<E>,
     inflight: Option<Batch<E>>,
+    /// A `Flush` is in the mailbox.
+    flush_queued: bool,
     recent: RecentReplies,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
@@ -182,6 +186,7 @@ impl<E: Entity> Actor for EntityActor<E> {
             next_seq: 1,
             open: Batch::new(1),
             inflight: None,
+            flush_queued: false,
             recent: RecentReplies::default(),
             events_since_snapshot: 0,
             snapshot_in_flight: false,
@@ -222,6 +227,12 @@ impl<E: Entity> Actor for EntityActor<E> {
             }
             EntityMsg::Loaded(result) => state.loaded(&myself, result?)?,
             EntityMsg::Appended(result) => state.appended(&myself, result),
+            EntityMsg::Flush => {
+                state.flush_queued = false;
+                if state.phase == Phase::Ready {
+                    state.write_open_batch(&myself);
+                }
+            }
             EntityMsg::SnapshotDone => state.snapshot_in_flight = false,
             EntityMsg::IdleCheck => state.idle_check(),
             EntityMsg::Stop => state.stopping = true,
@@ -419,7 +430,7 @@ impl<E: Entity> EntityState<E> {
         if events.is_empty() && self.inflight.is_none() && self.open.is_empty() {
             // Read-only and nothing pending before it: answer now.
             for port in entry.ports {
-                let _ = port.send(Wire::new(AskOutcome::Reply(entry.reply.clone())));
+                port.send(AskOutcome::Reply(entry.reply.clone()));
             }
             return;
         }
@@ -457,7 +468,23 @@ impl<E: Entity> EntityState<E> {
     }
 
     /// Starts the next append if none is in flight.
+    ///
+    /// On a local directory the entity writes the segment itself (no task per append), but
+    /// not at once: a `Flush` sent to itself goes behind the messages already in its mailbox,
+    /// so the commands that arrived meanwhile join this append (group commit).
     fn flush(&mut self, myself: &ActorRef<EntityMsg>) {
+        if self.inflight.is_some() || self.open.is_empty() {
+            return;
+        }
+        if !self.runtime.journal().appends_in_place() {
+            return self.write_open_batch(myself);
+        }
+        if !self.flush_queued {
+            self.flush_queued = myself.cast(EntityMsg::Flush).is_ok();
+        }
+    }
+
+    fn write_open_batch(&mut self, myself: &ActorRef<EntityMsg>) {
         if self.inflight.is_some() || self.open.is_empty() {
             return;
         }
@@ -469,15 +496,23 @@ impl<E: Entity> EntityState<E> {
         }
         metrics::histogram!(names::JOURNAL_BATCH_EVENTS).record(batch.events.len() as f64);
         let journal = self.runtime.journal().clone();
-        let id = self.id.clone();
         let records = batch.records.clone();
         let first_seq = batch.first_seq;
-        let myself = myself.clone();
-        tokio::spawn(async move {
-            let result = journal.append(&id, first_seq, records).await;
-            let _ = myself.cast(EntityMsg::Appended(result));
-        });
         self.inflight = Some(batch);
+        let reply_to = myself.clone();
+        let appended = move |result| {
+            let _ = reply_to.cast(EntityMsg::Appended(result));
+        };
+        if journal.appends_in_place() {
+            if let Some(result) = journal.append_in_place(&self.id, first_seq, records, appended) {
+                self.appended(myself, result);
+            }
+            return;
+        }
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            appended(journal.append(&id, first_seq, records).await);
+        });
     }
 
     /// The front of the open batch, at most `entities.batch_events_max` events (and at least
@@ -579,7 +614,7 @@ impl<E: Entity> EntityState<E> {
             match &fail_with {
                 Some(reason) => {
                     for port in entry.ports {
-                        let _ = port.send(Wire::new(AskOutcome::Unavailable(reason.clone())));
+                        port.send(AskOutcome::Unavailable(reason.clone()));
                     }
                 }
                 None => {
@@ -662,7 +697,7 @@ impl<E: Entity> EntityState<E> {
         let open = std::mem::replace(&mut self.open, Batch::new(0)).entries;
         for entry in inflight.chain(open) {
             for port in entry.ports {
-                let _ = port.send(Wire::new(outcome()));
+                port.send(outcome());
             }
         }
         for delivery in self.stash.drain(..) {
@@ -695,25 +730,25 @@ fn context_for<'a, E: Entity>(
 fn complete(entries: Vec<Entry>) {
     for entry in entries {
         for port in entry.ports {
-            let _ = port.send(Wire::new(AskOutcome::Reply(entry.reply.clone())));
+            port.send(AskOutcome::Reply(entry.reply.clone()));
         }
     }
 }
 
-fn send(port: Option<ReplyPort>, outcome: AskOutcome) {
-    if let Some(port) = port {
-        let _ = port.send(Wire::new(outcome));
+fn send(reply: Option<Reply>, outcome: AskOutcome) {
+    if let Some(reply) = reply {
+        reply.send(outcome);
     }
 }
 
-fn reject(port: Option<ReplyPort>, entity: &EntityId, reason: &str) {
+fn reject(port: Option<Reply>, entity: &EntityId, reason: &str) {
     metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "invalid").increment(1);
     tracing::debug!(%entity, reason, "message rejected");
     send(port, AskOutcome::Rejected(reason.to_string()));
 }
 
 /// Load shedding: a temporary refusal, so askers back off and retry with the same id.
-fn shed(port: Option<ReplyPort>, entity: &EntityId) {
+fn shed(port: Option<Reply>, entity: &EntityId) {
     metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "overloaded").increment(1);
     tracing::debug!(%entity, "shedding load: too many pending commands");
     send(

@@ -11,7 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 
 use crate::codec::Wire;
-use crate::entity::{AskOutcome, Envelope};
+use crate::entity::{AskOutcome, Envelope, Reply};
 use crate::metrics as names;
 use crate::pubsub::Publication;
 use crate::runtime::Runtime;
@@ -89,7 +89,7 @@ impl Actor for HostActor {
         let delivery = Delivery {
             msg_id: Some(envelope.msg_id),
             payload: envelope.payload,
-            reply,
+            reply: reply.map(Reply::Port),
         };
         match runtime.shards() {
             Ok(shards) => {
@@ -100,14 +100,14 @@ impl Actor for HostActor {
                     })
                     && let Some(reply) = delivery.reply
                 {
-                    let _ = reply.send(Wire::new(AskOutcome::Unavailable(
+                    reply.send(AskOutcome::Unavailable(
                         "entity directory restarting".into(),
-                    )));
+                    ));
                 }
             }
             Err(error) => {
                 if let Some(reply) = delivery.reply {
-                    let _ = reply.send(Wire::new(AskOutcome::Unavailable(error.to_string())));
+                    reply.send(AskOutcome::Unavailable(error.to_string()));
                 }
             }
         }

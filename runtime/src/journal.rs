@@ -187,18 +187,8 @@ impl Journal {
         first_seq: u64,
         records: Vec<Record>,
     ) -> Result<()> {
-        assert!(first_seq > 0, "sequence numbers start at 1");
-        assert!(
-            records.iter().all(|record| !record.events.is_empty()),
-            "records without events are not journaled"
-        );
         let started = std::time::Instant::now();
-        let segment = Segment {
-            first_seq,
-            writer: self.writer.clone(),
-            records,
-        };
-        let bytes = codec::encode(&segment);
+        let bytes = self.segment(first_seq, records);
         let path = segment_path(entity, first_seq);
         let put = match &self.local {
             Some(local) => local.create(&path, &bytes),
@@ -216,27 +206,69 @@ impl Journal {
                 Err(error) => Err(CreateError::Io(format!("append {path}: {error}"))),
             },
         };
-        let result = match put {
+        let result = match created(entity, first_seq, put) {
             // Durable before anyone hears of it: the caller acknowledges after this returns.
-            Ok(()) => self.durability.sync().await.map_err(|error| {
-                RuntimeError::Store(format!(
-                    "append {path} was written but not flushed: {error}"
-                ))
-            }),
-            Err(CreateError::Exists) => {
-                metrics::counter!(names::JOURNAL_CONFLICTS_TOTAL).increment(1);
-                Err(RuntimeError::JournalConflict {
-                    entity: entity.to_string(),
-                    seq: first_seq,
-                })
-            }
-            Err(CreateError::Io(error)) => Err(RuntimeError::Store(error)),
+            Ok(()) => self
+                .durability
+                .sync()
+                .await
+                .map_err(|error| not_flushed(&path, error)),
+            Err(error) => Err(error),
         };
-        metrics::histogram!(names::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-        if result.is_ok() {
-            metrics::counter!(names::JOURNAL_APPENDS_TOTAL).increment(1);
+        appended(started, result)
+    }
+
+    /// Whether [`Journal::append_in_place`] can be used (the store is a local directory).
+    pub fn appends_in_place(&self) -> bool {
+        self.local.is_some()
+    }
+
+    /// [`Journal::append`] without a task: writes the segment now, in the caller's thread,
+    /// and returns the outcome when it is durable already (`fsync = false`); otherwise returns
+    /// `None` and calls `flushed` with it from the flusher thread once the segment is on disk.
+    /// Needs a local directory ([`Journal::appends_in_place`]).
+    pub fn append_in_place(
+        &self,
+        entity: &EntityId,
+        first_seq: u64,
+        records: Vec<Record>,
+        flushed: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Option<Result<()>> {
+        let started = std::time::Instant::now();
+        let path = segment_path(entity, first_seq);
+        let Some(local) = &self.local else {
+            return Some(Err(RuntimeError::Store(format!(
+                "append {path}: the store is not a local directory"
+            ))));
+        };
+        let bytes = self.segment(first_seq, records);
+        let put = local.create(&path, &bytes);
+        if let Err(error) = created(entity, first_seq, put) {
+            return Some(appended(started, Err(error)));
         }
-        result
+        if !self.durability.flushes() {
+            return Some(appended(started, Ok(())));
+        }
+        self.durability.then_synced(move |result| {
+            flushed(appended(
+                started,
+                result.map_err(|error| not_flushed(&path, error)),
+            ))
+        });
+        None
+    }
+
+    fn segment(&self, first_seq: u64, records: Vec<Record>) -> Vec<u8> {
+        assert!(first_seq > 0, "sequence numbers start at 1");
+        assert!(
+            records.iter().all(|record| !record.events.is_empty()),
+            "records without events are not journaled"
+        );
+        codec::encode(&Segment {
+            first_seq,
+            writer: self.writer.clone(),
+            records,
+        })
     }
 
     /// Writes a snapshot, then deletes all but the newest [`SNAPSHOTS_KEPT`].
@@ -414,6 +446,40 @@ fn path_safe_key(key: &str) -> String {
         }
         encoded
     }
+}
+
+/// The outcome of a segment's create-only write.
+fn created(
+    entity: &EntityId,
+    first_seq: u64,
+    put: std::result::Result<(), CreateError>,
+) -> Result<()> {
+    match put {
+        Ok(()) => Ok(()),
+        Err(CreateError::Exists) => {
+            metrics::counter!(names::JOURNAL_CONFLICTS_TOTAL).increment(1);
+            Err(RuntimeError::JournalConflict {
+                entity: entity.to_string(),
+                seq: first_seq,
+            })
+        }
+        Err(CreateError::Io(error)) => Err(RuntimeError::Store(error)),
+    }
+}
+
+fn not_flushed(path: &Path, error: RuntimeError) -> RuntimeError {
+    RuntimeError::Store(format!(
+        "append {path} was written but not flushed: {error}"
+    ))
+}
+
+/// Records an append's metrics and passes its outcome on.
+fn appended(started: std::time::Instant, result: Result<()>) -> Result<()> {
+    metrics::histogram!(names::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        metrics::counter!(names::JOURNAL_APPENDS_TOTAL).increment(1);
+    }
+    result
 }
 
 fn segment_path(entity: &EntityId, first_seq: u64) -> Path {

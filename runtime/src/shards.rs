@@ -19,8 +19,7 @@ use futures_util::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
-use crate::codec::Wire;
-use crate::entity::{AskOutcome, Entity, ReplyPort};
+use crate::entity::{AskOutcome, Entity, Reply};
 use crate::entity_actor::{EntityActor, EntityArgs, EntityMsg};
 use crate::id::{EntityId, MsgId};
 use crate::membership::View;
@@ -31,7 +30,7 @@ use crate::runtime::Runtime;
 pub struct Delivery {
     pub msg_id: Option<MsgId>,
     pub payload: Vec<u8>,
-    pub reply: Option<ReplyPort>,
+    pub reply: Option<Reply>,
 }
 
 #[derive(RactorMessage)]
@@ -394,8 +393,8 @@ impl ShardsState {
     }
 }
 
-fn respond(port: Option<ReplyPort>, outcome: AskOutcome) {
-    if let Some(port) = port {
-        let _ = port.send(Wire::new(outcome));
+fn respond(reply: Option<Reply>, outcome: AskOutcome) {
+    if let Some(reply) = reply {
+        reply.send(outcome);
     }
 }

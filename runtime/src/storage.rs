@@ -294,28 +294,40 @@ impl Durability {
         })
     }
 
+    /// Whether writes need a flush after they return (a local directory with `fsync = true`).
+    pub fn flushes(&self) -> bool {
+        self.flusher.is_some()
+    }
+
     /// Returns once everything written to the store before this call is on disk.
     pub async fn sync(&self) -> Result<()> {
-        let Some(flusher) = &self.flusher else {
+        if !self.flushes() {
             return Ok(());
-        };
+        }
         let (reply, done) = tokio::sync::oneshot::channel();
-        {
-            let mut state = flusher.shared.lock();
-            state.waiting.push(reply);
-        }
-        flusher.shared.wake.notify_one();
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(RuntimeError::Store(error.to_string())),
-            Err(_) => Err(RuntimeError::Store(
+        self.then_synced(move |result| {
+            let _ = reply.send(result);
+        });
+        done.await.unwrap_or_else(|_| {
+            Err(RuntimeError::Store(
                 "the store's flusher stopped; the write may not be on disk".to_string(),
-            )),
-        }
+            ))
+        })
+    }
+
+    /// Calls `done` once everything written to the store before this call is on disk: at
+    /// once when writes need no flush, otherwise from the flusher thread after its next
+    /// `syncfs` (so `done` must be quick: it delays the other callers of that round).
+    pub fn then_synced(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
+        let Some(flusher) = &self.flusher else {
+            return done(Ok(()));
+        };
+        flusher.shared.lock().waiting.push(Box::new(done));
+        flusher.shared.wake.notify_one();
     }
 }
 
-type FlushReply = tokio::sync::oneshot::Sender<std::result::Result<(), Arc<str>>>;
+type FlushReply = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Owner of the flusher thread: stops it when the last `Durability` clone goes.
 struct Flusher {
@@ -371,15 +383,15 @@ fn flush_loop(root: &std::fs::File, shared: &FlushShared) {
         };
         // Every caller in `round` had finished its writes before it queued, so before this.
         let started = std::time::Instant::now();
-        let result = syncfs(root).map_err(|error| -> Arc<str> {
+        let result = syncfs(root).map_err(|error| {
             tracing::error!(%error, "syncfs of the object store failed: recent writes may not be on disk");
-            format!("cannot flush the object store to disk (syncfs): {error}; check the disk").into()
+            format!("cannot flush the object store to disk (syncfs): {error}; check the disk")
         });
         metrics::histogram!(crate::metrics::STORE_FLUSH_SECONDS)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::STORE_FLUSH_WAITERS).record(round.len() as f64);
         for reply in round {
-            let _ = reply.send(result.clone());
+            reply(result.clone().map_err(RuntimeError::Store));
         }
     }
 }
@@ -437,7 +449,14 @@ mod tests {
         let shared = Arc::clone(&durability.flusher.as_ref().expect("a flusher").shared);
         let (replies, done): (Vec<_>, Vec<_>) =
             (0..10).map(|_| tokio::sync::oneshot::channel()).unzip();
-        shared.lock().waiting.extend(replies);
+        shared
+            .lock()
+            .waiting
+            .extend(replies.into_iter().map(|reply| -> FlushReply {
+                Box::new(move |result| {
+                    let _ = reply.send(result);
+                })
+            }));
         shared.wake.notify_one();
         for caller in done {
             caller.await.expect("answered").expect("flushed");

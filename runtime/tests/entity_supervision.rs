@@ -150,3 +150,45 @@ async fn panicking_entity_restarts_alone_and_crash_loops_are_held_back() {
     );
     node.shutdown(Duration::from_secs(5)).await;
 }
+
+/// `ask_then` hands the entity's answer to a function. When the entity dies before answering
+/// (its reply is dropped), the ask goes on in the full path with the same message id: the
+/// restarted entity applies the command once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_then_answers_and_carries_on_after_a_crash_with_the_same_id() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = common::single_node_config(
+        "sup2",
+        &directory.path().join("data"),
+        &directory.path().join("objects"),
+        "[entities]\nask_timeout_ms = 5000\nattempt_timeout_ms = 1000",
+    );
+    let activations: Activations = Arc::default();
+    let node = NodeBuilder::new(config, "sup2")
+        .expect("builder")
+        .register::<Fragile>(activations.clone())
+        .start()
+        .await
+        .expect("node starts");
+    let entity = node.runtime().entity::<Fragile>("callback");
+    let ask_then = |command| {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        entity.ask_then(command, move |result| {
+            let _ = sender.send(result);
+        });
+        receiver
+    };
+
+    let first = ask_then(FragileCommand::Add(2)).await.expect("answered");
+    assert_eq!(first.expect("add"), (2, 1));
+    let after_crash = ask_then(FragileCommand::AddButCrashFirst(3))
+        .await
+        .expect("answered after the crash");
+    assert_eq!(
+        after_crash.expect("carried on"),
+        (5, 2),
+        "applied once, by the second incarnation"
+    );
+    assert_eq!(entity.ask(FragileCommand::Get).await.expect("get"), (5, 2));
+    node.shutdown(Duration::from_secs(5)).await;
+}
