@@ -322,6 +322,29 @@ impl Journal {
         Ok(starts)
     }
 
+    /// The first sequence number of the segment that holds `seq`, or of the last segment
+    /// before it when `seq` is past the head; `None` for an empty journal.
+    ///
+    /// A segment holds at most `span_max` events (`entities.batch_events_max` when it was
+    /// written), so it starts at one of the `span_max` names at or below `seq`: those are
+    /// probed first, newest first, and only if none exists is the journal listed. The cost
+    /// is bounded by the batch size, not by the journal's length.
+    pub async fn segment_holding(
+        &self,
+        entity: &EntityId,
+        seq: u64,
+        span_max: u64,
+    ) -> Result<Option<u64>> {
+        let lowest = seq.saturating_sub(span_max.max(1) - 1).max(1);
+        for start in (lowest..=seq.max(1)).rev() {
+            if self.segment_exists(entity, start).await? {
+                return Ok(Some(start));
+            }
+        }
+        let starts = self.segment_starts(entity).await?;
+        Ok(starts.into_iter().rev().find(|start| *start <= seq))
+    }
+
     /// Whether a segment starts at `first_seq`: another writer appended past our head.
     pub async fn segment_exists(&self, entity: &EntityId, first_seq: u64) -> Result<bool> {
         let path = segment_path(entity, first_seq);
@@ -505,6 +528,53 @@ mod tests {
                 .map(|event| event.as_bytes().to_vec())
                 .collect(),
             reply: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_segment_holding_a_seq_is_found_without_a_listing_when_it_can_be() {
+        let journal = Journal::new(Arc::new(InMemory::new()), "t");
+        let entity = EntityId::new("room", "long");
+        assert_eq!(
+            journal.segment_holding(&entity, 5, 4).await.expect("empty"),
+            None
+        );
+        // Segments of 1, 3 and 6 events: 1, 2..=4, 5..=10.
+        journal
+            .append(&entity, 1, vec![record(1, &["a"])])
+            .await
+            .expect("append");
+        journal
+            .append(&entity, 2, vec![record(2, &["b", "c"]), record(3, &["d"])])
+            .await
+            .expect("append");
+        journal
+            .append(&entity, 5, vec![record(4, &["e", "f", "g", "h", "i", "j"])])
+            .await
+            .expect("append");
+        let expected = [
+            (1, 1),
+            (2, 2),
+            (3, 2),
+            (4, 2),
+            (5, 5),
+            (7, 5),
+            (10, 5),
+            (11, 5),
+            (99, 5),
+        ];
+        for span_max in [6, 2] {
+            // With a span of 2 the 6-event segment is found by the listing.
+            for (seq, start) in expected {
+                assert_eq!(
+                    journal
+                        .segment_holding(&entity, seq, span_max)
+                        .await
+                        .expect("found"),
+                    Some(start),
+                    "seq {seq}, span {span_max}"
+                );
+            }
         }
     }
 

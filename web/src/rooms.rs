@@ -3,10 +3,8 @@
 //! for older messages, from its journal).
 
 use actors::directory::{DIRECTORY_KEY, DirectoryCommand, RoomDirectory};
-use actors::room::{
-    ChatMessage, HISTORY_PAGE_MAX, Room, RoomCommand, RoomError, RoomEvent, RoomReply,
-};
-use runtime::{EntityId, Runtime};
+use actors::room::{self, HISTORY_PAGE_MAX, Room, RoomCommand, RoomError, RoomReply};
+use runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
@@ -135,28 +133,10 @@ async fn history(
 ) -> Result<warp::reply::Response, warp::Rejection> {
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX);
-    let command = RoomCommand::History {
-        after,
-        before: query.before,
-        limit,
-    };
-    let (mut messages, complete) = match runtime
-        .entity::<Room>(room.clone())
-        .ask(command)
+    let messages = room::history(&runtime, &room, after, query.before, limit)
         .await
         .map_err(reject_runtime)?
-    {
-        Ok(RoomReply::History { messages, complete }) => (messages, complete),
-        Ok(_) => {
-            return Err(warp::reject::custom(ApiError::unavailable(
-                "unexpected reply from the room",
-            )));
-        }
-        Err(error) => return Err(reject_room(error)),
-    };
-    if !complete {
-        messages = journal_history(&runtime, &room, after, query.before, limit).await?;
-    }
+        .map_err(reject_room)?;
     let items: Vec<MessageItem<'_>> = messages
         .iter()
         .map(|message| MessageItem {
@@ -171,55 +151,6 @@ async fn history(
         })
         .collect();
     Ok(warp::reply::json(&serde_json::json!({ "room": room, "messages": items })).into_response())
-}
-
-/// Reads messages `after < seq < before` from the room's journal segments, oldest first.
-async fn journal_history(
-    runtime: &Runtime,
-    room: &str,
-    after: u64,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Vec<ChatMessage>, warp::Rejection> {
-    let entity = EntityId::new(<Room as runtime::Entity>::KIND, room);
-    let journal = runtime.journal();
-    let starts = journal
-        .segment_starts(&entity)
-        .await
-        .map_err(reject_runtime)?;
-    // Journal seq 1 is the room's creation, so message seq n is journal seq n + 1: start at the
-    // last segment beginning at or before the first wanted message.
-    let first_wanted = after + 2;
-    let from = starts
-        .iter()
-        .rposition(|start| *start <= first_wanted)
-        .unwrap_or(0);
-    let mut messages = Vec::new();
-    for start in &starts[from..] {
-        let Some(records) = journal
-            .read_records(&entity, *start)
-            .await
-            .map_err(reject_runtime)?
-        else {
-            continue;
-        };
-        for record in records {
-            for bytes in &record.events {
-                let event: RoomEvent =
-                    runtime::codec::decode(bytes, "room event").map_err(reject_runtime)?;
-                if let RoomEvent::Posted(message) = event
-                    && message.seq > after
-                    && before.is_none_or(|before| message.seq < before)
-                {
-                    messages.push(message);
-                    if messages.len() >= limit {
-                        return Ok(messages);
-                    }
-                }
-            }
-        }
-    }
-    Ok(messages)
 }
 
 /// A readable, unique room id: the name's slug and random hex.

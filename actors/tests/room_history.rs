@@ -1,0 +1,114 @@
+//! A room's history beyond what it keeps in memory comes from its journal, page by page, in
+//! order and without gaps, whatever the sizes of the journal's segments.
+
+use std::time::Duration;
+
+use actors::room::{self, RECENT_MESSAGES_MAX, Room, RoomCommand, RoomReply};
+use runtime::config::ClusterConfig;
+use runtime::{EntityId, NodeBuilder};
+
+fn post(index: usize) -> RoomCommand {
+    RoomCommand::Post {
+        user: "writer".into(),
+        name: "Writer".into(),
+        id: format!("m{index}"),
+        text: format!("message {index}"),
+        now_ms: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_through_the_journal_in_order() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    let config = ClusterConfig::single_node(
+        "h1",
+        &directory.path().join("data"),
+        &directory.path().join("objects"),
+        [port(), port()],
+        false,
+        "",
+    )
+    .expect("config");
+    let deps = actors::AppDeps {
+        node_id: "h1".into(),
+    };
+    let node = actors::register(NodeBuilder::new(config, "h1").expect("builder"), &deps)
+        .start()
+        .await
+        .expect("node starts");
+    let runtime = node.runtime();
+    let entity = runtime.entity::<Room>("long");
+    let created = entity
+        .ask(RoomCommand::Create {
+            name: "long".into(),
+            by: "writer".into(),
+            now_ms: 1,
+        })
+        .await
+        .expect("asked");
+    assert!(created.is_ok(), "{created:?}");
+
+    // One segment per post, then posts sent together so that they share segments.
+    let sequential = RECENT_MESSAGES_MAX / 2;
+    let total = RECENT_MESSAGES_MAX + 300;
+    for index in 0..sequential {
+        let reply = entity.ask(post(index)).await.expect("asked");
+        assert!(matches!(reply, Ok(RoomReply::Posted { .. })), "{reply:?}");
+    }
+    let together: Vec<_> = (sequential..total)
+        .map(|index| {
+            let entity = entity.clone();
+            tokio::spawn(async move { entity.ask(post(index)).await })
+        })
+        .collect();
+    for ask in together {
+        let reply = ask.await.expect("task").expect("asked");
+        assert!(matches!(reply, Ok(RoomReply::Posted { .. })), "{reply:?}");
+    }
+    let segments = runtime
+        .journal()
+        .segment_starts(&EntityId::new("room", "long"))
+        .await
+        .expect("listed");
+    assert!(
+        segments.len() < total + 1,
+        "some segments hold several posts ({} segments for {} events)",
+        segments.len(),
+        total + 1
+    );
+
+    let mut seqs = Vec::new();
+    loop {
+        let after = seqs.last().copied().unwrap_or(0);
+        let page = room::history(&runtime, "long", after, None, room::HISTORY_PAGE_MAX)
+            .await
+            .expect("asked")
+            .expect("history");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= room::HISTORY_PAGE_MAX);
+        seqs.extend(page.iter().map(|message| message.seq));
+    }
+    let expected: Vec<u64> = (1..=total as u64).collect();
+    assert_eq!(seqs, expected, "every message once, in order");
+
+    let bounded = room::history(&runtime, "long", 10, Some(150), room::HISTORY_PAGE_MAX)
+        .await
+        .expect("asked")
+        .expect("history");
+    let bounded: Vec<u64> = bounded.iter().map(|message| message.seq).collect();
+    assert_eq!(
+        bounded,
+        (11..150).collect::<Vec<u64>>(),
+        "after < seq < before"
+    );
+    node.shutdown(Duration::from_secs(5)).await;
+}
