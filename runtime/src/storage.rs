@@ -71,7 +71,7 @@ pub fn open(section: &StorageSection) -> Result<Storage> {
         return Ok(Storage {
             objects: Arc::clone(&store) as Arc<dyn ObjectStore>,
             durability,
-            local: write_in_place.then_some(LocalWrites { store }),
+            local: write_in_place.then_some(LocalWrites::new(store)),
         });
     }
     if let Some(bucket) = section.url.strip_prefix("s3://") {
@@ -139,14 +139,22 @@ pub async fn store_id(store: &Arc<dyn ObjectStore>) -> Result<String> {
 ///
 /// `LocalFileSystem::put_opts` runs every put on tokio's blocking pool and publishes with a hard
 /// link and an unlink. A journal append is a few hundred bytes into the page cache (the flush, if
-/// any, is [`Durability::sync`]'s), so the append writes it itself: a staging file named the way
-/// `LocalFileSystem` names its own (`<object>#<n>`, which listings skip), then one
-/// `renameat2(RENAME_NOREPLACE)` that publishes it atomically or fails if the object exists.
+/// any, is [`Durability::sync`]'s), so the append writes it itself, and publishes it atomically
+/// and create-only (the name appears with all its bytes, or not at all if it exists):
+/// - on Linux, an unnamed file (`O_TMPFILE`) in the object's directory, then one
+///   `linkat(AT_EMPTY_PATH)` that names it: one directory entry added, none removed, nothing
+///   left behind by a crash. `linkat` on a descriptor needs `CAP_DAC_READ_SEARCH` before
+///   Linux 6.10, and some filesystems have no `O_TMPFILE`: then, from the first refusal on,
+/// - a staging file named the way `LocalFileSystem` names its own (`<object>#<n>`, which
+///   listings skip), then one `renameat2(RENAME_NOREPLACE)`.
+///
 /// Reads, listings and every other write still go through `object_store`, which sees the same
 /// files.
 #[derive(Clone)]
 pub struct LocalWrites {
     store: Arc<LocalFileSystem>,
+    /// Cleared for good once this system refuses unnamed files.
+    unnamed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why [`LocalWrites::create`] wrote nothing.
@@ -162,6 +170,15 @@ pub enum CreateError {
 const STAGING_ATTEMPTS_MAX: u32 = 64;
 
 impl LocalWrites {
+    fn new(store: Arc<LocalFileSystem>) -> Self {
+        Self {
+            store,
+            unnamed: Arc::new(std::sync::atomic::AtomicBool::new(cfg!(
+                target_os = "linux"
+            ))),
+        }
+    }
+
     /// Creates `location` with `bytes`, atomically, unless it exists.
     pub fn create(
         &self,
@@ -169,10 +186,25 @@ impl LocalWrites {
         bytes: &[u8],
     ) -> std::result::Result<(), CreateError> {
         use std::io::Write;
+        use std::sync::atomic::Ordering;
         let destination = self
             .store
             .path_to_filesystem(location)
             .map_err(|error| CreateError::Io(error.to_string()))?;
+        if self.unnamed.load(Ordering::Relaxed) {
+            match create_unnamed(&destination, bytes) {
+                Ok(()) => return Ok(()),
+                Err(Unnamed::Exists) => return Err(CreateError::Exists),
+                Err(Unnamed::Io(error)) => {
+                    return Err(CreateError::Io(format!("cannot write {location}: {error}")));
+                }
+                Err(Unnamed::Refused(error)) => {
+                    if self.unnamed.swap(false, Ordering::Relaxed) {
+                        tracing::info!(%error, "unnamed files cannot be linked in the object store's directory; appends go through a staging file and a rename from now on");
+                    }
+                }
+            }
+        }
         let (mut file, staging) = open_staging(&destination)
             .map_err(|error| CreateError::Io(format!("cannot stage {location}: {error}")))?;
         let published = file
@@ -191,6 +223,87 @@ impl LocalWrites {
             }
         }
     }
+}
+
+/// Why [`create_unnamed`] did not publish.
+enum Unnamed {
+    Exists,
+    /// This kernel, filesystem or process cannot: use a staging file instead.
+    Refused(std::io::Error),
+    Io(std::io::Error),
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::Result<(), Unnamed> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let parent = destination.parent().unwrap_or(std::path::Path::new("."));
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .mode(0o644)
+            .custom_flags(libc::O_TMPFILE)
+            .open(parent)
+    };
+    let refused = |error: &std::io::Error| {
+        matches!(
+            error.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EPERM | libc::EXDEV)
+        )
+    };
+    let mut file = match open() {
+        Ok(file) => file,
+        // First object of its directory (a new entity): create it, try again.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(parent).map_err(Unnamed::Io)?;
+            open().map_err(|error| match refused(&error) {
+                true => Unnamed::Refused(error),
+                false => Unnamed::Io(error),
+            })?
+        }
+        Err(error) if refused(&error) => return Err(Unnamed::Refused(error)),
+        Err(error) => return Err(Unnamed::Io(error)),
+    };
+    file.write_all(bytes).map_err(Unnamed::Io)?;
+    let name = std::ffi::CString::new(destination.as_os_str().as_bytes())
+        .map_err(|error| Unnamed::Io(error.into()))?;
+    // SAFETY: `file` stays open for the call, `c""` and `name` are NUL-terminated strings that
+    // outlive it; linkat only reads them.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            name.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EEXIST) => Err(Unnamed::Exists),
+        // Without CAP_DAC_READ_SEARCH (before Linux 6.10) linkat says ENOENT for the
+        // descriptor; the directory itself exists, as the unnamed file was made in it.
+        Some(libc::ENOENT) => Err(Unnamed::Refused(error)),
+        _ if refused(&error) => Err(Unnamed::Refused(error)),
+        _ => Err(Unnamed::Io(error)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn create_unnamed(
+    _destination: &std::path::Path,
+    _bytes: &[u8],
+) -> std::result::Result<(), Unnamed> {
+    Err(Unnamed::Refused(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "unnamed files are a Linux feature",
+    )))
 }
 
 fn open_staging(
@@ -479,6 +592,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_local_create_is_create_only_and_object_store_reads_it() {
+        for unnamed in [true, false] {
+            local_create_is_create_only(unnamed).await;
+        }
+    }
+
+    /// With `unnamed`, as this machine allows (an unnamed file linked in place, if it can);
+    /// without, through a staging file and a rename.
+    async fn local_create_is_create_only(unnamed: bool) {
         use object_store::ObjectStoreExt;
         let directory = tempfile::tempdir().expect("temporary directory");
         let section = StorageSection {
@@ -488,6 +609,11 @@ mod tests {
         };
         let storage = open(&section).expect("store opens");
         let local = storage.local.as_ref().expect("a local directory store");
+        if !unnamed {
+            local
+                .unnamed
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
         let location = object_store::path::Path::from("journal/room/a b%c/e/00000000000000000001");
         local.create(&location, b"first").expect("created");
         assert!(matches!(
@@ -503,6 +629,12 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(&read[..], b"first", "the loser wrote nothing");
+        if unnamed && links_unnamed_files() {
+            assert!(
+                local.unnamed.load(std::sync::atomic::Ordering::Relaxed),
+                "Linux 6.10 and later link unnamed files: the staging path was not needed"
+            );
+        }
         // What a writer that crashed between staging and publishing leaves behind.
         let mut stray = local
             .store
@@ -519,6 +651,17 @@ mod tests {
         .await
         .expect("listing");
         assert_eq!(listed.len(), 1, "staging files are not objects: {listed:?}");
+    }
+
+    /// Linux 6.10 and later let any process link a file it opened with `O_TMPFILE` (on a
+    /// filesystem with `O_TMPFILE`: the temporary directory's, here).
+    fn links_unnamed_files() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|part| part.parse::<u32>().unwrap_or(0));
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        version >= (6, 10)
     }
 
     #[tokio::test]
