@@ -11,7 +11,10 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_gauge!(SESSIONS_ACTIVE, "WebSocket sessions on this node");
     describe_counter!(FRAMES_IN_TOTAL, "Frames received from WebSocket clients");
-    describe_counter!(FRAMES_OUT_TOTAL, "Frames queued to WebSocket clients");
+    describe_counter!(
+        FRAMES_OUT_TOTAL,
+        "Frames written to WebSocket clients (counted per thread in batches of 64)"
+    );
     describe_counter!(FRAME_ERRORS_TOTAL, "Error frames sent to clients, by code");
     describe_counter!(
         SLOW_CLIENTS_TOTAL,

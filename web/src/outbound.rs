@@ -101,6 +101,27 @@ pub struct Outbound {
     frames_out: metrics::Counter,
 }
 
+/// Frames a worker thread counts before adding them to the shared counter: an increment of
+/// the shared counter per delivery (two contended atomics) was 2–3 % of a node's CPU at
+/// 50 rooms × 20 clients. The metric lags by fewer than this many frames per thread.
+const FRAMES_COUNTED_EVERY: u64 = 64;
+
+thread_local! {
+    static FRAMES_UNCOUNTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn count_frames(counter: &metrics::Counter, frames: u64) {
+    FRAMES_UNCOUNTED.with(|uncounted| {
+        let total = uncounted.get() + frames;
+        if total >= FRAMES_COUNTED_EVERY {
+            counter.increment(total);
+            uncounted.set(0);
+        } else {
+            uncounted.set(total);
+        }
+    });
+}
+
 impl Outbound {
     pub fn new(stream: Arc<TcpStream>, frames_max: usize) -> Arc<Self> {
         Arc::new_cyclic(|myself| Self {
@@ -132,7 +153,7 @@ impl Outbound {
         if !state.writer_running {
             match self.stream.try_write(&bytes) {
                 Ok(written) if written == bytes.len() => {
-                    self.frames_out.increment(frames as u64);
+                    count_frames(&self.frames_out, frames as u64);
                     return Ok(());
                 }
                 Ok(written) => {
@@ -257,7 +278,7 @@ impl Outbound {
                             offset = 0;
                             let frames = chunk.frames;
                             batch.pop_front();
-                            self.frames_out.increment(frames as u64);
+                            count_frames(&self.frames_out, frames as u64);
                             let mut state = self.state();
                             state.frames = state.frames.saturating_sub(frames);
                         }
