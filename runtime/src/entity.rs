@@ -160,52 +160,7 @@ pub struct Envelope {
 /// Reply port type shared by the local and remote paths.
 pub type ReplyPort = RpcReplyPort<Wire<AskOutcome>>;
 
-/// Where an entity's answer to one delivery goes.
-pub enum Reply {
-    /// A reply port: an ask awaiting it (here or, through the host, on a peer).
-    Port(ReplyPort),
-    /// A function run by whoever answers (see [`EntityRef::ask_then`]).
-    Callback(ReplyCallback),
-}
-
-impl Reply {
-    pub fn send(self, outcome: AskOutcome) {
-        match self {
-            Reply::Port(port) => {
-                let _ = port.send(Wire::new(outcome));
-            }
-            Reply::Callback(mut callback) => {
-                if let Some(function) = callback.0.take() {
-                    function(Some(outcome));
-                }
-            }
-        }
-    }
-}
-
-impl From<ReplyPort> for Reply {
-    fn from(port: ReplyPort) -> Self {
-        Reply::Port(port)
-    }
-}
-
-/// A one-shot answer function. Dropped without an answer (the entity stopped, the delivery
-/// was lost on the way), it runs with `None`, so the caller always hears back.
-pub struct ReplyCallback(Option<Box<dyn FnOnce(Option<AskOutcome>) + Send>>);
-
-impl ReplyCallback {
-    pub fn new(function: impl FnOnce(Option<AskOutcome>) + Send + 'static) -> Self {
-        Self(Some(Box::new(function)))
-    }
-}
-
-impl Drop for ReplyCallback {
-    fn drop(&mut self) {
-        if let Some(function) = self.0.take() {
-            function(None);
-        }
-    }
-}
+pub use crate::reply::{Reply, ReplyCallback};
 
 /// A location-transparent handle to one entity. Cheap to clone and to create.
 pub struct EntityRef<E: Entity> {
@@ -287,9 +242,8 @@ impl<E: Entity> EntityRef<E> {
     /// hot path). If the local attempt does not produce an answer (ownership moved, the
     /// entity stopped or is unavailable), it goes on as [`EntityRef::ask`] would, in a task,
     /// with the same message id (so it takes effect at most once) and the same deadline.
-    /// The local attempt itself has no deadline: an entity that never answers nor stops would
-    /// keep `done` waiting (an entity answers every delivery or fails, and a failed entity
-    /// drops its replies).
+    /// An entity that neither answers nor stops (its journal hangs) gets until the deadline:
+    /// then `done` gets a timeout, from the node's deadline sweeper.
     pub fn ask_then<F>(&self, command: E::Command, done: F)
     where
         F: FnOnce(Result<E::Reply>) + Send + 'static,
@@ -309,17 +263,25 @@ impl<E: Entity> EntityRef<E> {
         };
         let this = self.clone();
         let retry_payload = payload.clone();
-        let callback = ReplyCallback::new(move |outcome| match outcome {
-            Some(AskOutcome::Reply(bytes)) => {
-                metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
-                done(codec::decode(&bytes, "entity reply"))
+        let deadline = started + timeout;
+        let callback = ReplyCallback::new(self.runtime.deadlines(), deadline, move |outcome| {
+            match outcome {
+                Some(AskOutcome::Reply(bytes)) => {
+                    metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
+                    done(codec::decode(&bytes, "entity reply"))
+                }
+                Some(AskOutcome::Rejected(reason)) => done(Err(RuntimeError::Rejected {
+                    entity: this.id.to_string(),
+                    reason,
+                })),
+                None if Instant::now() >= deadline => done(Err(RuntimeError::Timeout {
+                    entity: this.id.to_string(),
+                    timeout_ms: timeout.as_millis() as u64,
+                    last_error: "the entity on this node did not answer".into(),
+                })),
+                // Not the owner anymore, unavailable, or dropped unanswered: the full path.
+                _ => this.spawn_ask(retry_payload, msg_id, started, timeout, done),
             }
-            Some(AskOutcome::Rejected(reason)) => done(Err(RuntimeError::Rejected {
-                entity: this.id.to_string(),
-                reason,
-            })),
-            // Not the owner anymore, unavailable, or no answer: the full ask path.
-            _ => this.spawn_ask(retry_payload, msg_id, started, timeout, done),
         });
         // If the cast fails, the delivery (and with it the callback) is dropped: fallback.
         let _ = shards.cast(ShardMsg::Deliver {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod node;
 pub mod placement;
 pub mod pubsub;
+pub mod reply;
 mod runtime;
 pub mod shards;
 pub mod storage;

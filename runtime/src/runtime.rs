@@ -36,6 +36,7 @@ struct RuntimeInner {
     active_entities: Arc<AtomicUsize>,
     shards_name: String,
     pubsub: PubSub,
+    deadlines: Arc<crate::reply::Deadlines>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -80,8 +81,15 @@ impl Runtime {
                 active_entities: parts.active_entities,
                 shards_name,
                 pubsub: PubSub::default(),
+                deadlines: Arc::default(),
             }),
         }
+    }
+
+    /// The deadlines of this node's reply callbacks (its sweeper starts on first use).
+    pub(crate) fn deadlines(&self) -> &Arc<crate::reply::Deadlines> {
+        crate::reply::Deadlines::start(&self.inner.deadlines);
+        &self.inner.deadlines
     }
 
     /// A handle to the entity `(E::KIND, key)`, wherever it lives.
