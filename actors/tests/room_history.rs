@@ -1,11 +1,12 @@
 //! A room's history beyond what it keeps in memory comes from its journal, page by page, in
 //! order and without gaps, whatever the sizes of the journal's segments.
 
+mod common;
+
 use std::time::Duration;
 
 use actors::room::{self, RECENT_MESSAGES_MAX, Room, RoomCommand, RoomReply};
-use runtime::config::ClusterConfig;
-use runtime::{EntityId, NodeBuilder};
+use runtime::EntityId;
 
 fn post(index: usize) -> RoomCommand {
     RoomCommand::Post {
@@ -20,29 +21,7 @@ fn post(index: usize) -> RoomCommand {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_through_the_journal_in_order() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
-    let config = ClusterConfig::single_node(
-        "h1",
-        &directory.path().join("data"),
-        &directory.path().join("objects"),
-        [port(), port()],
-        false,
-        "",
-    )
-    .expect("config");
-    let deps = actors::AppDeps {
-        node_id: "h1".into(),
-    };
-    let node = actors::register(NodeBuilder::new(config, "h1").expect("builder"), &deps)
-        .start()
-        .await
-        .expect("node starts");
+    let node = common::start_node("h1", directory.path()).await;
     let runtime = node.runtime();
     let entity = runtime.entity::<Room>("long");
     let created = entity

@@ -2,14 +2,15 @@
 //! (pub/sub callback → sink), acks, and that a session that dies abnormally closes its own
 //! connection and nobody else's.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actors::room::{Room, RoomCommand};
 use actors::session::{CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg, SinkError};
 use ractor::{Actor, ActorRef};
-use runtime::config::ClusterConfig;
-use runtime::{Node, NodeBuilder};
+use runtime::Node;
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -87,38 +88,6 @@ impl FrameSink for RecordingSink {
     }
 }
 
-fn config(directory: &std::path::Path) -> ClusterConfig {
-    let port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port()
-    };
-    ClusterConfig::single_node(
-        "s1",
-        &directory.join("data"),
-        &directory.join("objects"),
-        [port(), port()],
-        false,
-        "",
-    )
-    .expect("config")
-}
-
-async fn start_node(directory: &std::path::Path) -> Node {
-    let deps = actors::AppDeps {
-        node_id: "s1".into(),
-    };
-    actors::register(
-        NodeBuilder::new(config(directory), "s1").expect("builder"),
-        &deps,
-    )
-    .start()
-    .await
-    .expect("node starts")
-}
-
 async fn session(node: &Node, user: &str) -> (ActorRef<SessionMsg>, Arc<RecordingSink>) {
     let sink = RecordingSink::new();
     let runtime = node.runtime();
@@ -145,7 +114,7 @@ fn text(actor: &ActorRef<SessionMsg>, frame: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_messages_reach_every_member_and_a_killed_session_closes_only_its_connection() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let node = start_node(directory.path()).await;
+    let node = common::start_node("s1", directory.path()).await;
     node.runtime()
         .entity::<Room>("lobby")
         .ask(RoomCommand::Create {

@@ -22,12 +22,10 @@ pub fn single_node_config(
     directory: &Path,
     fsync: bool,
 ) -> anyhow::Result<ClusterConfig> {
-    let ports = chaos::cluster::free_loopback_ports(2).context("allocating loopback ports")?;
     Ok(ClusterConfig::single_node(
         id,
         &directory.join("data"),
         &directory.join("objects"),
-        [ports[0], ports[1]],
         fsync,
         "",
     )?)

@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -107,19 +107,7 @@ pub fn default_node_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Distinct free loopback ports.
-///
-/// Every listener is held until all ports are known, so the ports are distinct from each other;
-/// they are released on return, so they are free only until someone else binds them.
-pub fn free_loopback_ports(count: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|addr| addr.port()))
-        .collect()
-}
+pub use runtime::config::free_loopback_ports;
 
 /// Describes a test cluster; [`ClusterBuilder::start`] turns it into a running [`TestCluster`].
 ///

@@ -478,18 +478,33 @@ pub struct ConfigOverrides {
     pub base_dir: Option<PathBuf>,
 }
 
+/// Distinct free loopback ports.
+///
+/// Every listener is held until all ports are known, so the ports are distinct from each other;
+/// they are released on return, so they are free only until someone else binds them.
+pub fn free_loopback_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().map(|address| address.port()))
+        .collect()
+}
+
 impl ClusterConfig {
-    /// A one-node cluster for in-process tests and benchmarks: node `id` on the loopback ports
-    /// `[cluster, http]`, node data under `data`, the object store in the directory `objects`.
-    /// `extra` is TOML inserted after `[cluster]` (more sections, e.g. `[entities]` settings).
+    /// A one-node cluster for in-process tests and benchmarks: node `id` on two free loopback
+    /// ports (cluster, http), node data under `data`, the object store in the directory
+    /// `objects`. `extra` is TOML inserted after `[cluster]` (more sections, e.g. `[entities]`).
     pub fn single_node(
         id: &str,
         data: &Path,
         objects: &Path,
-        ports: [u16; 2],
         fsync: bool,
         extra: &str,
     ) -> Result<Self> {
+        let ports = free_loopback_ports(2)
+            .map_err(|error| RuntimeError::Config(format!("no free loopback port: {error}")))?;
         let text = format!(
             r#"
 [cluster]

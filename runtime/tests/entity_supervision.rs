@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runtime::{Context, Entity, NodeBuilder, RuntimeError};
+use runtime::{Context, Entity, Node, NodeBuilder, RuntimeError};
 use serde::{Deserialize, Serialize};
 
 /// Activations per key, shared with the test.
@@ -73,22 +73,33 @@ impl Entity for Fragile {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panicking_entity_restarts_alone_and_crash_loops_are_held_back() {
-    let directory = tempfile::tempdir().expect("tempdir");
+/// Starts node `id` with the `Fragile` kind, `entities` being its `[entities]` settings.
+async fn start(id: &str, directory: &std::path::Path, entities: &str) -> (Node, Activations) {
     let config = common::single_node_config(
-        "sup1",
-        &directory.path().join("data"),
-        &directory.path().join("objects"),
-        "[entities]\nrestarts_max = 3\nrestart_period_ms = 60000\nask_timeout_ms = 3000\nattempt_timeout_ms = 500",
+        id,
+        &directory.join("data"),
+        &directory.join("objects"),
+        &format!("[entities]\n{entities}"),
     );
     let activations: Activations = Arc::default();
-    let node = NodeBuilder::new(config, "sup1")
+    let node = NodeBuilder::new(config, id)
         .expect("builder")
         .register::<Fragile>(activations.clone())
         .start()
         .await
         .expect("node starts");
+    (node, activations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_entity_restarts_alone_and_crash_loops_are_held_back() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (node, activations) = start(
+        "sup1",
+        directory.path(),
+        "restarts_max = 3\nrestart_period_ms = 60000\nask_timeout_ms = 3000\nattempt_timeout_ms = 500",
+    )
+    .await;
     let runtime = node.runtime();
     let victim = runtime.entity::<Fragile>("victim");
     let bystander = runtime.entity::<Fragile>("bystander");
@@ -157,19 +168,12 @@ async fn panicking_entity_restarts_alone_and_crash_loops_are_held_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_then_answers_and_carries_on_after_a_crash_with_the_same_id() {
     let directory = tempfile::tempdir().expect("tempdir");
-    let config = common::single_node_config(
+    let (node, _) = start(
         "sup2",
-        &directory.path().join("data"),
-        &directory.path().join("objects"),
-        "[entities]\nask_timeout_ms = 5000\nattempt_timeout_ms = 1000",
-    );
-    let activations: Activations = Arc::default();
-    let node = NodeBuilder::new(config, "sup2")
-        .expect("builder")
-        .register::<Fragile>(activations.clone())
-        .start()
-        .await
-        .expect("node starts");
+        directory.path(),
+        "ask_timeout_ms = 5000\nattempt_timeout_ms = 1000",
+    )
+    .await;
     let entity = node.runtime().entity::<Fragile>("callback");
     let ask_then = |command| {
         let (sender, receiver) = tokio::sync::oneshot::channel();
