@@ -24,6 +24,7 @@ use crate::error::RuntimeError;
 use crate::id::{EntityId, MsgId};
 use crate::journal::{Loaded, Record, Snapshot};
 use crate::metrics as names;
+use crate::reply::respond;
 use crate::runtime::Runtime;
 use crate::shards::{Delivery, ShardMsg};
 
@@ -340,7 +341,7 @@ impl<E: Entity> EntityState<E> {
             // Placement moved while we were loading (or we lost a race): let the owner serve.
             let owner = view.owner(&self.id.kind, &self.id.key).map(str::to_string);
             for delivery in self.stash.drain(..) {
-                send(
+                respond(
                     delivery.reply,
                     AskOutcome::NotOwner {
                         owner: owner.clone(),
@@ -383,7 +384,7 @@ impl<E: Entity> EntityState<E> {
         if let Some(msg_id) = delivery.msg_id {
             if let Some(reply) = self.recent.get(&msg_id) {
                 metrics::counter!(names::ENTITY_DUPLICATES_TOTAL, "kind" => E::KIND).increment(1);
-                send(delivery.reply, AskOutcome::Reply(reply.clone()));
+                respond(delivery.reply, AskOutcome::Reply(reply.clone()));
                 return;
             }
             if let Some(entry) = self.pending_entry(msg_id) {
@@ -701,7 +702,7 @@ impl<E: Entity> EntityState<E> {
             }
         }
         for delivery in self.stash.drain(..) {
-            send(delivery.reply, outcome());
+            respond(delivery.reply, outcome());
         }
     }
 }
@@ -735,23 +736,17 @@ fn complete(entries: Vec<Entry>) {
     }
 }
 
-fn send(reply: Option<Reply>, outcome: AskOutcome) {
-    if let Some(reply) = reply {
-        reply.send(outcome);
-    }
-}
-
 fn reject(port: Option<Reply>, entity: &EntityId, reason: &str) {
     metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "invalid").increment(1);
     tracing::debug!(%entity, reason, "message rejected");
-    send(port, AskOutcome::Rejected(reason.to_string()));
+    respond(port, AskOutcome::Rejected(reason.to_string()));
 }
 
 /// Load shedding: a temporary refusal, so askers back off and retry with the same id.
 fn shed(port: Option<Reply>, entity: &EntityId) {
     metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "overloaded").increment(1);
     tracing::debug!(%entity, "shedding load: too many pending commands");
-    send(
+    respond(
         port,
         AskOutcome::Unavailable("overloaded: too many pending commands; retry later".to_string()),
     );

@@ -14,6 +14,7 @@ use crate::codec::Wire;
 use crate::entity::{AskOutcome, Envelope, Reply};
 use crate::metrics as names;
 use crate::pubsub::Publication;
+use crate::reply::respond;
 use crate::runtime::Runtime;
 use crate::shards::{Delivery, ShardMsg};
 
@@ -98,18 +99,14 @@ impl Actor for HostActor {
                         entity: envelope.entity,
                         delivery,
                     })
-                    && let Some(reply) = delivery.reply
                 {
-                    reply.send(AskOutcome::Unavailable(
-                        "entity directory restarting".into(),
-                    ));
+                    respond(
+                        delivery.reply,
+                        AskOutcome::Unavailable("entity directory restarting".into()),
+                    );
                 }
             }
-            Err(error) => {
-                if let Some(reply) = delivery.reply {
-                    reply.send(AskOutcome::Unavailable(error.to_string()));
-                }
-            }
+            Err(error) => respond(delivery.reply, AskOutcome::Unavailable(error.to_string())),
         }
         Ok(())
     }

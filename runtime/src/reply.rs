@@ -34,6 +34,13 @@ impl Reply {
     }
 }
 
+/// Sends `outcome` to `reply`, if the delivery has one (a tell has none).
+pub fn respond(reply: Option<Reply>, outcome: AskOutcome) {
+    if let Some(reply) = reply {
+        reply.send(outcome);
+    }
+}
+
 impl From<ReplyPort> for Reply {
     fn from(port: ReplyPort) -> Self {
         Reply::Port(port)

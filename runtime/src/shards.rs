@@ -24,6 +24,7 @@ use crate::entity_actor::{EntityActor, EntityArgs, EntityMsg};
 use crate::id::{EntityId, MsgId};
 use crate::membership::View;
 use crate::metrics as names;
+use crate::reply::respond;
 use crate::runtime::Runtime;
 
 /// A message for an entity, with where to send the outcome.
@@ -390,11 +391,5 @@ impl ShardsState {
         self.active_count
             .store(self.active.len(), Ordering::Relaxed);
         metrics::gauge!(names::ENTITIES_ACTIVE).set(self.active.len() as f64);
-    }
-}
-
-fn respond(reply: Option<Reply>, outcome: AskOutcome) {
-    if let Some(reply) = reply {
-        reply.send(outcome);
     }
 }

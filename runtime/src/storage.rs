@@ -248,24 +248,21 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
             .custom_flags(libc::O_TMPFILE)
             .open(parent)
     };
-    let refused = |error: &std::io::Error| {
-        matches!(
-            error.raw_os_error(),
-            Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EPERM | libc::EXDEV)
-        )
+    // What this kernel, filesystem or process does not allow, as opposed to a failed write.
+    let classify = |error: std::io::Error| match error.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EPERM | libc::EXDEV) => {
+            Unnamed::Refused(error)
+        }
+        _ => Unnamed::Io(error),
     };
     let mut file = match open() {
         Ok(file) => file,
         // First object of its directory (a new entity): create it, try again.
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(parent).map_err(Unnamed::Io)?;
-            open().map_err(|error| match refused(&error) {
-                true => Unnamed::Refused(error),
-                false => Unnamed::Io(error),
-            })?
+            open().map_err(classify)?
         }
-        Err(error) if refused(&error) => return Err(Unnamed::Refused(error)),
-        Err(error) => return Err(Unnamed::Io(error)),
+        Err(error) => return Err(classify(error)),
     };
     file.write_all(bytes).map_err(Unnamed::Io)?;
     let name = std::ffi::CString::new(destination.as_os_str().as_bytes())
@@ -290,8 +287,7 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
         // Without CAP_DAC_READ_SEARCH (before Linux 6.10) linkat says ENOENT for the
         // descriptor; the directory itself exists, as the unnamed file was made in it.
         Some(libc::ENOENT) => Err(Unnamed::Refused(error)),
-        _ if refused(&error) => Err(Unnamed::Refused(error)),
-        _ => Err(Unnamed::Io(error)),
+        _ => Err(classify(error)),
     }
 }
 
