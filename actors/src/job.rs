@@ -2,12 +2,21 @@
 //! failed, journaled, with its files in the object store (see `store`).
 //!
 //! The web layer streams the upload to `jobs/<id>/input`, marks the job unfinished
-//! (`jobs/active/<id>`) and sends `Submit`. The entity journals it and starts a worker on its
-//! node's pool (`pool`); the worker waits for a thread, asks `Running` (journaled: the run now
-//! belongs to this node), converts while telling `Progress`, writes the output create-only and
-//! asks `Finish`. Every state change is pushed, once durable, as a `job` frame to the owner's
+//! (`jobs/active/<id>`) and sends `Submit`. The entity journals it and starts a run on its
+//! node's pool (`pool`, `run`); the run waits for a conversion slot, asks `Running` (journaled
+//! before any work: an attempt now belongs to this node), converts in a worker process owned by
+//! a converter port (`port`) while telling `Progress`, writes the output create-only and asks
+//! `Finish`. Every state change is pushed, once durable, as a `job` frame to the owner's
 //! WebSocket sessions on every node (pub/sub topic `user:<owner>`); progress steps are pushed
 //! as they come and kept in memory only.
+//!
+//! Poison quarantine (`runtime::attempts`): every attempt is journaled when it starts; a worker
+//! that dies without a result ends its attempt without one (`AttemptFailed`) and the run tries
+//! again; a node that dies mid-attempt leaves an attempt that counts the same. Once
+//! `jobs.max_attempts` attempts have started without a result, the job fails with "the
+//! converter crashed on this input N times" instead of starting another: failed is final, and
+//! the reviver only resumes unfinished jobs. A limit hit or a clean converter error fails the
+//! job at once.
 //!
 //! Failover: when the node running a job dies, the job's new owner is woken by its node's
 //! reviver (`reviver`: it scans the markers on every membership change) and `on_ready` starts a
@@ -24,13 +33,15 @@ pub mod format;
 pub mod index;
 pub mod metrics;
 pub mod pool;
+pub mod port;
 pub mod reviver;
+mod run;
 pub mod store;
-mod worker;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use runtime::attempts::{Attempts, Quarantined};
 use runtime::config::ClusterConfig;
 use runtime::{Context, Entity, Runtime};
 use serde::{Deserialize, Serialize};
@@ -40,6 +51,7 @@ use self::format::Format;
 use self::index::{IndexCommand, JobIndex};
 use self::metrics as names;
 use self::pool::WorkerPool;
+use self::port::WorkerProgram;
 use crate::session::user_topic;
 
 /// How long the clean-up after a final state may keep asking the user's job index.
@@ -49,13 +61,22 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Longest file name kept from an upload (in characters).
 pub const FILE_NAME_CHARS_MAX: usize = 200;
 
-/// What the node hands every job: its conversion pool, created on first use from `[jobs]`.
+/// What the node hands every job: its conversion pool (created on first use from `[jobs]`)
+/// and how to start converter workers.
 #[derive(Clone, Debug, Default)]
 pub struct JobDeps {
     pool: Arc<OnceLock<WorkerPool>>,
+    program: WorkerProgram,
 }
 
 impl JobDeps {
+    pub fn new(program: WorkerProgram) -> Self {
+        Self {
+            pool: Arc::default(),
+            program,
+        }
+    }
+
     pub fn pool(&self, config: &ClusterConfig) -> &WorkerPool {
         self.pool.get_or_init(|| WorkerPool::new(&config.jobs))
     }
@@ -116,12 +137,9 @@ pub struct OutputInfo {
 pub struct JobState {
     pub info: Option<JobInfo>,
     pub phase: Phase,
-    /// The run that holds the job now (`Running`); messages of other runs are stale.
-    pub attempt: Option<String>,
-    pub attempts: u32,
-    /// The node of the latest run.
-    pub node: Option<String>,
-    pub started_ms: Option<u64>,
+    /// Every attempt, journaled as it starts (node, time); the running one holds the job and
+    /// messages of others are stale. Bounded by `jobs.max_attempts`.
+    pub attempts: Attempts,
     pub finished_ms: Option<u64>,
     pub output: Option<OutputInfo>,
     pub error: Option<String>,
@@ -151,6 +169,11 @@ pub enum JobEvent {
     Deleted {
         at_ms: u64,
     },
+    /// The attempt's worker died without a result.
+    AttemptEnded {
+        attempt: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +197,11 @@ pub enum JobCommand {
     Finish {
         attempt: String,
         outcome: Result<OutputInfo, String>,
+    },
+    /// From a run whose worker died without a result: may it try again (`Proceed`)?
+    AttemptFailed {
+        attempt: String,
+        reason: String,
     },
     /// From the clean-up task: the user's index knows the job finished.
     Release,
@@ -287,10 +315,12 @@ impl Entity for Job {
                 at_ms,
             } => {
                 state.phase = Phase::Running;
-                state.attempt = Some(attempt.clone());
-                state.node = Some(node.clone());
-                state.started_ms = Some(*at_ms);
-                state.attempts += 1;
+                state
+                    .attempts
+                    .started(attempt.clone(), node.clone(), *at_ms);
+            }
+            JobEvent::AttemptEnded { attempt, reason } => {
+                state.attempts.ended_without_result(attempt, reason.clone());
             }
             JobEvent::Succeeded { output, at_ms } => {
                 state.phase = Phase::Done;
@@ -345,6 +375,9 @@ impl Entity for Job {
                 self.finish(state, &attempt, outcome, context);
                 Ok(JobReply::Ack)
             }
+            JobCommand::AttemptFailed { attempt, reason } => Ok(JobReply::Proceed(
+                self.attempt_failed(state, attempt, reason, context),
+            )),
             JobCommand::Release => {
                 if state.phase.is_final() && !state.released && !state.deleted {
                     context.persist(JobEvent::Released);
@@ -394,7 +427,7 @@ impl Entity for Job {
                         Some("cancelled by its owner"),
                     ));
                 }
-                JobEvent::Released => {}
+                JobEvent::Released | JobEvent::AttemptEnded { .. } => {}
             }
         }
         self.clean_up(state, context);
@@ -429,19 +462,20 @@ impl Job {
             step: self.step.clone().filter(|_| state.phase == Phase::Running),
             error: state.error.clone(),
             node: state
-                .node
-                .clone()
+                .attempts
+                .latest()
+                .map(|attempt| attempt.node.clone())
                 .filter(|_| state.phase != Phase::Queued)
                 .unwrap_or_else(|| context.runtime().node_id().to_string()),
             created_ms: info.created_ms,
-            started_ms: state.started_ms,
+            started_ms: state.attempts.latest().map(|attempt| attempt.started_ms),
             finished_ms: state.finished_ms,
             input_name: info.input_name.clone(),
             input_format: info.input_format,
             input_bytes: info.input_bytes,
             target: info.target,
             output: state.output.clone(),
-            attempts: state.attempts,
+            attempts: state.attempts.count(),
         })
     }
 
@@ -504,15 +538,15 @@ impl Job {
         let runtime = context.runtime().clone();
         let pool = self.pool(context);
         let job = context.key().to_string();
-        let attempt = format!("{}-{}", runtime.node_id(), runtime.next_msg_id());
-        let run = worker::Run {
+        let run = run::Run {
             runtime,
             pool: pool.clone(),
+            program: self.deps.program.clone(),
             job: job.clone(),
             info: info.clone(),
         };
-        if pool.start(&job, attempt, move |task| worker::run(run, task)) {
-            tracing::debug!(%job, "job worker started");
+        if pool.start(&job, move |task| run::run(run, task)) {
+            tracing::debug!(%job, "job run started");
         }
     }
 
@@ -525,11 +559,20 @@ impl Job {
         if state.info.is_none() || state.deleted || state.phase.is_final() {
             return false;
         }
-        if state.phase == Phase::Running && state.attempt.as_deref() == Some(attempt.as_str()) {
+        if state.phase == Phase::Running && state.attempts.is_running(&attempt) {
             return true;
         }
-        if state.attempt.is_some() {
-            tracing::info!(job = %context.key(), %attempt, previous = ?state.attempt, "job resumed by a new run");
+        let max_attempts = context.runtime().config().jobs.max_attempts;
+        if let Err(quarantined) = state.attempts.admit(max_attempts) {
+            tracing::warn!(job = %context.key(), attempts = quarantined.attempts, last = ?quarantined.last_failure, "job quarantined: its attempts all ended without a result");
+            context.persist(JobEvent::Failed {
+                reason: quarantine_reason(&quarantined),
+                at_ms: runtime::membership::unix_ms(),
+            });
+            return false;
+        }
+        if let Some(previous) = state.attempts.latest() {
+            tracing::info!(job = %context.key(), %attempt, previous = %previous.id, "job resumed by a new attempt");
         }
         self.progress = 0;
         self.step = None;
@@ -549,7 +592,7 @@ impl Job {
         step: String,
         context: &mut Context<'_, Self>,
     ) {
-        let current = state.phase == Phase::Running && state.attempt.as_deref() == Some(attempt);
+        let current = state.phase == Phase::Running && state.attempts.is_running(attempt);
         let Some(info) = state.info.as_ref().filter(|_| current && !state.deleted) else {
             return;
         };
@@ -583,6 +626,41 @@ impl Job {
             Ok(output) => context.persist(JobEvent::Succeeded { output, at_ms }),
             Err(reason) => context.persist(JobEvent::Failed { reason, at_ms }),
         };
+    }
+
+    /// A run's worker died without a result: the attempt ends without one; answers whether
+    /// the run may start another (or the job is quarantined now).
+    fn attempt_failed(
+        &mut self,
+        state: &JobState,
+        attempt: String,
+        reason: String,
+        context: &mut Context<'_, Self>,
+    ) -> bool {
+        if state.info.is_none() || state.deleted || state.phase.is_final() {
+            return false;
+        }
+        if !state.attempts.is_running(&attempt) {
+            // A stale attempt's news: the job has moved on.
+            return false;
+        }
+        tracing::info!(job = %context.key(), %attempt, %reason, attempts = state.attempts.count(), "job attempt ended without a result");
+        context.persist(JobEvent::AttemptEnded {
+            attempt,
+            reason: reason.clone(),
+        });
+        let max_attempts = context.runtime().config().jobs.max_attempts;
+        if let Err(mut quarantined) = state.attempts.admit(max_attempts) {
+            // `state` does not hold the event persisted just above yet.
+            quarantined.last_failure = Some(reason);
+            tracing::warn!(job = %context.key(), attempts = quarantined.attempts, "job quarantined: its attempts all ended without a result");
+            context.persist(JobEvent::Failed {
+                reason: quarantine_reason(&quarantined),
+                at_ms: runtime::membership::unix_ms(),
+            });
+            return false;
+        }
+        true
     }
 
     fn delete(
@@ -623,6 +701,19 @@ impl Job {
                 store::delete_quietly(runtime.object_store(), &store::marker_path(&job)).await;
             });
         }
+    }
+}
+
+/// What the owner of a quarantined job reads.
+fn quarantine_reason(quarantined: &Quarantined) -> String {
+    let times = if quarantined.attempts == 1 {
+        "once".to_string()
+    } else {
+        format!("{} times", quarantined.attempts)
+    };
+    match &quarantined.last_failure {
+        Some(last) => format!("the converter crashed on this input {times} (last: {last})"),
+        None => format!("the converter crashed on this input {times}"),
     }
 }
 
@@ -723,6 +814,24 @@ mod tests {
         );
         Job::apply(&mut state, 3, &JobEvent::Deleted { at_ms: 3 });
         assert!(state.deleted && state.phase == Phase::Failed);
-        assert_eq!(state.attempts, 1);
+        assert_eq!(state.attempts.count(), 1);
+    }
+
+    #[test]
+    fn quarantine_reasons_count_the_attempts() {
+        assert_eq!(
+            quarantine_reason(&Quarantined {
+                attempts: 3,
+                last_failure: Some("the converter crashed (signal 6)".into())
+            }),
+            "the converter crashed on this input 3 times (last: the converter crashed (signal 6))"
+        );
+        assert_eq!(
+            quarantine_reason(&Quarantined {
+                attempts: 1,
+                last_failure: None
+            }),
+            "the converter crashed on this input once"
+        );
     }
 }

@@ -17,16 +17,18 @@ use runtime::NodeBuilder;
 pub struct AppDeps {
     /// This node's id.
     pub node_id: String,
+    /// How converter workers are started (the default starts none: conversions fail).
+    pub converters: job::port::WorkerProgram,
 }
 
 /// Registers every application entity kind on a node. Every node registers the same kinds.
 pub fn register(builder: NodeBuilder, deps: &AppDeps) -> NodeBuilder {
-    let _ = deps;
+    job::convert::set_office_found(deps.converters.office.is_some());
     builder
         .register::<room::Room>(())
         .register::<directory::RoomDirectory>(())
         .register::<user::User>(())
         .register::<user::index::UserIndex>(())
-        .register::<job::Job>(job::JobDeps::default())
+        .register::<job::Job>(job::JobDeps::new(deps.converters.clone()))
         .register::<job::index::JobIndex>(())
 }

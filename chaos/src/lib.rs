@@ -7,6 +7,8 @@
 //! - [`cluster`]: [`cluster::ClusterBuilder`] starts real `node run` processes (on loopback, or
 //!   at given addresses behind a launch prefix) and [`cluster::TestCluster`] observes them and
 //!   injects process faults (kill, pause, terminate).
+//! - [`corpus`]: the hostile inputs for converters (bombs, huge ranges, deep nesting,
+//!   truncated and garbage files), shared by the converter tests and the hostile clients.
 //! - [`client`]: a real WebSocket chat client speaking the protocol, for tests and workloads.
 //! - The harness: [`scenario`] (what to run), [`schedule`] (the seeded faults), [`netns`]
 //!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the clients),
@@ -18,6 +20,7 @@
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod corpus;
 pub mod faults;
 pub mod jobs;
 pub mod netns;

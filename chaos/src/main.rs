@@ -22,6 +22,12 @@ enum Command {
     /// when every invariant holds, 1 on a violation, 2 when the run could not be done, 130 when
     /// interrupted.
     Run(RunArgs),
+    /// Writes the hostile corpus (inputs made to hurt converters) and its INDEX.tsv to a
+    /// directory.
+    Corpus {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -66,7 +72,24 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let Command::Run(arguments) = Cli::parse().command;
+    let arguments = match Cli::parse().command {
+        Command::Run(arguments) => arguments,
+        Command::Corpus { out } => {
+            return match chaos::corpus::write_corpus(&out) {
+                Ok(written) => {
+                    println!("{} files written to {}", written.len(), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!(
+                        "chaos: cannot write the corpus to {}: {error}",
+                        out.display()
+                    );
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
     let replay = replay_command();
     let options = match options(arguments, replay) {
         Ok(options) => options,

@@ -53,6 +53,15 @@ enum Command {
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
+    // A converter worker (started by this node's own converter ports): no logging, no async
+    // runtime, and its limits applied before anything else happens (see actors::job::port).
+    let mut args = std::env::args_os().skip(1);
+    if args
+        .next()
+        .is_some_and(|command| command == actors::job::port::worker::SUBCOMMAND)
+    {
+        return actors::job::port::worker::main(args);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, id } => {

@@ -50,6 +50,25 @@ fn sessions_supervisor(node_id: &str) -> ChildSpec {
     )
 }
 
+/// How this node starts converter workers: its own binary, LibreOffice if it is on the PATH,
+/// the system's temporary directory. Read here because only this crate reads the environment.
+fn converter_program() -> anyhow::Result<actors::job::port::WorkerProgram> {
+    let program =
+        std::env::current_exe().context("cannot find this program's own path to run workers")?;
+    let office = std::env::var_os("PATH").and_then(|path| {
+        actors::job::port::find_program(actors::job::convert::OFFICE_PROGRAM, &path)
+    });
+    tracing::info!(
+        office = office.is_some(),
+        "conversions run in worker processes of this binary"
+    );
+    Ok(actors::job::port::WorkerProgram {
+        program: Some(program),
+        office,
+        temp_root: std::env::temp_dir(),
+    })
+}
+
 pub fn run(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,6 +105,7 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
         .context("cannot set up the mailer of `[users]`")?;
     let deps = actors::AppDeps {
         node_id: node_id.to_string(),
+        converters: converter_program().context("cannot set up the converter workers")?,
     };
     let builder = actors::register(NodeBuilder::new(config, node_id)?, &deps);
     let mut node = builder.start().await.context("cannot start the node")?;
@@ -94,6 +114,9 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
         .context("cannot start the sessions supervisor")?;
     // Sessions learn of membership changes (new room owners) from this one task.
     let view_relay = actors::session::spawn_view_relay(node.runtime());
+    node.start_child(actors::job::port::supervisor_child_spec(node_id))
+        .await
+        .context("cannot start the converter ports supervisor")?;
     node.start_child(actors::job::reviver::child_spec(node.runtime()))
         .await
         .context("cannot start the job reviver")?;

@@ -268,9 +268,21 @@ pub struct JobsSection {
     pub timeout_ms: u64,
     /// How often each node re-checks the unfinished jobs it owns (besides membership changes).
     pub revive_interval_ms: u64,
-    /// Enables the `slow` and `panic` targets used by the failover and fault tests. Never in
-    /// production.
+    /// Enables the test targets (`slow`, `panic`, `crash`, `hog`, `spin`) used by the failover
+    /// and fault tests. Never in production.
     pub test_converters: bool,
+    /// Address space of one converter worker process (`RLIMIT_AS`); beyond it the job fails
+    /// with "the converter ran out of memory".
+    pub worker_memory_bytes_max: u64,
+    /// The same for LibreOffice conversions: soffice maps far more than it touches.
+    pub office_memory_bytes_max: u64,
+    /// CPU time of one converter worker (`RLIMIT_CPU`), besides the wall-clock `timeout_ms`.
+    pub worker_cpu_seconds_max: u64,
+    /// Open files of one converter worker (`RLIMIT_NOFILE`).
+    pub worker_open_files_max: u64,
+    /// Attempts of one job that may end without a result (a crashed worker, a dead node) before
+    /// the job fails for good ("the converter crashed on this input N times").
+    pub max_attempts: u32,
 }
 
 impl Default for JobsSection {
@@ -284,6 +296,11 @@ impl Default for JobsSection {
             timeout_ms: 120_000,
             revive_interval_ms: 30_000,
             test_converters: false,
+            worker_memory_bytes_max: 512 * 1024 * 1024,
+            office_memory_bytes_max: 4 * 1024 * 1024 * 1024,
+            worker_cpu_seconds_max: 60,
+            worker_open_files_max: 256,
+            max_attempts: 3,
         }
     }
 }
@@ -304,6 +321,22 @@ impl JobsSection {
         }
         if self.timeout_ms < 100 || self.revive_interval_ms < 100 {
             return Err("`jobs.timeout_ms` and `jobs.revive_interval_ms`: at least 100".into());
+        }
+        const MIB: u64 = 1024 * 1024;
+        if !(64 * MIB..=64 * 1024 * MIB).contains(&self.worker_memory_bytes_max) {
+            return Err("`jobs.worker_memory_bytes_max`: 64 MiB to 64 GiB".into());
+        }
+        if !(256 * MIB..=64 * 1024 * MIB).contains(&self.office_memory_bytes_max) {
+            return Err("`jobs.office_memory_bytes_max`: 256 MiB to 64 GiB".into());
+        }
+        if !(1..=86_400).contains(&self.worker_cpu_seconds_max) {
+            return Err("`jobs.worker_cpu_seconds_max`: 1 to 86400".into());
+        }
+        if !(16..=65_536).contains(&self.worker_open_files_max) {
+            return Err("`jobs.worker_open_files_max`: 16 to 65536".into());
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err("`jobs.max_attempts`: 1 to 100".into());
         }
         Ok(())
     }

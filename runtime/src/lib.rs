@@ -4,6 +4,7 @@
 //! It knows nothing of chat, jobs or users: the application registers entity kinds
 //! ([`entity::Entity`]) and talks to them through [`entity::EntityRef`]. See ARCHITECTURE.md.
 
+pub mod attempts;
 pub mod builtin;
 pub mod codec;
 pub mod config;

@@ -1,9 +1,11 @@
 //! The converters: which pairs of formats are supported (the catalogue behind
 //! `GET /api/converters`) and [`convert`], which runs one conversion synchronously.
 //!
-//! Converters are plain blocking functions over bytes in memory: the worker pool runs them on
-//! its threads, with a deadline and a cancel flag they check between steps, and reports their
-//! progress. They never panic on bad input (a panic is caught by the pool all the same).
+//! Converters are plain blocking functions over bytes in memory. They run only inside a
+//! converter worker process (`port::worker`), never in the node: a native abort, a stack
+//! overflow or a runaway allocation there kills the worker, not the node. They check a
+//! deadline between steps and report their progress. They never panic on bad input (the
+//! worker catches a panic all the same).
 
 mod image;
 mod office;
@@ -12,12 +14,16 @@ mod sheet;
 mod test;
 mod text;
 
+use std::path::Path;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::format::Format;
+
+pub use self::office::PROGRAM as OFFICE_PROGRAM;
 
 /// Largest width or height a resize may ask for.
 pub const RESIZE_DIMENSION_MAX: u32 = 10_000;
@@ -30,6 +36,12 @@ pub enum Target {
     Slow,
     /// Test only: panics (fault isolation tests).
     Panic,
+    /// Test only: aborts its worker process (after `duration_ms`), every time (quarantine).
+    Crash,
+    /// Test only: allocates until the worker's memory limit stops it.
+    Hog,
+    /// Test only: a busy loop that never ends (CPU limit, timeout).
+    Spin,
 }
 
 impl Target {
@@ -38,6 +50,9 @@ impl Target {
             Target::Format(format) => format.name(),
             Target::Slow => "slow",
             Target::Panic => "panic",
+            Target::Crash => "crash",
+            Target::Hog => "hog",
+            Target::Spin => "spin",
         }
     }
 
@@ -45,6 +60,9 @@ impl Target {
         match name.trim().to_ascii_lowercase().as_str() {
             "slow" => Some(Target::Slow),
             "panic" => Some(Target::Panic),
+            "crash" => Some(Target::Crash),
+            "hog" => Some(Target::Hog),
+            "spin" => Some(Target::Spin),
             other => Format::from_name(other).map(Target::Format),
         }
     }
@@ -63,7 +81,7 @@ pub struct Options {
     pub width: Option<u32>,
     /// Images: fit the output in this height (keeps the aspect ratio).
     pub height: Option<u32>,
-    /// The `slow` test target: how long it takes.
+    /// The `slow` and `crash` test targets: how long they take.
     pub duration_ms: Option<u64>,
 }
 
@@ -90,17 +108,28 @@ impl Options {
 /// Which optional converters this node can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Availability {
-    /// `soffice` is on the PATH.
+    /// The node found `soffice` (it passed its path in `AppDeps`).
     pub office: bool,
     /// `jobs.test_converters` is on.
     pub test: bool,
+}
+
+/// Whether this process's node found LibreOffice, as `actors::register` was told (the node is
+/// the only crate that reads the environment; the catalogue is asked from places that have
+/// no deps at hand, such as the web routes).
+static OFFICE_FOUND: OnceLock<bool> = OnceLock::new();
+
+/// Records whether LibreOffice was found (the first call wins: every node of one process
+/// shares its environment).
+pub fn set_office_found(found: bool) {
+    let _ = OFFICE_FOUND.set(found);
 }
 
 impl Availability {
     /// What this process can run, with test converters as the config says.
     pub fn detect(test: bool) -> Self {
         Self {
-            office: office::available(),
+            office: OFFICE_FOUND.get().copied().unwrap_or(false),
             test,
         }
     }
@@ -168,7 +197,13 @@ pub fn catalogue(availability: Availability) -> Vec<Pair> {
     }
     if availability.test {
         for from in Format::ALL {
-            for to in [Target::Slow, Target::Panic] {
+            for to in [
+                Target::Slow,
+                Target::Panic,
+                Target::Crash,
+                Target::Hog,
+                Target::Spin,
+            ] {
                 pairs.push(Pair {
                     from,
                     to,
@@ -179,6 +214,11 @@ pub fn catalogue(availability: Availability) -> Vec<Pair> {
         }
     }
     pairs
+}
+
+/// Whether `from → to` runs LibreOffice (its worker gets the office limits and sandbox).
+pub fn uses_office(from: Format, to: Target) -> bool {
+    OFFICE.contains(&from) && to == Target::Format(Format::Pdf)
 }
 
 /// Ok when `from → to` can run here; otherwise the targets `from` can go to.
@@ -229,8 +269,10 @@ pub struct Conversion<'a> {
     /// When the job's time is up; long steps (LibreOffice) stop there.
     pub deadline: Instant,
     pub progress: Progress<'a>,
-    /// Set by the pool on timeout or cancellation; converters stop at their next check.
+    /// Set on cancellation; converters stop at their next check.
     pub cancel: &'a AtomicBool,
+    /// The LibreOffice program, when the node found one.
+    pub office: Option<&'a Path>,
 }
 
 impl Conversion<'_> {
@@ -270,13 +312,17 @@ pub struct Converted {
     pub format: Format,
 }
 
-/// Runs one conversion. Blocking and CPU-heavy: call it on the worker pool.
+/// Runs one conversion. Blocking, CPU-heavy and exposed to its input: call it in a worker
+/// process (`port::worker`), never in the node.
 pub fn convert(conversion: &Conversion<'_>) -> Result<Converted, ConvertError> {
     conversion.checkpoint()?;
     let from = conversion.from;
     let to = match conversion.to {
         Target::Slow => return test::slow(conversion),
         Target::Panic => test::panic(),
+        Target::Crash => test::crash(conversion),
+        Target::Hog => test::hog(),
+        Target::Spin => test::spin(),
         Target::Format(format) => format,
     };
     let bytes = match (from, to) {
@@ -288,7 +334,7 @@ pub fn convert(conversion: &Conversion<'_>) -> Result<Converted, ConvertError> {
         (Format::Json, Format::Csv) => text::json_to_csv(conversion)?,
         (Format::Csv, Format::Xlsx) => sheet::csv_to_xlsx(conversion)?,
         (Format::Xlsx | Format::Ods, Format::Csv) => sheet::sheet_to_csv(conversion)?,
-        (from, Format::Pdf) if OFFICE.contains(&from) => office::to_pdf(conversion)?,
+        (from, Format::Pdf) if uses_office(from, conversion.to) => office::to_pdf(conversion)?,
         _ => {
             return Err(ConvertError::Unsupported {
                 from,

@@ -6,6 +6,7 @@ pub const JOBS_FINISHED_TOTAL: &str = "actorhub_jobs_finished_total";
 pub const CONVERSION_SECONDS: &str = "actorhub_job_conversion_seconds";
 pub const POOL_JOBS: &str = "actorhub_job_pool_jobs";
 pub const ATTEMPTS_TOTAL: &str = "actorhub_job_attempts_total";
+pub const WORKER_CRASHES_TOTAL: &str = "actorhub_job_worker_crashes_total";
 pub const REVIVER_RESUMES_TOTAL: &str = "actorhub_job_reviver_resumes_total";
 pub const REVIVER_SCANS_TOTAL: &str = "actorhub_job_reviver_scans_total";
 
@@ -27,7 +28,11 @@ pub fn describe() {
     );
     metrics::describe_counter!(
         ATTEMPTS_TOTAL,
-        "Conversion runs started on this node (a job resumed after a failover runs again)."
+        "Conversion attempts started on this node (journaled first; a job resumed after a failover or a worker crash runs again)."
+    );
+    metrics::describe_counter!(
+        WORKER_CRASHES_TOTAL,
+        "Converter worker processes that died without a result (each ends its job's attempt)."
     );
     metrics::describe_counter!(
         REVIVER_RESUMES_TOTAL,

@@ -1,46 +1,46 @@
-//! The node's conversion pool: which jobs have a worker on this node, and the bounded set of
-//! threads their conversions run on.
+//! The node's conversion pool: which jobs have a run on this node, and the bound on the
+//! conversions (worker processes) running at once.
 //!
 //! - At most `jobs.queue_max` jobs are accepted onto a node (waiting or running); a new
 //!   submission beyond that is refused (the API answers 429 `queue_full`). Jobs taken over from a
 //!   dead node are always admitted: they were accepted already, and the bound on them is the
 //!   dead node's own queue.
-//! - At most `jobs.workers` conversions run at once, each on a tokio blocking thread. The permit
-//!   is moved into the thread and released only when the converter really returns, so a
-//!   converter that outlives its timeout still occupies its slot: the number of conversion
-//!   threads never exceeds the configured bound, whatever the converters do.
-//! - A converter's panic is caught on its thread and fails its job only; a timeout sets the
-//!   job's cancel flag (converters check it between steps; LibreOffice is killed) and fails it.
-//! - One worker per job per node: a job re-activated on the same node while its worker still
-//!   runs (after passivation, or a `Resume` from the reviver) does not get a second one.
+//! - At most `jobs.workers` conversions run at once, each in a worker process owned by a
+//!   converter port (`port`). A run holds its permit until its port answers, and a port answers
+//!   only once its worker process is gone, so the number of worker processes never exceeds the
+//!   bound, whatever the converters do.
+//! - One run per job per node: a job re-activated on the same node while its run still goes
+//!   on (after passivation, or a `Resume` from the reviver) does not get a second one.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use runtime::config::JobsSection;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::metrics as names;
 
-/// One job's worker on this node.
+/// One job's run on this node.
 #[derive(Debug)]
 pub struct Task {
-    /// Names this run of the job, so the entity can tell its messages from a stale run's.
-    pub attempt: String,
-    /// Set to stop the conversion (timeout, cancellation); converters poll it.
-    pub cancel: Arc<AtomicBool>,
+    /// Becomes true to stop the run (its owner cancelled the job); the port kills its worker.
+    cancel: watch::Sender<bool>,
 }
 
-/// Why the pool produced no result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PoolError {
-    #[error("the converter crashed: {0}")]
-    Panicked(String),
-    #[error("the conversion took longer than {0} ms")]
-    TimedOut(u64),
+impl Task {
+    pub fn cancel(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Watches for cancellation.
+    pub fn cancelled(&self) -> watch::Receiver<bool> {
+        self.cancel.subscribe()
+    }
 }
 
 /// Cheap to clone; clones share the pool.
@@ -102,16 +102,15 @@ impl WorkerPool {
         self.tasks().get(job).cloned()
     }
 
-    /// Starts `work` as the worker of `job` unless one already runs here; returns whether it
+    /// Starts `work` as the run of `job` unless one already goes on here; returns whether it
     /// started. The task is forgotten when `work` ends.
-    pub fn start<F, Fut>(&self, job: &str, attempt: String, work: F) -> bool
+    pub fn start<F, Fut>(&self, job: &str, work: F) -> bool
     where
         F: FnOnce(Arc<Task>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let task = Arc::new(Task {
-            attempt,
-            cancel: Arc::new(AtomicBool::new(false)),
+            cancel: watch::Sender::new(false),
         });
         {
             let mut tasks = self.tasks();
@@ -138,10 +137,10 @@ impl WorkerPool {
         true
     }
 
-    /// Asks the worker of `job` on this node, if any, to stop.
+    /// Asks the run of `job` on this node, if any, to stop.
     pub fn cancel(&self, job: &str) {
         if let Some(task) = self.task(job) {
-            task.cancel.store(true, Ordering::Relaxed);
+            task.cancel();
         }
     }
 
@@ -153,45 +152,6 @@ impl WorkerPool {
             .acquire_owned()
             .await
             .expect("the pool's semaphore is never closed")
-    }
-
-    /// Runs `convert` on a blocking thread holding `permit`, with the pool's timeout. On a
-    /// timeout `cancel` is set and the thread is left to notice it; its permit is released
-    /// when it does.
-    pub async fn run<T, F>(
-        &self,
-        permit: OwnedSemaphorePermit,
-        cancel: Arc<AtomicBool>,
-        convert: F,
-    ) -> Result<T, PoolError>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let thread = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            std::panic::catch_unwind(AssertUnwindSafe(convert))
-        });
-        let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, thread).await {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(payload))) => Err(PoolError::Panicked(panic_message(payload.as_ref()))),
-            Ok(Err(join_error)) => Err(PoolError::Panicked(join_error.to_string())),
-            Err(_) => {
-                cancel.store(true, Ordering::Relaxed);
-                Err(PoolError::TimedOut(timeout.as_millis() as u64))
-            }
-        }
-    }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_string()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "a panic without a message".to_string()
     }
 }
 
@@ -209,47 +169,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_panic_is_an_error_of_that_run_only() {
-        let pool = pool(1, 5_000);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let permit = pool.acquire().await;
-        let result: Result<(), _> = pool.run(permit, cancel.clone(), || panic!("boom")).await;
-        assert_eq!(result, Err(PoolError::Panicked("boom".into())));
-        let permit = pool.acquire().await;
-        assert_eq!(pool.run(permit, cancel, || 7).await, Ok(7));
-    }
-
-    #[tokio::test]
-    async fn a_timeout_cancels_and_keeps_the_slot_until_the_thread_ends() {
-        let pool = pool(1, 50);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let permit = pool.acquire().await;
-        let flag = cancel.clone();
-        let result = pool
-            .run(permit, cancel.clone(), move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-            .await;
-        assert_eq!(result, Err(PoolError::TimedOut(50)));
-        assert!(cancel.load(Ordering::Relaxed));
-        // The slot comes back once the converter has noticed the flag.
-        let _permit = tokio::time::timeout(Duration::from_secs(5), pool.acquire())
-            .await
-            .expect("the permit is released when the thread ends");
-    }
-
-    #[tokio::test]
-    async fn one_worker_per_job_and_the_queue_bound() {
+    async fn one_run_per_job_and_the_queue_bound() {
         let pool = pool(1, 1_000);
         let (release, released) = tokio::sync::oneshot::channel::<()>();
-        assert!(pool.start("a", "1".into(), |_| async move {
+        assert!(pool.start("a", |_| async move {
             let _ = released.await;
         }));
-        assert!(!pool.start("a", "2".into(), |_| async {}));
+        assert!(!pool.start("a", |_| async {}));
         assert!(pool.has_room());
-        assert!(pool.start("b", "1".into(), |_| std::future::pending::<()>()));
+        assert!(pool.start("b", |_| std::future::pending::<()>()));
         assert!(!pool.has_room());
         let _ = release.send(());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -13,7 +13,10 @@ pub async fn start_node(id: &str, directory: &std::path::Path) -> Node {
         "",
     )
     .expect("config");
-    let deps = actors::AppDeps { node_id: id.into() };
+    let deps = actors::AppDeps {
+        node_id: id.into(),
+        ..actors::AppDeps::default()
+    };
     actors::register(NodeBuilder::new(config, id).expect("builder"), &deps)
         .start()
         .await

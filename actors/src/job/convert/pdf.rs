@@ -9,7 +9,7 @@
 use pdf_writer::{Content, Finish, Name, Pdf, Rect, Ref, Str};
 use pulldown_cmark::{Event, Parser, Tag, TagEnd};
 
-use super::text::markdown_options;
+use super::text::{check_nesting, markdown_options};
 use super::{Conversion, ConvertError, utf8};
 
 const PAGE_WIDTH: f32 = 595.0;
@@ -146,6 +146,7 @@ pub fn text_to_pdf(conversion: &Conversion<'_>) -> Result<Vec<u8>, ConvertError>
 pub fn markdown_to_pdf(conversion: &Conversion<'_>) -> Result<Vec<u8>, ConvertError> {
     let markdown = utf8(conversion)?;
     (conversion.progress)(25, "parsing markdown");
+    check_nesting(markdown)?;
     let blocks = markdown_blocks(markdown);
     conversion.checkpoint()?;
     (conversion.progress)(45, "laying out");

@@ -11,10 +11,36 @@ use super::{Conversion, ConvertError, utf8};
 
 /// Columns of one CSV or JSON table.
 pub const COLUMNS_MAX: usize = 10_000;
+/// Deepest nesting of Markdown blocks and spans (quotes in quotes, lists in lists) converted:
+/// no real document comes near it, and 100000 nested quotes would make an HTML page that
+/// browsers and our PDF layout choke on.
+pub const MARKDOWN_NESTING_MAX: usize = 100;
+
+/// Refuses a Markdown document nested deeper than [`MARKDOWN_NESTING_MAX`]. The parser itself
+/// is iterative, so counting costs one pass and no recursion.
+pub(super) fn check_nesting(markdown: &str) -> Result<(), ConvertError> {
+    let mut depth = 0usize;
+    for event in Parser::new_ext(markdown, markdown_options()) {
+        match event {
+            Event::Start(_) => {
+                depth += 1;
+                if depth > MARKDOWN_NESTING_MAX {
+                    return Err(ConvertError::TooLarge(format!(
+                        "the document is nested more than {MARKDOWN_NESTING_MAX} levels deep"
+                    )));
+                }
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 pub fn markdown_to_html(conversion: &Conversion<'_>) -> Result<Vec<u8>, ConvertError> {
     let markdown = utf8(conversion)?;
     (conversion.progress)(30, "parsing markdown");
+    check_nesting(markdown)?;
     let title = markdown_title(markdown).unwrap_or_else(|| "Document".to_string());
     // Raw HTML in the Markdown is shown as text: the output is served from our origin, and a
     // script in it must not run there.
