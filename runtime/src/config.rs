@@ -30,6 +30,8 @@ pub struct ClusterConfig {
     pub users: UsersSection,
     #[serde(default)]
     pub jobs: JobsSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -60,6 +62,29 @@ pub struct ClusterSection {
     /// Largest frame accepted from a peer; ractor_cluster drops the link above it.
     #[serde(default = "defaults::frame_bytes_max")]
     pub frame_bytes_max: u64,
+    /// Cluster connections whose handshake has not completed, at once; more are closed at once.
+    #[serde(default = "defaults::unauthenticated_connections_max")]
+    pub unauthenticated_connections_max: usize,
+    /// The same, from one address.
+    #[serde(default = "defaults::unauthenticated_per_ip_max")]
+    pub unauthenticated_per_ip_max: usize,
+    /// Bytes read from a cluster connection before its handshake completes (a handshake needs
+    /// a few hundred); beyond it the connection is closed.
+    #[serde(default = "defaults::preauth_bytes_max")]
+    pub preauth_bytes_max: u64,
+}
+
+/// Room for ractor_cluster's own framing around a message we hand it.
+pub const FRAME_OVERHEAD_BYTES: u64 = 16 * 1024;
+
+impl ClusterSection {
+    /// The largest encoded message the runtime hands to ractor_cluster (a reply, a command, a
+    /// publication): the peer's frame limit less the framing around it. Anything larger is
+    /// refused before it is sent, so it can never drop a link.
+    pub fn message_bytes_max(&self) -> usize {
+        usize::try_from(self.frame_bytes_max.saturating_sub(FRAME_OVERHEAD_BYTES))
+            .unwrap_or(usize::MAX)
+    }
 }
 
 /// `[entities]`: virtual actor lifecycle and journal batching.
@@ -89,6 +114,33 @@ pub struct EntitySection {
     pub restarts_max: u32,
     #[serde(default = "defaults::restart_period_ms")]
     pub restart_period_ms: u64,
+    /// Entities active on one node at once; beyond it the least recently used passivate.
+    #[serde(default = "defaults::active_max")]
+    pub active_max: usize,
+    /// An entity whose journal is empty (activated by a probe: a join of a room that does not
+    /// exist, a login for an unknown account) passivates after this long without a message.
+    #[serde(default = "defaults::probe_passivate_after_ms")]
+    pub probe_passivate_after_ms: u64,
+}
+
+/// `[limits]`: what one node may use, whatever its clients send.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The node's memory budget (resident set). Above `memory_pressure_percent` of it, the
+    /// node refuses new connections, uploads and entity activations and passivates its least
+    /// recently used entities until it is back under.
+    pub memory_bytes_max: u64,
+    pub memory_pressure_percent: u8,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            memory_bytes_max: 2 * 1024 * 1024 * 1024,
+            memory_pressure_percent: 80,
+        }
+    }
 }
 
 /// `[storage]`: where journals and files live.
@@ -137,13 +189,16 @@ pub struct SessionsSection {
     /// Largest client frame handled; a larger one gets an error frame.
     #[serde(default = "defaults::frame_bytes_max_client")]
     pub frame_bytes_max: usize,
-    /// Client frames per second (token bucket, bursts of twice this).
+    /// Client data frames per second (token bucket, bursts of twice this); a frame over it
+    /// gets a `rate_limited` error. Frames of any kind (pings too) beyond four times this rate,
+    /// after a burst of two seconds of it, close the connection (1008).
     #[serde(default = "defaults::messages_per_second")]
     pub messages_per_second: u32,
     /// Frames waiting to be written to one client; a client that lets it fill is disconnected.
     #[serde(default = "defaults::outbound_queue_max")]
     pub outbound_queue_max: usize,
-    /// A connection silent for this long (no frame, no pong) is closed.
+    /// A connection silent for this long is closed: no data frame, and no pong answering one
+    /// of the node's pings (pings and unsolicited pongs from the client do not count).
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// Longest chat message text, in bytes.
@@ -392,6 +447,21 @@ mod defaults {
     pub fn frame_bytes_max() -> u64 {
         4 * 1024 * 1024
     }
+    pub fn unauthenticated_connections_max() -> usize {
+        64
+    }
+    pub fn unauthenticated_per_ip_max() -> usize {
+        16
+    }
+    pub fn preauth_bytes_max() -> u64 {
+        64 * 1024
+    }
+    pub fn active_max() -> usize {
+        50_000
+    }
+    pub fn probe_passivate_after_ms() -> u64 {
+        2_000
+    }
     pub fn passivate_after_ms() -> u64 {
         120_000
     }
@@ -459,6 +529,8 @@ impl Default for EntitySection {
             snapshot_every_events: defaults::snapshot_every_events(),
             restarts_max: defaults::entity_restarts_max(),
             restart_period_ms: defaults::restart_period_ms(),
+            active_max: defaults::active_max(),
+            probe_passivate_after_ms: defaults::probe_passivate_after_ms(),
         }
     }
 }
@@ -661,7 +733,25 @@ http_addr = "127.0.0.1:{http_port}"
         if !(64 * 1024..=16 * 1024 * 1024).contains(&cluster.frame_bytes_max) {
             return fail("`cluster.frame_bytes_max`: must be between 64 KiB and 16 MiB".into());
         }
+        if cluster.unauthenticated_connections_max == 0
+            || cluster.unauthenticated_per_ip_max == 0
+            || !(1024..=cluster.frame_bytes_max).contains(&cluster.preauth_bytes_max)
+        {
+            return fail("`cluster.unauthenticated_connections_max` and `cluster.unauthenticated_per_ip_max` must be above 0, `cluster.preauth_bytes_max` between 1 KiB and `frame_bytes_max`".into());
+        }
         let entities = &self.entities;
+        if entities.active_max == 0 || entities.probe_passivate_after_ms == 0 {
+            return fail(
+                "`entities.active_max` and `entities.probe_passivate_after_ms` must be above 0"
+                    .into(),
+            );
+        }
+        let limits = &self.limits;
+        if limits.memory_bytes_max < 64 * 1024 * 1024
+            || !(10..=100).contains(&limits.memory_pressure_percent)
+        {
+            return fail("`limits.memory_bytes_max` must be at least 64 MiB and `limits.memory_pressure_percent` 10 to 100".into());
+        }
         if entities.batch_events_max == 0 || entities.pending_commands_max == 0 {
             return fail(
                 "`entities.batch_events_max` and `entities.pending_commands_max` must be above 0"

@@ -8,9 +8,13 @@
 //! `on_durable` (side effects such as broadcasting) and sends the replies. A reply therefore
 //! never announces something that could still be lost.
 
+pub(crate) mod actor;
+pub mod host;
+mod reference;
+pub mod reply;
+pub mod shards;
+
 use std::future::Future;
-use std::marker::PhantomData;
-use std::time::{Duration, Instant};
 
 use ractor::{ActorRef, RpcReplyPort};
 use serde::Deserialize;
@@ -18,12 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{self, Wire};
-use crate::error::{Result, RuntimeError};
-use crate::host::HostMsg;
+use crate::entity::shards::Delivery;
 use crate::id::{EntityId, MsgId};
-use crate::metrics as names;
 use crate::runtime::Runtime;
-use crate::shards::{Delivery, ShardMsg};
 
 /// An entity kind. One value of the implementing type exists per active entity.
 pub trait Entity: Sized + Send + 'static {
@@ -69,7 +70,7 @@ pub trait Entity: Sized + Send + 'static {
 pub struct Context<'a, E: Entity> {
     pub(crate) entity: &'a EntityId,
     pub(crate) runtime: &'a Runtime,
-    pub(crate) myself: &'a ActorRef<crate::entity_actor::EntityMsg>,
+    pub(crate) myself: &'a ActorRef<crate::entity::actor::EntityMsg>,
     pub(crate) next_seq: u64,
     pub(crate) durable_head: u64,
     pub(crate) events: Vec<E::Event>,
@@ -125,7 +126,7 @@ impl<E: Entity> Context<'_, E> {
                 reply: None,
             };
             // The entity may have stopped meanwhile; its next activation re-derives the work.
-            let _ = myself.cast(crate::entity_actor::EntityMsg::Deliver(delivery));
+            let _ = myself.cast(crate::entity::actor::EntityMsg::Deliver(delivery));
         });
     }
 
@@ -160,363 +161,5 @@ pub struct Envelope {
 /// Reply port type shared by the local and remote paths.
 pub type ReplyPort = RpcReplyPort<Wire<AskOutcome>>;
 
-pub use crate::reply::{Reply, ReplyCallback};
-
-/// A location-transparent handle to one entity. Cheap to clone and to create.
-pub struct EntityRef<E: Entity> {
-    id: EntityId,
-    runtime: Runtime,
-    kind: PhantomData<fn() -> E>,
-}
-
-impl<E: Entity> Clone for EntityRef<E> {
-    fn clone(&self) -> Self {
-        Self {
-            id: self.id.clone(),
-            runtime: self.runtime.clone(),
-            kind: PhantomData,
-        }
-    }
-}
-
-impl<E: Entity> std::fmt::Debug for EntityRef<E> {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(formatter, "EntityRef({})", self.id)
-    }
-}
-
-/// Why one attempt of an ask did not produce an answer; decides how to retry.
-enum AttemptError {
-    /// Try the named node next, at once.
-    Redirect(Option<String>),
-    /// Wait for the view to change or a short backoff, then retry.
-    Retry(String),
-    /// Give up.
-    Fatal(RuntimeError),
-}
-
-/// Pause between attempts when nothing better to wait for is known.
-const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(250);
-/// Attempts of one ask, whatever its deadline.
-const ASK_ATTEMPTS_MAX: u32 = 50;
-
-impl<E: Entity> EntityRef<E> {
-    pub(crate) fn new(runtime: Runtime, key: impl Into<String>) -> Self {
-        Self {
-            id: EntityId::new(E::KIND, key),
-            runtime,
-            kind: PhantomData,
-        }
-    }
-
-    pub fn id(&self) -> &EntityId {
-        &self.id
-    }
-
-    /// Asks with the configured default deadline.
-    pub async fn ask(&self, command: E::Command) -> Result<E::Reply> {
-        let timeout = self.runtime.config().entities.ask_timeout_ms;
-        self.ask_with(command, Duration::from_millis(timeout), None)
-            .await
-    }
-
-    /// Asks with an explicit deadline and, for client retries, an explicit message id.
-    /// Retries on another owner with the same message id until the deadline when the owner
-    /// dies, does not answer, or is not the owner anymore.
-    pub async fn ask_with(
-        &self,
-        command: E::Command,
-        timeout: Duration,
-        msg_id: Option<MsgId>,
-    ) -> Result<E::Reply> {
-        let msg_id = msg_id.unwrap_or_else(|| self.runtime.next_msg_id());
-        self.ask_encoded(codec::encode(&command), msg_id, Instant::now(), timeout)
-            .await
-    }
-
-    /// Asks with the default deadline and hands the answer to `done` instead of returning it.
-    ///
-    /// When this node owns the entity, the command goes to it with `done` as its reply: the
-    /// entity runs `done` itself, so no task waits for the answer (cheaper than `ask` on a
-    /// hot path). If the local attempt does not produce an answer (ownership moved, the
-    /// entity stopped or is unavailable), it goes on as [`EntityRef::ask`] would, in a task,
-    /// with the same message id (so it takes effect at most once) and the same deadline.
-    /// An entity that neither answers nor stops (its journal hangs) gets until the deadline:
-    /// then `done` gets a timeout, from the node's deadline sweeper.
-    pub fn ask_then<F>(&self, command: E::Command, done: F)
-    where
-        F: FnOnce(Result<E::Reply>) + Send + 'static,
-    {
-        let started = Instant::now();
-        let timeout = Duration::from_millis(self.runtime.config().entities.ask_timeout_ms);
-        let msg_id = self.runtime.next_msg_id();
-        let payload = codec::encode(&command);
-        let local = self
-            .runtime
-            .owner_of(&self.id.kind, &self.id.key)
-            .as_deref()
-            == Some(self.runtime.node_id());
-        let shards = match self.runtime.shards() {
-            Ok(shards) if local => shards,
-            _ => return self.spawn_ask(payload, msg_id, started, timeout, done),
-        };
-        let this = self.clone();
-        let retry_payload = payload.clone();
-        let deadline = started + timeout;
-        let callback = ReplyCallback::new(self.runtime.deadlines(), deadline, move |outcome| {
-            match outcome {
-                Some(AskOutcome::Reply(bytes)) => {
-                    metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
-                    done(codec::decode(&bytes, "entity reply"))
-                }
-                Some(AskOutcome::Rejected(reason)) => done(Err(RuntimeError::Rejected {
-                    entity: this.id.to_string(),
-                    reason,
-                })),
-                None if Instant::now() >= deadline => done(Err(RuntimeError::Timeout {
-                    entity: this.id.to_string(),
-                    timeout_ms: timeout.as_millis() as u64,
-                    last_error: "the entity on this node did not answer".into(),
-                })),
-                // Not the owner anymore, unavailable, or dropped unanswered: the full path.
-                _ => this.spawn_ask(retry_payload, msg_id, started, timeout, done),
-            }
-        });
-        // If the cast fails, the delivery (and with it the callback) is dropped: fallback.
-        let _ = shards.cast(ShardMsg::Deliver {
-            entity: self.id.clone(),
-            delivery: Delivery {
-                msg_id: Some(msg_id),
-                payload,
-                reply: Some(Reply::Callback(callback)),
-            },
-        });
-    }
-
-    fn spawn_ask<F>(
-        &self,
-        payload: Vec<u8>,
-        msg_id: MsgId,
-        started: Instant,
-        timeout: Duration,
-        done: F,
-    ) where
-        F: FnOnce(Result<E::Reply>) + Send + 'static,
-    {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return done(Err(RuntimeError::Unavailable(
-                "the node is shutting down".into(),
-            )));
-        };
-        let this = self.clone();
-        handle.spawn(async move {
-            done(this.ask_encoded(payload, msg_id, started, timeout).await);
-        });
-    }
-
-    async fn ask_encoded(
-        &self,
-        payload: Vec<u8>,
-        msg_id: MsgId,
-        started: Instant,
-        timeout: Duration,
-    ) -> Result<E::Reply> {
-        let deadline = started + timeout;
-        let envelope = Envelope {
-            entity: self.id.clone(),
-            msg_id,
-            payload,
-            from: self.runtime.node_id().to_string(),
-        };
-        let mut views = self.runtime.watch_view();
-        let mut hint: Option<String> = None;
-        let mut backoff = RETRY_BACKOFF_MIN;
-        let mut last_error = String::from("no attempt made");
-        for attempt in 0..ASK_ATTEMPTS_MAX {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let target = {
-                let view = views.borrow_and_update();
-                hint.take()
-                    .filter(|node| view.is_up(node))
-                    .or_else(|| view.owner(&self.id.kind, &self.id.key).map(str::to_string))
-            };
-            let Some(target) = target else {
-                last_error = "no member is up".into();
-                let _ = tokio::time::timeout(deadline - now, views.changed()).await;
-                continue;
-            };
-            match self.attempt(&target, &envelope, deadline).await {
-                Ok(bytes) => {
-                    metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
-                    return codec::decode(&bytes, "entity reply");
-                }
-                Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::Redirect(owner)) => {
-                    metrics::counter!(names::ASK_RETRIES_TOTAL, "reason" => "not owner")
-                        .increment(1);
-                    last_error = format!("{target} is not the owner");
-                    hint = owner.filter(|owner| owner != &target);
-                    if hint.is_none() || attempt > 2 {
-                        // Views disagree: give membership a moment to converge.
-                        wait_for_change(&mut views, backoff, deadline).await;
-                        backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                    }
-                }
-                Err(AttemptError::Retry(reason)) => {
-                    metrics::counter!(names::ASK_RETRIES_TOTAL, "reason" => "unavailable")
-                        .increment(1);
-                    last_error = format!("{target}: {reason}");
-                    wait_for_change(&mut views, backoff, deadline).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
-                }
-            }
-        }
-        Err(RuntimeError::Timeout {
-            entity: self.id.to_string(),
-            timeout_ms: timeout.as_millis() as u64,
-            last_error,
-        })
-    }
-
-    /// Sends without waiting for an answer (at most once; use `ask` when it must arrive).
-    pub fn tell(&self, command: E::Command) -> Result<()> {
-        let owner = self
-            .runtime
-            .owner_of(&self.id.kind, &self.id.key)
-            .ok_or_else(|| RuntimeError::Unavailable("no member is up".into()))?;
-        let delivery = Delivery {
-            msg_id: Some(self.runtime.next_msg_id()),
-            payload: codec::encode(&command),
-            reply: None,
-        };
-        if owner == self.runtime.node_id() {
-            let shards = self.runtime.shards()?;
-            return shards
-                .cast(ShardMsg::Deliver {
-                    entity: self.id.clone(),
-                    delivery,
-                })
-                .map_err(|error| RuntimeError::Unavailable(error.to_string()));
-        }
-        let host = self.runtime.peer_host(&owner)?;
-        let envelope = Envelope {
-            entity: self.id.clone(),
-            msg_id: delivery
-                .msg_id
-                .unwrap_or_else(|| self.runtime.next_msg_id()),
-            payload: delivery.payload,
-            from: self.runtime.node_id().to_string(),
-        };
-        host.cast(HostMsg::Tell(Wire::new(envelope)))
-            .map_err(|error| RuntimeError::Unavailable(error.to_string()))
-    }
-
-    async fn attempt(
-        &self,
-        target: &str,
-        envelope: &Envelope,
-        deadline: Instant,
-    ) -> std::result::Result<Vec<u8>, AttemptError> {
-        let attempt_timeout =
-            Duration::from_millis(self.runtime.config().entities.attempt_timeout_ms);
-        let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        let outcome = if target == self.runtime.node_id() {
-            self.attempt_local(envelope, timeout).await?
-        } else {
-            self.attempt_remote(target, envelope, timeout).await?
-        };
-        match outcome {
-            AskOutcome::Reply(bytes) => Ok(bytes),
-            AskOutcome::NotOwner { owner } => Err(AttemptError::Redirect(owner)),
-            AskOutcome::Unavailable(reason) => Err(AttemptError::Retry(reason)),
-            AskOutcome::Rejected(reason) => Err(AttemptError::Fatal(RuntimeError::Rejected {
-                entity: self.id.to_string(),
-                reason,
-            })),
-        }
-    }
-
-    async fn attempt_local(
-        &self,
-        envelope: &Envelope,
-        timeout: Duration,
-    ) -> std::result::Result<AskOutcome, AttemptError> {
-        let shards = self
-            .runtime
-            .shards()
-            .map_err(|error| AttemptError::Retry(error.to_string()))?;
-        let (sender, receiver) = ractor::concurrency::oneshot();
-        let delivery = Delivery {
-            msg_id: Some(envelope.msg_id),
-            payload: envelope.payload.clone(),
-            reply: Some(Reply::Port(sender.into())),
-        };
-        shards
-            .cast(ShardMsg::Deliver {
-                entity: self.id.clone(),
-                delivery,
-            })
-            .map_err(|error| AttemptError::Retry(error.to_string()))?;
-        match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(wire)) => wire
-                .into_inner()
-                .map_err(|error| AttemptError::Retry(error.to_string())),
-            Ok(Err(_)) => Err(AttemptError::Retry(
-                "the entity stopped before answering".into(),
-            )),
-            Err(_) => Err(AttemptError::Retry(format!(
-                "no answer within {} ms",
-                timeout.as_millis()
-            ))),
-        }
-    }
-
-    async fn attempt_remote(
-        &self,
-        target: &str,
-        envelope: &Envelope,
-        timeout: Duration,
-    ) -> std::result::Result<AskOutcome, AttemptError> {
-        let host = self
-            .runtime
-            .peer_host(target)
-            .map_err(|error| AttemptError::Retry(error.to_string()))?;
-        let envelope = envelope.clone();
-        let result = host
-            .call(
-                |port| HostMsg::Ask(Wire::new(envelope), port),
-                Some(timeout),
-            )
-            .await;
-        match result {
-            Ok(ractor::rpc::CallResult::Success(wire)) => wire.into_inner().map_err(|error| {
-                metrics::counter!(names::WIRE_DECODE_ERRORS_TOTAL, "message" => "ask reply")
-                    .increment(1);
-                AttemptError::Retry(error.to_string())
-            }),
-            Ok(ractor::rpc::CallResult::Timeout) => Err(AttemptError::Retry(format!(
-                "{target} did not answer within {} ms",
-                timeout.as_millis()
-            ))),
-            Ok(ractor::rpc::CallResult::SenderError) => {
-                Err(AttemptError::Retry(format!("the link to {target} closed")))
-            }
-            Err(error) => Err(AttemptError::Retry(format!(
-                "cannot reach {target}: {error}"
-            ))),
-        }
-    }
-}
-
-async fn wait_for_change(
-    views: &mut tokio::sync::watch::Receiver<crate::membership::View>,
-    pause: Duration,
-    deadline: Instant,
-) {
-    let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
-    let _ = tokio::time::timeout(pause, views.changed()).await;
-}
+pub use reference::EntityRef;
+pub use reply::{Reply, ReplyCallback};

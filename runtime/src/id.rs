@@ -48,7 +48,7 @@ pub struct MsgIdGenerator {
 
 impl MsgIdGenerator {
     pub fn new(node_id: &str, incarnation: u64) -> Self {
-        let node_hash = crate::placement::weight(node_id, "msg-id", "") as u32;
+        let node_hash = crate::cluster::placement::weight(node_id, "msg-id", "") as u32;
         let prefix = (u128::from(node_hash) << 96) | (u128::from(incarnation as u32) << 64);
         Self {
             prefix,

@@ -6,29 +6,29 @@
 
 pub mod attempts;
 pub mod builtin;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod entity;
-mod entity_actor;
 pub mod error;
-pub mod host;
 pub mod id;
 pub mod journal;
-pub mod local_store;
-pub mod membership;
+pub mod memory;
 pub mod metrics;
 pub mod node;
-pub mod placement;
 pub mod pubsub;
-pub mod reply;
 mod runtime;
-pub mod shards;
-pub mod storage;
-pub mod supervisor;
+pub mod supervision;
 
+// The paths other crates have used since before the folders: kept so they keep working.
+pub use cluster::{membership, placement};
+pub use entity::{host, reply, shards};
+pub use journal::{local_store, storage};
+pub use supervision as supervisor;
+
+pub use cluster::membership::{MemberState, MemberStatus, MembershipEvent, View};
 pub use entity::{Context, Entity, EntityRef};
 pub use error::{Result, RuntimeError};
 pub use id::{EntityId, MsgId};
-pub use membership::{MemberState, MemberStatus, MembershipEvent, View};
 pub use node::{Node, NodeBuilder};
 pub use runtime::Runtime;

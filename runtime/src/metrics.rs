@@ -24,6 +24,10 @@ pub const STORE_FLUSH_SECONDS: &str = "actorhub_store_flush_seconds";
 pub const STORE_FLUSH_WAITERS: &str = "actorhub_store_flush_waiters";
 pub const SNAPSHOTS_TOTAL: &str = "actorhub_snapshots_total";
 pub const WIRE_DECODE_ERRORS_TOTAL: &str = "actorhub_wire_decode_errors_total";
+pub const CLUSTER_CONNECTIONS_REFUSED_TOTAL: &str = "actorhub_cluster_connections_refused_total";
+pub const MESSAGES_TOO_LARGE_TOTAL: &str = "actorhub_messages_too_large_total";
+pub const PROCESS_RESIDENT_BYTES: &str = "actorhub_process_resident_bytes";
+pub const MEMORY_PRESSURE: &str = "actorhub_memory_pressure";
 
 /// Registers help texts with the installed recorder; call once after installing it.
 pub fn describe() {
@@ -110,5 +114,22 @@ pub fn describe() {
     describe_counter!(
         WIRE_DECODE_ERRORS_TOTAL,
         "Messages from peers that could not be decoded"
+    );
+    describe_counter!(
+        CLUSTER_CONNECTIONS_REFUSED_TOTAL,
+        "Cluster connections closed before their handshake, by reason"
+    );
+    describe_counter!(
+        MESSAGES_TOO_LARGE_TOTAL,
+        "Messages refused because they exceed the cluster message limit, by kind"
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_BYTES,
+        metrics::Unit::Bytes,
+        "Resident memory of this node process"
+    );
+    describe_gauge!(
+        MEMORY_PRESSURE,
+        "1 while the node is above its memory pressure threshold"
     );
 }

@@ -23,18 +23,18 @@ use ractor_cluster::node::NodeConnectionMode;
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use tokio::sync::{broadcast, watch};
 
-use crate::config::ClusterConfig;
-use crate::entity::Entity;
-use crate::error::{Result, RuntimeError};
-use crate::host::HostActor;
-use crate::local_store::LocalStore;
-use crate::membership::{
+use crate::cluster::membership::{
     EVENTS_BUFFERED_MAX, HeartbeatActor, MembershipActor, MembershipArgs, MembershipMsg,
     MembershipTimings, PeerAddress, View,
 };
+use crate::config::ClusterConfig;
+use crate::entity::Entity;
+use crate::entity::host::HostActor;
+use crate::entity::shards::{Kinds, ShardsActor, ShardsArgs};
+use crate::error::{Result, RuntimeError};
+use crate::journal::local_store::LocalStore;
 use crate::runtime::{Runtime, RuntimeParts, shards_name};
-use crate::shards::{Kinds, ShardsActor, ShardsArgs};
-use crate::supervisor::{
+use crate::supervision::{
     ChildSpec, Restart, Strategy, SupervisorActor, SupervisorMsg, SupervisorSpec,
 };
 
@@ -51,6 +51,8 @@ pub struct Node {
     root: ActorRef<SupervisorMsg>,
     root_handle: tokio::task::JoinHandle<()>,
     node_server: ActorRef<NodeServerMessage>,
+    /// The cluster port's accept loop and the memory watchdog; stopped with the node.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeBuilder {
@@ -83,29 +85,40 @@ impl NodeBuilder {
         })?;
         let local_store = LocalStore::open(&data_dir.join("node.sled"))?;
         let incarnation = local_store.next_incarnation()?;
-        let storage = crate::storage::open(&config.storage)?;
-        let segment_cache =
-            local_store.segment_cache(&crate::storage::store_id(&storage.objects).await?)?;
+        let storage = crate::journal::storage::open(&config.storage)?;
+        let segment_cache = local_store
+            .segment_cache(&crate::journal::storage::store_id(&storage.objects).await?)?;
         let journal = storage
             .journal(format!("{}/{}", me.id, incarnation))
             .with_segment_cache(segment_cache);
 
         let listen_ip = me.listen_ip.unwrap_or(me.cluster_addr.ip());
-        check_port_free(std::net::SocketAddr::new(listen_ip, me.cluster_addr.port()))?;
-        let server = NodeServer::new(
+        let cluster_listener = crate::cluster::port::bind(std::net::SocketAddr::new(
+            listen_ip,
             me.cluster_addr.port(),
+        ))
+        .await?;
+        // ractor_cluster's own listener gets an ephemeral loopback port nobody dials: peers
+        // reach this node through `cluster_port`, which bounds what strangers can send.
+        let server = NodeServer::new(
+            0,
             config.cookie().to_string(),
             me.id.clone(),
             me.cluster_addr.ip().to_string(),
             None,
             Some(NodeConnectionMode::Isolated),
         )
-        .with_listen_addr(listen_ip)
+        .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into())
         .with_max_inbound_frame_size(config.cluster.frame_bytes_max);
         let (node_server, _) =
             Actor::spawn(Some(format!("actorhub.nodeserver.{}", me.id)), server, ())
                 .await
                 .map_err(|error| spawn_error("the cluster listener", error))?;
+        let cluster_port = crate::cluster::port::serve(
+            cluster_listener,
+            crate::cluster::port::PortLimits::from_config(&config.cluster),
+            node_server.clone(),
+        )?;
 
         let peers: Vec<PeerAddress> = config
             .nodes
@@ -126,6 +139,7 @@ impl NodeBuilder {
         let (view_sender, view_receiver) = watch::channel(initial);
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let active_count = Arc::new(AtomicUsize::new(0));
+        let memory = Arc::new(crate::memory::MemoryBudget::new(&config.limits));
         let runtime = Runtime::new(RuntimeParts {
             node_id: me.id.clone(),
             incarnation,
@@ -135,6 +149,13 @@ impl NodeBuilder {
             journal,
             local_store,
             active_entities: active_count.clone(),
+            memory: memory.clone(),
+        });
+        let shedder = runtime.clone();
+        let memory_watchdog = crate::memory::MemoryBudget::start_watchdog(&memory, move || {
+            if let Ok(shards) = shedder.shards() {
+                let _ = shards.cast(crate::entity::shards::ShardMsg::Shed);
+            }
         });
 
         let timings = MembershipTimings {
@@ -200,6 +221,7 @@ impl NodeBuilder {
             root,
             root_handle,
             node_server,
+            background: vec![cluster_port, memory_watchdog],
         })
     }
 }
@@ -215,7 +237,7 @@ struct CoreChildren {
     timings: MembershipTimings,
     /// Shared by successive membership incarnations (all clones feed the same receivers).
     view: watch::Sender<View>,
-    events: broadcast::Sender<crate::membership::MembershipEvent>,
+    events: broadcast::Sender<crate::cluster::membership::MembershipEvent>,
     runtime: Runtime,
     kinds: Kinds,
     active_count: Arc<AtomicUsize>,
@@ -361,6 +383,9 @@ impl Node {
             tracing::warn!(%error, "supervision tree did not stop in time; killing it");
             self.root.kill();
         }
+        for task in &self.background {
+            task.abort();
+        }
         if let Err(error) = self.runtime.local_store().flush().await {
             tracing::warn!(%error, "could not flush the node-local store");
         }
@@ -373,17 +398,4 @@ fn spawn_error(what: &str, error: ractor::SpawnErr) -> RuntimeError {
         what: what.to_string(),
         reason: error.to_string(),
     }
-}
-
-/// ractor_cluster binds its listener in a child actor and reports no error when the port is
-/// taken, so try the bind ourselves first to fail with a message that says what is wrong.
-fn check_port_free(address: std::net::SocketAddr) -> Result<()> {
-    std::net::TcpListener::bind(address)
-        .map(drop)
-        .map_err(|error| RuntimeError::Spawn {
-            what: "the cluster listener".into(),
-            reason: format!(
-                "cannot listen on {address}: {error} (is another node using this port?)"
-            ),
-        })
 }

@@ -8,16 +8,16 @@ use object_store::ObjectStore;
 use ractor::ActorRef;
 use tokio::sync::{broadcast, watch};
 
+use crate::cluster::membership::{MembershipEvent, View};
 use crate::config::ClusterConfig;
+use crate::entity::host::{HostMsg, host_group};
+use crate::entity::shards::ShardMsg;
 use crate::entity::{Entity, EntityRef};
 use crate::error::{Result, RuntimeError};
-use crate::host::{HostMsg, host_group};
 use crate::id::{MsgId, MsgIdGenerator};
 use crate::journal::Journal;
-use crate::local_store::LocalStore;
-use crate::membership::{MembershipEvent, View};
+use crate::journal::local_store::LocalStore;
 use crate::pubsub::{PubSub, Publication};
-use crate::shards::ShardMsg;
 
 #[derive(Clone)]
 pub struct Runtime {
@@ -36,7 +36,8 @@ struct RuntimeInner {
     active_entities: Arc<AtomicUsize>,
     shards_name: String,
     pubsub: PubSub,
-    deadlines: Arc<crate::reply::Deadlines>,
+    deadlines: Arc<crate::entity::reply::Deadlines>,
+    memory: Arc<crate::memory::MemoryBudget>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -57,6 +58,7 @@ pub(crate) struct RuntimeParts {
     pub journal: Journal,
     pub local_store: LocalStore,
     pub active_entities: Arc<AtomicUsize>,
+    pub memory: Arc<crate::memory::MemoryBudget>,
 }
 
 /// Registry name of the shards actor of `node` (names are process-global in ractor).
@@ -82,13 +84,14 @@ impl Runtime {
                 shards_name,
                 pubsub: PubSub::default(),
                 deadlines: Arc::default(),
+                memory: parts.memory,
             }),
         }
     }
 
     /// The deadlines of this node's reply callbacks (its sweeper starts on first use).
-    pub(crate) fn deadlines(&self) -> &Arc<crate::reply::Deadlines> {
-        crate::reply::Deadlines::start(&self.inner.deadlines);
+    pub(crate) fn deadlines(&self) -> &Arc<crate::entity::reply::Deadlines> {
+        crate::entity::reply::Deadlines::start(&self.inner.deadlines);
         &self.inner.deadlines
     }
 
@@ -155,6 +158,11 @@ impl Runtime {
         self.inner.active_entities.load(Ordering::Relaxed)
     }
 
+    /// The node's memory budget: ask it before taking on new work.
+    pub fn memory(&self) -> &crate::memory::MemoryBudget {
+        &self.inner.memory
+    }
+
     /// This node's pub/sub registry (subscribe here; publish with [`Runtime::publish`]).
     pub fn pubsub(&self) -> &PubSub {
         &self.inner.pubsub
@@ -170,11 +178,23 @@ impl Runtime {
         payload: Vec<u8>,
     ) {
         let publication = Arc::new(Publication::new(topic, payload));
+        let bytes = publication.payload.len() + publication.topic.len();
+        let fits = bytes <= self.config().cluster.message_bytes_max();
         // Remote nodes first: local delivery writes to sockets and should not delay them.
         let mut local = false;
         for node in nodes {
             if node == self.node_id() {
                 local = true;
+            } else if !fits {
+                // Publishers split what they send (a room: by append and by size); this is
+                // the backstop that keeps a link up. Subscribers there see a gap and recover.
+                metrics::counter!(crate::metrics::MESSAGES_TOO_LARGE_TOTAL, "kind" => "publication").increment(1);
+                tracing::warn!(
+                    topic,
+                    bytes,
+                    node,
+                    "not sending a publication larger than a cluster message"
+                );
             } else if let Ok(host) = self.peer_host(node) {
                 let _ = host.cast(HostMsg::Publish(crate::codec::Wire::new(
                     (*publication).clone(),

@@ -11,12 +11,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorClusterMessage;
 
 use crate::codec::Wire;
+use crate::entity::reply::respond;
+use crate::entity::shards::{Delivery, ShardMsg};
 use crate::entity::{AskOutcome, Envelope, Reply};
 use crate::metrics as names;
 use crate::pubsub::Publication;
-use crate::reply::respond;
 use crate::runtime::Runtime;
-use crate::shards::{Delivery, ShardMsg};
 
 #[derive(RactorClusterMessage)]
 pub enum HostMsg {
@@ -87,10 +87,11 @@ impl Actor for HostActor {
                 return Ok(());
             }
         };
+        let bytes_max = runtime.config().cluster.message_bytes_max();
         let delivery = Delivery {
             msg_id: Some(envelope.msg_id),
             payload: envelope.payload,
-            reply: reply.map(Reply::Port),
+            reply: reply.map(|port| Reply::Peer { port, bytes_max }),
         };
         match runtime.shards() {
             Ok(shards) => {

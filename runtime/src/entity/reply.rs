@@ -13,8 +13,12 @@ use crate::entity::{AskOutcome, ReplyPort};
 
 /// Where an entity's answer to one delivery goes.
 pub enum Reply {
-    /// A reply port: an ask awaiting it (here or, through the host, on a peer).
+    /// A reply port: an ask awaiting it on this node.
     Port(ReplyPort),
+    /// A reply port of an ask from a peer: the answer crosses the cluster, so one larger than
+    /// `bytes_max` is replaced by a refusal that says so (a frame over the peer's limit would
+    /// drop the whole link).
+    Peer { port: ReplyPort, bytes_max: usize },
     /// A function run by whoever answers.
     Callback(ReplyCallback),
 }
@@ -25,12 +29,35 @@ impl Reply {
             Reply::Port(port) => {
                 let _ = port.send(Wire::new(outcome));
             }
+            Reply::Peer { port, bytes_max } => {
+                let _ = port.send(Wire::new(fit_for_peer(outcome, bytes_max)));
+            }
             Reply::Callback(callback) => {
                 if let Some(function) = callback.slot.take() {
                     function(Some(outcome));
                 }
             }
         }
+    }
+}
+
+/// `outcome` if it fits in a cluster message of `bytes_max`, else a refusal saying why.
+fn fit_for_peer(outcome: AskOutcome, bytes_max: usize) -> AskOutcome {
+    match outcome {
+        AskOutcome::Reply(bytes) if bytes.len() > bytes_max => {
+            metrics::counter!(crate::metrics::MESSAGES_TOO_LARGE_TOTAL, "kind" => "reply")
+                .increment(1);
+            tracing::warn!(
+                bytes = bytes.len(),
+                bytes_max,
+                "refused to send an answer larger than a cluster message"
+            );
+            AskOutcome::Rejected(format!(
+                "the answer is {} bytes, more than the {bytes_max} bytes a cluster message may carry; ask for less at a time",
+                bytes.len()
+            ))
+        }
+        other => other,
     }
 }
 

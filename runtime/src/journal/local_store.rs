@@ -59,7 +59,7 @@ impl LocalStore {
     }
 
     /// The journal segment cache, emptied first if it was filled from another store (the
-    /// store's identity is a random id kept in the store itself, see [`crate::storage`]).
+    /// store's identity is a random id kept in the store itself, see [`crate::journal::storage`]).
     pub fn segment_cache(&self, store_id: &str) -> Result<sled::Tree> {
         let tree = self.tree("journal-segments")?;
         let known = self

@@ -94,7 +94,7 @@ impl View {
 
     /// The owner of `(kind, key)` in this view.
     pub fn owner(&self, kind: &str, key: &str) -> Option<&str> {
-        crate::placement::owner(kind, key, self.up_members())
+        crate::cluster::placement::owner(kind, key, self.up_members())
     }
 
     pub fn member(&self, id: &str) -> Option<&MemberStatus> {

@@ -19,12 +19,12 @@ use futures_util::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use ractor_cluster::RactorMessage;
 
+use crate::cluster::membership::View;
+use crate::entity::actor::{EntityActor, EntityArgs, EntityMsg};
+use crate::entity::reply::respond;
 use crate::entity::{AskOutcome, Entity, Reply};
-use crate::entity_actor::{EntityActor, EntityArgs, EntityMsg};
 use crate::id::{EntityId, MsgId};
-use crate::membership::View;
 use crate::metrics as names;
-use crate::reply::respond;
 use crate::runtime::Runtime;
 
 /// A message for an entity, with where to send the outcome.
@@ -46,7 +46,13 @@ pub enum ShardMsg {
         reason: &'static str,
     },
     ViewChanged(View),
+    /// From the memory watchdog while the node is under pressure: passivate the least
+    /// recently used entities.
+    Shed,
 }
+
+/// Share of the active entities passivated by one `Shed` (one per memory sample under pressure).
+const SHED_PERCENT: usize = 10;
 
 /// Starts entities of one kind; registered by the application.
 pub trait KindFactory: Send + Sync {
@@ -130,10 +136,21 @@ struct Restarts {
     held_back_until: Option<Instant>,
 }
 
+/// An active entity: its actor, and whether it got a message since the clock hand last
+/// passed it (see [`ShardsState::evict_least_recently_used`]).
+struct Active {
+    actor: ActorRef<EntityMsg>,
+    referenced: bool,
+}
+
 pub struct ShardsState {
     runtime: Runtime,
     kinds: Kinds,
-    active: HashMap<EntityId, ActorRef<EntityMsg>>,
+    active: HashMap<EntityId, Active>,
+    /// Active entities in activation order, the ring of a CLOCK (second chance) eviction:
+    /// approximately least recently used first, at the cost of a flag per delivery. May hold
+    /// ids that are no longer active; those are skipped and compacted away.
+    clock: std::collections::VecDeque<EntityId>,
     by_actor: HashMap<ActorId, EntityId>,
     restarts: HashMap<EntityId, Restarts>,
     active_count: Arc<AtomicUsize>,
@@ -167,6 +184,7 @@ impl Actor for ShardsActor {
             runtime: args.runtime,
             kinds: args.kinds,
             active: HashMap::new(),
+            clock: std::collections::VecDeque::new(),
             by_actor: HashMap::new(),
             restarts: HashMap::new(),
             active_count: args.active_count,
@@ -205,6 +223,10 @@ impl Actor for ShardsActor {
             }
             ShardMsg::Passivate { entity, reason } => state.passivate(&entity, reason),
             ShardMsg::ViewChanged(view) => state.hand_off(&view),
+            ShardMsg::Shed => {
+                let count = (state.active.len() * SHED_PERCENT).div_ceil(100);
+                state.evict_least_recently_used(count, "memory pressure");
+            }
         }
         Ok(())
     }
@@ -260,8 +282,23 @@ impl ShardsState {
             );
             return;
         }
-        let actor = match self.active.get(&entity) {
-            Some(actor) => actor.clone(),
+        let actor = match self.active.get_mut(&entity) {
+            Some(active) => {
+                active.referenced = true;
+                active.actor.clone()
+            }
+            None if self.runtime.memory().under_pressure() => {
+                metrics::counter!(names::ENTITY_REJECTED_TOTAL, "reason" => "memory pressure")
+                    .increment(1);
+                respond(
+                    delivery.reply,
+                    AskOutcome::Unavailable(
+                        "the node is under memory pressure and activates no entity; retry later"
+                            .into(),
+                    ),
+                );
+                return;
+            }
             None => match self.activate(myself, entity.clone()).await {
                 Ok(actor) => actor,
                 Err(reason) => {
@@ -303,9 +340,48 @@ impl ShardsState {
             .await
             .map_err(|error| format!("cannot start {entity}: {error}"))?;
         self.by_actor.insert(actor.get_id(), entity.clone());
-        self.active.insert(entity, actor.clone());
+        self.clock.push_back(entity.clone());
+        self.active.insert(
+            entity,
+            Active {
+                actor: actor.clone(),
+                // It is about to get the message that activated it.
+                referenced: true,
+            },
+        );
+        let active_max = self.runtime.config().entities.active_max;
+        if self.active.len() > active_max {
+            self.evict_least_recently_used(self.active.len() - active_max, "capacity");
+        }
         self.update_count();
         Ok(actor)
+    }
+
+    /// Passivates `count` entities, least recently used first (CLOCK: an entity that got a
+    /// message since the hand last passed gets a second chance).
+    fn evict_least_recently_used(&mut self, count: usize, reason: &'static str) {
+        let mut evicted = 0;
+        // Each entity is passed at most twice (once to clear its flag, once to evict).
+        let mut steps = 2 * self.clock.len();
+        while evicted < count && steps > 0 {
+            steps -= 1;
+            let Some(entity) = self.clock.pop_front() else {
+                break;
+            };
+            let Some(active) = self.active.get_mut(&entity) else {
+                continue; // Passivated meanwhile.
+            };
+            if std::mem::take(&mut active.referenced) {
+                self.clock.push_back(entity);
+                continue;
+            }
+            self.passivate(&entity, reason);
+            evicted += 1;
+        }
+        if self.clock.len() > 2 * self.active.len() + 64 {
+            let active = &self.active;
+            self.clock.retain(|entity| active.contains_key(entity));
+        }
     }
 
     fn forget(&mut self, actor: ActorId) -> Option<EntityId> {
@@ -313,7 +389,7 @@ impl ShardsState {
         if self
             .active
             .get(&entity)
-            .is_some_and(|current| current.get_id() == actor)
+            .is_some_and(|current| current.actor.get_id() == actor)
         {
             self.active.remove(&entity);
         }
@@ -354,9 +430,9 @@ impl ShardsState {
     }
 
     fn passivate(&mut self, entity: &EntityId, reason: &'static str) {
-        if let Some(actor) = self.active.remove(entity) {
+        if let Some(active) = self.active.remove(entity) {
             metrics::counter!(names::ENTITY_PASSIVATIONS_TOTAL, "kind" => entity.kind.clone(), "reason" => reason).increment(1);
-            let _ = actor.cast(EntityMsg::Stop);
+            let _ = active.actor.cast(EntityMsg::Stop);
             self.update_count();
         }
     }
@@ -382,8 +458,8 @@ impl ShardsState {
         }
         // Those that stay may have been written by another node that believed it owned them
         // while we could not see it (a partition): each checks its journal head.
-        for actor in self.active.values() {
-            let _ = actor.cast(EntityMsg::Revalidate);
+        for active in self.active.values() {
+            let _ = active.actor.cast(EntityMsg::Revalidate);
         }
     }
 

@@ -19,14 +19,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 
 use crate::codec;
+use crate::entity::reply::respond;
+use crate::entity::shards::{Delivery, ShardMsg};
 use crate::entity::{AskOutcome, Context, Entity, Reply};
 use crate::error::RuntimeError;
 use crate::id::{EntityId, MsgId};
 use crate::journal::{Loaded, Record, Snapshot};
 use crate::metrics as names;
-use crate::reply::respond;
 use crate::runtime::Runtime;
-use crate::shards::{Delivery, ShardMsg};
 
 /// Message ids remembered (with their replies) per entity to answer retries.
 pub const RECENT_REPLIES_MAX: usize = 4096;
@@ -40,6 +40,8 @@ pub enum EntityMsg {
     Flush,
     SnapshotDone,
     IdleCheck,
+    /// To itself, while its journal is empty: passivate soon if nothing else comes.
+    ProbeCheck,
     /// From the shards actor: passivate once pending work is durable.
     Stop,
     /// From the shards actor after a membership change: check that nobody appended past our
@@ -236,6 +238,7 @@ impl<E: Entity> Actor for EntityActor<E> {
             }
             EntityMsg::SnapshotDone => state.snapshot_in_flight = false,
             EntityMsg::IdleCheck => state.idle_check(),
+            EntityMsg::ProbeCheck => state.probe_check(&myself),
             EntityMsg::Stop => state.stopping = true,
             EntityMsg::Revalidate => state.revalidate(&myself),
             EntityMsg::HeadMoved(moved) => {
@@ -334,6 +337,13 @@ impl<E: Entity> EntityState<E> {
         }
         self.durable_head = loaded.head;
         self.next_seq = loaded.head + 1;
+        if self.journal_is_empty() {
+            // Probably activated by a probe (a join of a room that does not exist): check for
+            // idleness soon rather than at the next regular check.
+            let probe_after =
+                Duration::from_millis(self.runtime.config().entities.probe_passivate_after_ms);
+            myself.send_after(probe_after, || EntityMsg::ProbeCheck);
+        }
         self.open = Batch::new(self.next_seq);
         self.events_since_snapshot = 0;
         let view = self.runtime.view();
@@ -671,13 +681,45 @@ impl<E: Entity> EntityState<E> {
         });
     }
 
+    /// Nothing was ever journaled: the entity holds no durable state, so keeping it active
+    /// only costs memory.
+    fn journal_is_empty(&self) -> bool {
+        self.durable_head == 0 && self.next_seq == 1
+    }
+
     fn idle_check(&mut self) {
         let idle_after = Duration::from_millis(self.runtime.config().entities.passivate_after_ms);
-        if !self.stopping && self.is_quiet() && self.last_activity.elapsed() >= idle_after {
+        if self.last_activity.elapsed() >= idle_after {
+            self.passivate_when_quiet("idle");
+        }
+    }
+
+    /// An entity whose journal is still empty passivates after the (short) probe timeout.
+    fn probe_check(&mut self, myself: &ActorRef<EntityMsg>) {
+        if !self.journal_is_empty() || self.stopping {
+            return;
+        }
+        let probe_after =
+            Duration::from_millis(self.runtime.config().entities.probe_passivate_after_ms);
+        let idle_for = self.last_activity.elapsed();
+        if idle_for >= probe_after && self.is_quiet() {
+            self.passivate_when_quiet("probe");
+        } else {
+            myself.send_after(
+                probe_after
+                    .saturating_sub(idle_for)
+                    .max(Duration::from_millis(10)),
+                || EntityMsg::ProbeCheck,
+            );
+        }
+    }
+
+    fn passivate_when_quiet(&mut self, reason: &'static str) {
+        if !self.stopping && self.is_quiet() {
             self.passivation_requested = true;
             let _ = self.shards.cast(ShardMsg::Passivate {
                 entity: self.id.clone(),
-                reason: "idle",
+                reason,
             });
         }
     }
