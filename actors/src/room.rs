@@ -23,6 +23,21 @@ pub const DEDUP_WINDOW_MAX: usize = 10_000;
 pub const ROOM_NAME_CHARS_MAX: usize = 80;
 /// Most messages returned by one history request.
 pub const HISTORY_PAGE_MAX: usize = 200;
+/// Most bytes of messages in one answer (a replay on join, a history page) or one publication
+/// to a node: they cross the cluster when the member's node is not the room's, and must fit in
+/// one cluster message whatever the messages hold. A longer replay goes out in pages, a larger
+/// append in several publications, in order.
+pub const PAGE_BYTES_MAX: usize = 256 * 1024;
+
+/// An upper bound of a message's encoded size.
+fn message_bytes(message: &ChatMessage) -> usize {
+    const FIELDS_OVERHEAD_BYTES: usize = 48;
+    message.id.len()
+        + message.user.len()
+        + message.name.len()
+        + message.text.len()
+        + FIELDS_OVERHEAD_BYTES
+}
 
 /// The pub/sub topic of a room's live messages.
 pub fn topic(room: &str) -> String {
@@ -191,21 +206,35 @@ impl RoomState {
         }
     }
 
-    /// Messages with `after < seq`, up to `limit`, from memory; `complete` is false when some
-    /// of them are older than what memory holds.
-    fn page(&self, after: u64, before: Option<u64>, limit: usize) -> (Vec<ChatMessage>, bool) {
+    /// Messages with `after < seq < before`, oldest first, up to `limit` messages and
+    /// `bytes_max` bytes (at least one message), from memory; `complete` is false when some of
+    /// them are older than what memory holds.
+    fn page(
+        &self,
+        after: u64,
+        before: Option<u64>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> (Vec<ChatMessage>, bool) {
         let oldest = self
             .recent
             .front()
             .map_or(self.head + 1, |message| message.seq);
-        let complete = after + 1 >= oldest;
+        let complete = after.saturating_add(1) >= oldest;
+        // `recent` holds consecutive seqs: start at `after + 1` without scanning.
+        let skip =
+            usize::try_from(after.saturating_add(1).saturating_sub(oldest)).unwrap_or(usize::MAX);
+        let mut bytes = 0;
         let messages = self
             .recent
             .iter()
-            .filter(|message| {
-                message.seq > after && before.is_none_or(|before| message.seq < before)
-            })
+            .skip(skip)
+            .take_while(|message| before.is_none_or(|before| message.seq < before))
             .take(limit)
+            .take_while(|message| {
+                bytes += message_bytes(message);
+                bytes <= bytes_max || bytes == message_bytes(message)
+            })
             .cloned()
             .collect();
         (messages, complete)
@@ -288,7 +317,8 @@ impl Entity for Room {
                 let (missed, gap_before) = match since {
                     None => (Vec::new(), None),
                     Some(since) => {
-                        let (missed, complete) = state.page(since, None, usize::MAX);
+                        let bytes_max = page_bytes_max(context.runtime());
+                        let (missed, complete) = state.page(since, None, usize::MAX, bytes_max);
                         let gap = (!complete)
                             .then(|| missed.first().map_or(state.head + 1, |message| message.seq));
                         (missed, gap)
@@ -353,8 +383,12 @@ impl Entity for Room {
                 if state.info.is_none() {
                     return Err(RoomError::NoSuchRoom);
                 }
-                let (messages, complete) =
-                    state.page(after, before, limit.clamp(1, HISTORY_PAGE_MAX));
+                let (messages, complete) = state.page(
+                    after,
+                    before,
+                    limit.clamp(1, HISTORY_PAGE_MAX),
+                    page_bytes_max(context.runtime()),
+                );
                 Ok(RoomReply::History { messages, complete })
             }
         }
@@ -384,17 +418,47 @@ impl Entity for Room {
         if messages.is_empty() || self.members.is_empty() {
             return;
         }
-        // One publication per append: a burst reaches each node, and each socket, at once.
-        let broadcast = RoomBroadcast {
-            room: room.to_string(),
-            messages,
-        };
-        runtime.publish(
-            self.members.keys().map(String::as_str),
-            &topic(room),
-            runtime::codec::encode(&broadcast),
-        );
+        // One publication per append (a burst reaches each node, and each socket, at once),
+        // split where it would exceed a cluster message.
+        for messages in split_by_bytes(messages, page_bytes_max(runtime)) {
+            let broadcast = RoomBroadcast {
+                room: room.to_string(),
+                messages,
+            };
+            runtime.publish(
+                self.members.keys().map(String::as_str),
+                &topic(room),
+                runtime::codec::encode(&broadcast),
+            );
+        }
     }
+}
+
+/// The bytes of messages one answer or publication may hold: [`PAGE_BYTES_MAX`], or less when
+/// the cluster's messages are smaller (half of one leaves room for the rest of the answer).
+pub fn page_bytes_max(runtime: &Runtime) -> usize {
+    PAGE_BYTES_MAX.min(runtime.config().cluster.message_bytes_max() / 2)
+}
+
+/// `messages` in order, in groups of at most `bytes_max` bytes of frames (a larger message
+/// goes alone).
+fn split_by_bytes(messages: Vec<RenderedMessage>, bytes_max: usize) -> Vec<Vec<RenderedMessage>> {
+    let mut groups = Vec::new();
+    let mut group = Vec::new();
+    let mut bytes = 0;
+    for message in messages {
+        let size = message.frame.len() + 16;
+        if !group.is_empty() && bytes + size > bytes_max {
+            groups.push(std::mem::take(&mut group));
+            bytes = 0;
+        }
+        bytes += size;
+        group.push(message);
+    }
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    groups
 }
 
 fn validate_name(name: &str) -> Result<String, RoomError> {
@@ -460,11 +524,14 @@ async fn journal_history(
     // so a page costs what it returns, however long the room's history.
     let span_max = runtime.config().entities.batch_events_max as u64;
     let Some(mut start) = journal
-        .segment_holding(&entity, after + 2, span_max)
+        .segment_holding(&entity, after.saturating_add(2), span_max)
         .await?
     else {
         return Ok(Vec::new());
     };
+    let limit = limit.clamp(1, HISTORY_PAGE_MAX);
+    let bytes_max = page_bytes_max(runtime);
+    let mut page_bytes = 0;
     let mut messages = Vec::new();
     while let Some(records) = journal.read_records(&entity, start).await? {
         for record in records {
@@ -477,8 +544,9 @@ async fn journal_history(
                     if before.is_some_and(|before| message.seq >= before) {
                         return Ok(messages);
                     }
+                    page_bytes += message_bytes(&message);
                     messages.push(message);
-                    if messages.len() >= limit {
+                    if messages.len() >= limit || page_bytes >= bytes_max {
                         return Ok(messages);
                     }
                 }
@@ -486,4 +554,61 @@ async fn journal_history(
         }
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn posted(state: &mut RoomState, seq: u64, text_bytes: usize) {
+        let message = ChatMessage {
+            seq,
+            id: format!("m{seq}"),
+            user: "u".into(),
+            name: "n".into(),
+            text: "x".repeat(text_bytes),
+            ts: seq,
+        };
+        Room::apply(state, seq + 1, &RoomEvent::Posted(message));
+    }
+
+    #[test]
+    fn a_page_is_bounded_in_bytes_and_holds_at_least_one_message() {
+        let mut state = RoomState::default();
+        for seq in 1..=100 {
+            posted(&mut state, seq, 1000);
+        }
+        let (page, complete) = state.page(0, None, usize::MAX, 10_000);
+        assert!(complete);
+        let seqs: Vec<u64> = page.iter().map(|message| message.seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=9).collect::<Vec<_>>(),
+            "about 10 KB of 1 KB messages"
+        );
+        let (page, _) = state.page(50, Some(53), usize::MAX, 10_000);
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![51, 52]);
+        let (page, _) = state.page(0, None, usize::MAX, 10);
+        assert_eq!(
+            page.len(),
+            1,
+            "a message larger than the bound still goes, alone"
+        );
+        let (page, _) = state.page(u64::MAX - 1, None, 5, 10_000);
+        assert!(page.is_empty(), "no overflow on huge `after`");
+    }
+
+    #[test]
+    fn publications_are_split_in_order_within_the_bound() {
+        let messages: Vec<RenderedMessage> = (1..=50)
+            .map(|seq| RenderedMessage {
+                seq,
+                frame: "y".repeat(1000),
+            })
+            .collect();
+        let groups = split_by_bytes(messages, 4096);
+        assert!(groups.iter().all(|group| group.len() <= 4));
+        let seqs: Vec<u64> = groups.iter().flatten().map(|message| message.seq).collect();
+        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    }
 }

@@ -121,6 +121,12 @@ pub enum SessionMsg {
         id: String,
         result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
     },
+    /// The next page of a join's replay (a replay larger than one answer comes in pages).
+    ReplayPage {
+        room: String,
+        attempt: u64,
+        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+    },
     /// Live messages skipped some: the cursor is already joining again (`attempt`).
     Gap {
         room: String,
@@ -131,12 +137,24 @@ pub enum SessionMsg {
 }
 
 enum Phase {
-    /// A join is in flight; live messages wait here.
+    /// A join is in flight, or its replay is being fetched page by page up to `replay_to`
+    /// (the room's head when it answered); live messages wait here.
     Joining {
         attempt: u64,
         buffered: Vec<RenderedMessage>,
+        replay_to: Option<u64>,
     },
     Joined,
+}
+
+impl Phase {
+    fn joining(attempt: u64, buffered: Vec<RenderedMessage>) -> Self {
+        Phase::Joining {
+            attempt,
+            buffered,
+            replay_to: None,
+        }
+    }
 }
 
 /// Where a room's delivery stands; shared with the pub/sub callback.
@@ -239,7 +257,7 @@ impl Shared {
                     let since = cursor.last_seq;
                     let mut buffered = vec![first];
                     buffered.extend(rest.cloned());
-                    cursor.phase = Phase::Joining { attempt, buffered };
+                    cursor.phase = Phase::joining(attempt, buffered);
                     let _ = self.myself.cast(SessionMsg::Gap {
                         room: broadcast.room.clone(),
                         since,
@@ -381,6 +399,11 @@ impl Actor for SessionActor {
                 result,
             } => state.join_done(&room, attempt, result),
             SessionMsg::PostDone { room, id, result } => state.post_done(&room, &id, result),
+            SessionMsg::ReplayPage {
+                room,
+                attempt,
+                result,
+            } => state.replay_page(&room, attempt, result),
             SessionMsg::Gap {
                 room,
                 since,
@@ -458,10 +481,7 @@ impl SessionState {
             if let Some(since) = since {
                 cursor.last_seq = since;
             }
-            cursor.phase = Phase::Joining {
-                attempt,
-                buffered: Vec::new(),
-            };
+            cursor.phase = Phase::joining(attempt, Vec::new());
         }
         if !self.rooms.contains_key(&room) {
             let subscription = self.subscribe_room(&room);
@@ -510,12 +530,6 @@ impl SessionState {
         attempt: u64,
         result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
     ) {
-        let owner = self
-            .args
-            .runtime
-            .view()
-            .owner(Room::KIND, room)
-            .map(str::to_string);
         let shared = self.shared.clone();
         let mut cursors = shared.rooms();
         let Some(cursor) = cursors.get_mut(room) else {
@@ -524,6 +538,7 @@ impl SessionState {
         let Phase::Joining {
             attempt: expected,
             buffered,
+            ..
         } = &mut cursor.phase
         else {
             return;
@@ -538,7 +553,6 @@ impl SessionState {
                 missed,
                 gap_before,
             })) => {
-                cursor.phase = Phase::Joined;
                 let first_join = cursor.last_seq == 0 && missed.is_empty();
                 let mut frames = vec![ServerFrame::Joined { room, head }.to_json()];
                 if let Some(gap) = gap_before.filter(|gap| *gap > cursor.last_seq + 1) {
@@ -560,30 +574,25 @@ impl SessionState {
                     // A fresh member starts live from the head.
                     cursor.last_seq = head;
                 }
-                for message in missed {
-                    if message.seq > cursor.last_seq {
-                        cursor.last_seq = message.seq;
-                        frames.push(message.frame(room));
-                    }
+                let replayed = !missed.is_empty();
+                push_new_messages(&mut cursor.last_seq, room, missed, &mut frames);
+                if replayed && cursor.last_seq < head {
+                    // The answer held one page of the replay: fetch the rest before going live.
+                    cursor.phase = Phase::Joining {
+                        attempt,
+                        buffered,
+                        replay_to: Some(head),
+                    };
+                    shared.write(&as_strs(&frames));
+                    let after = cursor.last_seq;
+                    drop(cursors);
+                    return self.request_replay_page(room, after, attempt);
                 }
-                for message in buffered {
-                    if message.seq > cursor.last_seq {
-                        cursor.last_seq = message.seq;
-                        frames.push(message.frame);
-                    }
-                }
+                go_live(cursor, buffered, &mut frames);
                 // Written under the cursors' lock: live messages cannot overtake the replay.
-                let frames: Vec<&str> = frames.iter().map(String::as_str).collect();
-                shared.write(&frames);
+                shared.write(&as_strs(&frames));
                 drop(cursors);
-                let Some(entry) = self.rooms.get_mut(room) else {
-                    return;
-                };
-                entry.owner = owner;
-                if !entry.posts.is_empty() && !entry.post_in_flight {
-                    self.next_post(room);
-                }
-                return;
+                return self.now_joined(room);
             }
             Ok(Ok(other)) => {
                 tracing::error!(room, ?other, "unexpected reply to join");
@@ -599,6 +608,105 @@ impl SessionState {
         drop(cursors);
         self.rooms.remove(room);
         self.error(error.0, &error.1, Some(room));
+    }
+
+    /// Asks the room for the replay's next page, after `after`.
+    fn request_replay_page(&self, room: &str, after: u64, attempt: u64) {
+        let command = RoomCommand::History {
+            after,
+            before: None,
+            limit: room::HISTORY_PAGE_MAX,
+        };
+        let myself = self.shared.myself.clone();
+        let room = room.to_string();
+        let entity = self.args.runtime.entity::<Room>(room.clone());
+        entity.ask_then(command, move |result| {
+            let _ = myself.cast(SessionMsg::ReplayPage {
+                room,
+                attempt,
+                result,
+            });
+        });
+    }
+
+    fn replay_page(
+        &mut self,
+        room: &str,
+        attempt: u64,
+        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+    ) {
+        let shared = self.shared.clone();
+        let mut cursors = shared.rooms();
+        let Some(cursor) = cursors.get_mut(room) else {
+            return;
+        };
+        let Phase::Joining {
+            attempt: expected,
+            buffered,
+            replay_to: Some(replay_to),
+        } = &mut cursor.phase
+        else {
+            return;
+        };
+        if *expected != attempt {
+            return;
+        }
+        let replay_to = *replay_to;
+        match result {
+            Ok(Ok(RoomReply::History {
+                messages,
+                complete: true,
+            })) => {
+                let before = cursor.last_seq;
+                let mut frames = Vec::new();
+                push_new_messages(&mut cursor.last_seq, room, messages, &mut frames);
+                if cursor.last_seq < replay_to && cursor.last_seq > before {
+                    shared.write(&as_strs(&frames));
+                    let after = cursor.last_seq;
+                    drop(cursors);
+                    return self.request_replay_page(room, after, attempt);
+                }
+                let buffered = std::mem::take(buffered);
+                go_live(cursor, buffered, &mut frames);
+                shared.write(&as_strs(&frames));
+                drop(cursors);
+                self.now_joined(room);
+            }
+            other => {
+                // The room's memory moved past us, or it could not answer: join again from
+                // what was delivered (that join reports a gap if there is one).
+                let why = match &other {
+                    Ok(Ok(_)) => "the room no longer holds the next page".to_string(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => error.to_string(),
+                };
+                tracing::debug!(room, why, "replay page not usable; joining again");
+                let buffered = std::mem::take(buffered);
+                let attempt = self.shared.next_attempt();
+                let since = cursor.last_seq;
+                cursor.phase = Phase::joining(attempt, buffered);
+                drop(cursors);
+                metrics::counter!(names::ROOM_REJOINS_TOTAL).increment(1);
+                self.send_join(room.to_string(), Some(since), attempt);
+            }
+        }
+    }
+
+    /// The room is live for this connection: remember its owner, send waiting posts.
+    fn now_joined(&mut self, room: &str) {
+        let owner = self
+            .args
+            .runtime
+            .view()
+            .owner(Room::KIND, room)
+            .map(str::to_string);
+        let Some(entry) = self.rooms.get_mut(room) else {
+            return;
+        };
+        entry.owner = owner;
+        if !entry.posts.is_empty() && !entry.post_in_flight {
+            self.next_post(room);
+        }
     }
 
     fn leave(&mut self, room: &str) {
@@ -734,10 +842,7 @@ impl SessionState {
                 };
                 if matches!(cursor.phase, Phase::Joined) {
                     let attempt = self.shared.next_attempt();
-                    cursor.phase = Phase::Joining {
-                        attempt,
-                        buffered: Vec::new(),
-                    };
+                    cursor.phase = Phase::joining(attempt, Vec::new());
                     rejoin.push((room.clone(), cursor.last_seq, attempt));
                 }
             }
@@ -764,4 +869,34 @@ impl SessionState {
     fn send(&self, frame: &str) {
         self.shared.write(&[frame]);
     }
+}
+
+/// Appends the frames of `messages` newer than `last_seq` and advances it.
+fn push_new_messages(
+    last_seq: &mut u64,
+    room: &str,
+    messages: Vec<room::ChatMessage>,
+    frames: &mut Vec<String>,
+) {
+    for message in messages {
+        if message.seq > *last_seq {
+            *last_seq = message.seq;
+            frames.push(message.frame(room));
+        }
+    }
+}
+
+/// Ends a join: the live messages held meanwhile follow the replay, and the room goes live.
+fn go_live(cursor: &mut Cursor, buffered: Vec<RenderedMessage>, frames: &mut Vec<String>) {
+    for message in buffered {
+        if message.seq > cursor.last_seq {
+            cursor.last_seq = message.seq;
+            frames.push(message.frame);
+        }
+    }
+    cursor.phase = Phase::Joined;
+}
+
+fn as_strs(frames: &[String]) -> Vec<&str> {
+    frames.iter().map(String::as_str).collect()
 }
