@@ -8,6 +8,7 @@ use calamine::{Data, Reader};
 use rust_xlsxwriter::Workbook;
 
 use super::{Conversion, ConvertError};
+use crate::job::format::Format;
 
 /// Excel's own limits.
 const XLSX_ROWS_MAX: u32 = 1_048_576;
@@ -63,12 +64,19 @@ fn exact_number(value: &str) -> Option<f64> {
 
 pub fn sheet_to_csv(conversion: &Conversion<'_>) -> Result<Vec<u8>, ConvertError> {
     (conversion.progress)(20, "reading the workbook");
-    let mut workbook = calamine::open_workbook_auto_from_rs(Cursor::new(conversion.input))
-        .map_err(|error| conversion.corrupt(error))?;
-    let range = workbook
-        .worksheet_range_at(0)
-        .ok_or_else(|| conversion.corrupt("the workbook has no sheet"))?
-        .map_err(|error| conversion.corrupt(error))?;
+    // The format is known (sniffed): open it as that, so a damaged file gets its own reader's
+    // error rather than "cannot detect file format" from trying every reader.
+    let input = Cursor::new(conversion.input);
+    let range = match conversion.from {
+        Format::Ods => first_sheet(
+            calamine::open_workbook_from_rs::<calamine::Ods<_>, _>(input),
+            conversion,
+        )?,
+        _ => first_sheet(
+            calamine::open_workbook_from_rs::<calamine::Xlsx<_>, _>(input),
+            conversion,
+        )?,
+    };
     conversion.checkpoint()?;
     (conversion.progress)(60, "writing csv");
     let mut writer = csv::WriterBuilder::new()
@@ -91,6 +99,23 @@ pub fn sheet_to_csv(conversion: &Conversion<'_>) -> Result<Vec<u8>, ConvertError
     writer
         .into_inner()
         .map_err(|error| ConvertError::Failed(error.to_string()))
+}
+
+/// The first sheet of a workbook that opened (or the reason it did not).
+fn first_sheet<'a, R, E>(
+    workbook: Result<R, E>,
+    conversion: &Conversion<'a>,
+) -> Result<calamine::Range<Data>, ConvertError>
+where
+    R: Reader<Cursor<&'a [u8]>>,
+    E: std::fmt::Display,
+    R::Error: std::fmt::Display,
+{
+    let mut workbook = workbook.map_err(|error| conversion.corrupt(error))?;
+    workbook
+        .worksheet_range_at(0)
+        .ok_or_else(|| conversion.corrupt("the workbook has no sheet"))?
+        .map_err(|error| conversion.corrupt(error))
 }
 
 fn cell(data: &Data) -> String {
