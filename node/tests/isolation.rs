@@ -524,3 +524,80 @@ fn a_worker_cannot_read_outside_its_directory() {
     );
     assert!(!directory.path().join("output.jpg").exists());
 }
+
+/// The node's resident memory (KiB) from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The node's RSS before, at its peak and after while the issue's two inputs run: the 1.5 KB
+/// XLSX whose range is the whole sheet, and the 20000×20000 PNG resized to 6000 wide. A
+/// measurement, not a test: it asserts only that both fail and the node survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --release -p node --test isolation -- --ignored --nocapture"]
+async fn measure_node_memory_while_the_issue_s_inputs_run() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster(1, &[]).await;
+    let pid = running_pid(&cluster, "n1");
+    assert_a_normal_job_finishes(&cluster, "n1").await;
+    let corpus = chaos::corpus::corpus();
+    for name in [
+        "xlsx-whole-sheet-range.xlsx",
+        "png-20000-square-resize.png",
+        "png-resize-buffers.png",
+    ] {
+        let input = corpus
+            .iter()
+            .find(|input| input.name == name)
+            .expect("in the corpus");
+        let before = rss_kib(pid);
+        let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let sampling = sampling.clone();
+            tokio::spawn(async move {
+                let mut peak = 0;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(rss_kib(pid));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                peak
+            })
+        };
+        let mut fields = vec![("target", input.targets[0].to_string())];
+        fields.extend(
+            input
+                .options
+                .iter()
+                .map(|(name, value)| (*name, value.clone())),
+        );
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .collect();
+        let job = submit(&cluster, "n1", "mallory", name, &input.bytes, &fields).await;
+        let body = wait_job(&cluster, "n1", "mallory", &job, WAIT, "finished", is_final).await;
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.await.expect("sampler");
+        let after = rss_kib(pid);
+        println!(
+            "{name} ({} bytes): node RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB; job {}: {}",
+            input.bytes.len(),
+            before as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            after as f64 / 1024.0,
+            body["state"],
+            body["error"]
+        );
+        assert_eq!(body["state"], "failed");
+    }
+    assert_eq!(
+        running_pid(&cluster, "n1"),
+        pid,
+        "the node's pid is unchanged"
+    );
+}

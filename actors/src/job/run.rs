@@ -316,7 +316,7 @@ async fn convert_and_store(
         Err(outcome) => return outcome,
     };
     let path = store::output_path(&run.job, format.extension());
-    match store::write_once(run.runtime.object_store(), &path, bytes.into()).await {
+    match store::write_once(run.runtime.object_store(), &path, bytes).await {
         Ok(bytes) => Outcome::Output(OutputInfo {
             path: path.to_string(),
             bytes,

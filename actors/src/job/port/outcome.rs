@@ -73,7 +73,7 @@ const SIGXCPU: i32 = 24;
 const SIGXFSZ: i32 = 25;
 
 fn mebibytes(bytes: u64) -> String {
-    if bytes % (1024 * 1024 * 1024) == 0 {
+    if bytes.is_multiple_of(1024 * 1024 * 1024) {
         format!("{} GiB", bytes / (1024 * 1024 * 1024))
     } else {
         format!("{} MiB", bytes.div_ceil(1024 * 1024))
