@@ -868,6 +868,22 @@ mod tests {
     }
 
     #[test]
+    fn converter_worker_limits_are_named_and_defaulted() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(config.jobs.worker_memory_bytes_max, 512 * 1024 * 1024);
+        assert_eq!(config.jobs.max_attempts, 3);
+        for (line, key) in [
+            ("worker_memory_bytes_max = 1024", "jobs.worker_memory_bytes_max"),
+            ("worker_cpu_seconds_max = 0", "jobs.worker_cpu_seconds_max"),
+            ("worker_open_files_max = 3", "jobs.worker_open_files_max"),
+            ("max_attempts = 0", "jobs.max_attempts"),
+        ] {
+            let message = error_of(&format!("{GOOD}\n[jobs]\n{line}\n"));
+            assert!(message.contains(key), "{line}: {message}");
+        }
+    }
+
+    #[test]
     fn duplicate_id_is_named() {
         let message = error_of(&GOOD.replace("id = \"n2\"", "id = \"n1\""));
         assert!(message.contains("duplicate node id"), "{message}");
