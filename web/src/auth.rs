@@ -184,7 +184,7 @@ fn url_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn percent_decode(value: &str) -> String {
+pub(crate) fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;

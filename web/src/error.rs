@@ -94,6 +94,14 @@ pub async fn handle_rejection(rejection: Rejection) -> Result<warp::reply::Respo
             "too_large",
             "request body is too large",
         )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header with the body",
+        )
+    } else if let Some(error) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request("invalid_header", error.to_string())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,

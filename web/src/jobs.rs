@@ -11,9 +11,12 @@
 //! | `DELETE /api/jobs/{id}` | 204 (cancelled if running, files deleted) |
 //!
 //! Every job route needs a token; a job of another user is answered 404, exactly like a job
-//! that does not exist. Failures: 413 `too_large`, 422 `unsupported_conversion` (the message
+//! that does not exist; an id that cannot be a job's (32 lowercase hex digits) is a 400
+//! `invalid_id`. Failures: 413 `too_large`, 422 `unsupported_conversion` (the message
 //! lists what the input converts to), 429 `queue_full` (the owner node's queue) or
-//! `too_many_jobs` (the user's), 409 `not_ready` for a download before `done`.
+//! `too_many_jobs` (the user's), 409 `not_ready` for a download before `done`, 400
+//! `invalid_parameter` for a `limit` that is not a whole number (a larger one is clamped to
+//! [`LIST_MAX`]).
 
 mod upload;
 
@@ -27,33 +30,28 @@ use actors::job::{
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
 use runtime::Runtime;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use warp::http::{HeaderValue, StatusCode};
 use warp::{Filter, Reply};
 
 use crate::AppState;
 use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
+use crate::input::Query;
 
-use self::upload::{Upload, read_form};
+use self::upload::{Upload, form_bytes_max, parse_form, read_form};
 
-/// Bytes a form may add around its file (boundaries, headers, small fields).
-const FORM_OVERHEAD_BYTES_MAX: u64 = 64 * 1024;
+/// Query parameters of the job list (`token` is read by `authenticated`, so that links can
+/// carry it).
+const LIST_PARAMETERS: [&str; 2] = ["limit", "token"];
+/// Jobs listed when the query does not say.
+const LIST_DEFAULT: usize = 50;
 /// Status requests in flight at once for one listing.
 const LIST_CONCURRENCY_MAX: usize = 8;
 /// Chunks of a download buffered between the object store and the socket.
 const DOWNLOAD_CHUNKS_BUFFERED: usize = 4;
 
 type Response = warp::reply::Response;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    limit: Option<usize>,
-    /// Accepted so that links can carry the token (`?token=`); read by `authenticated`.
-    #[allow(dead_code)]
-    token: Option<String>,
-}
 
 #[derive(Serialize)]
 struct PairBody {
@@ -140,39 +138,55 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_runtime.clone())
         .and(auth.clone())
+        .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::multipart::form().max_length(None))
+        .and(warp::body::stream())
         .then(
-            |runtime: Runtime, claims: Claims, length: Option<u64>, form| async move {
-                submit(runtime, claims, length, form)
-                    .await
-                    .unwrap_or_else(ApiError::into_response)
+            |runtime: Runtime,
+             claims: Claims,
+             content_type: Option<String>,
+             length: Option<u64>,
+             body| async move {
+                let bytes_max = runtime.config().jobs.input_bytes_max;
+                let Some(boundary) =
+                    content_type.and_then(|value| multer::parse_boundary(value).ok())
+                else {
+                    let message = "send the file as multipart/form-data with a `file` part \
+                                   and a `target` field";
+                    return ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        message,
+                    )
+                    .into_response();
+                };
+                let (body, rest) = crate::input::shared_body(body);
+                let form = parse_form(body, boundary, bytes_max);
+                match submit(runtime, claims, length, form).await {
+                    Ok(response) => response,
+                    Err(error) => {
+                        // The parser stopped early: let a client still sending read the answer.
+                        crate::input::drain(rest).await;
+                        error.into_response()
+                    }
+                }
             },
         );
-
-    // Reached when the body is not multipart (the form filter above refused it).
-    let not_multipart = warp::path!("api" / "jobs")
-        .and(warp::post())
-        .and(auth.clone())
-        .map(|_claims: Claims| {
-            let message =
-                "send the file as multipart/form-data with a `file` part and a `target` field";
-            ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                message,
-            )
-            .into_response()
-        });
 
     let list = warp::path!("api" / "jobs")
         .and(warp::get())
         .and(with_runtime.clone())
         .and(auth.clone())
-        .and(warp::query::<ListQuery>())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .then(
-            |runtime: Runtime, claims: Claims, query: ListQuery| async move {
-                list(runtime, claims, query)
+            |runtime: Runtime, claims: Claims, query: String| async move {
+                let limit = match Query::parse(&query, &LIST_PARAMETERS)
+                    .and_then(|query| query.limit("limit", LIST_DEFAULT, LIST_MAX))
+                {
+                    Ok(limit) => limit,
+                    Err(error) => return error.into_response(),
+                };
+                list(runtime, claims, limit)
                     .await
                     .unwrap_or_else(ApiError::into_response)
             },
@@ -212,8 +226,6 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     converters
         .or(submit)
         .unify()
-        .or(not_multipart)
-        .unify()
         .or(list)
         .unify()
         .or(download)
@@ -246,6 +258,18 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job")
 }
 
+/// 400 for a path segment that cannot be a job id (checked before any entity is asked).
+fn check_job_id(job: &str) -> Result<(), ApiError> {
+    if store::valid_job_id(job) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_id",
+            "a job id is 32 lowercase hexadecimal digits",
+        ))
+    }
+}
+
 fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
 }
@@ -258,10 +282,10 @@ async fn submit(
     runtime: Runtime,
     claims: Claims,
     length: Option<u64>,
-    form: warp::multipart::FormData,
+    form: multer::Multipart<'static>,
 ) -> Result<Response, ApiError> {
     let limits = runtime.config().jobs.clone();
-    if length.is_some_and(|length| length > limits.input_bytes_max + FORM_OVERHEAD_BYTES_MAX) {
+    if length.is_some_and(|length| length > form_bytes_max(limits.input_bytes_max)) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
@@ -428,9 +452,7 @@ fn clean_file_name(name: &str) -> String {
 
 /// The job, if it exists and belongs to the caller (404 otherwise, whichever it is).
 async fn owned_view(runtime: &Runtime, claims: &Claims, job: &str) -> Result<JobView, ApiError> {
-    if !store::valid_job_id(job) {
-        return Err(not_found());
-    }
+    check_job_id(job)?;
     match runtime
         .entity::<Job>(job.to_string())
         .ask(JobCommand::Status)
@@ -442,8 +464,7 @@ async fn owned_view(runtime: &Runtime, claims: &Claims, job: &str) -> Result<Job
     }
 }
 
-async fn list(runtime: Runtime, claims: Claims, query: ListQuery) -> Result<Response, ApiError> {
-    let limit = query.limit.unwrap_or(50).clamp(1, LIST_MAX);
+async fn list(runtime: Runtime, claims: Claims, limit: usize) -> Result<Response, ApiError> {
     let index = runtime.entity::<JobIndex>(claims.sub.clone());
     let entries = match index
         .ask(IndexCommand::List { limit })
@@ -572,9 +593,7 @@ fn stream_response(
 }
 
 async fn delete(runtime: Runtime, claims: Claims, job: String) -> Result<Response, ApiError> {
-    if !store::valid_job_id(&job) {
-        return Err(not_found());
-    }
+    check_job_id(&job)?;
     let command = JobCommand::Delete {
         owner: claims.sub.clone(),
     };

@@ -5,6 +5,8 @@
 pub mod auth;
 mod cors;
 pub mod error;
+mod inbound;
+mod input;
 mod jobs;
 mod outbound;
 mod page;
@@ -57,6 +59,9 @@ pub async fn serve(
 
 /// Time a client has to send a request's headers.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Largest request line and headers: hyper answers 431 beyond it and closes the connection
+/// (its default, ~400 KiB, would let each slow connection hold that much).
+pub const REQUEST_HEAD_BYTES_MAX: usize = 64 * 1024;
 
 async fn accept_loop<S>(
     listener: tokio::net::TcpListener,
@@ -99,6 +104,7 @@ async fn accept_loop<S>(
             // A client that never finishes its request headers is dropped (slowloris).
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(REQUEST_HEAD_BYTES_MAX)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), handler)
             .with_upgrades();
         let mut stop = stopping.subscribe();

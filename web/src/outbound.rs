@@ -6,7 +6,11 @@
 //! Only when the socket's buffer is full does a writer task start; it drains the queue as the
 //! socket becomes writable and ends when the queue is empty. The queue is bounded in frames
 //! (`sessions.outbound_queue_max`): beyond it [`FrameSink::send`] answers `Full` and the session
-//! closes the connection.
+//! closes the connection. Control frames count too: a ping of ours or a pong the WebSocket
+//! reader writes in answer to a client's ping is a frame in the queue, and one that does not
+//! fit closes the connection with [`CLOSE_TOO_SLOW`] (a client that sends pings and never reads
+//! would otherwise grow the queue without end). Only the close frame itself may go past the
+//! bound, once.
 //!
 //! **Invariant:** bytes reach the socket in the order the calls that produced them returned.
 //! A direct write happens only when no writer task runs (the queue is then empty); otherwise
@@ -22,7 +26,7 @@ use std::io::IoSlice;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use actors::session::{CloseReason, FrameSink, SinkError};
+use actors::session::{CLOSE_TOO_SLOW, CloseReason, FrameSink, SinkError};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 
@@ -69,16 +73,50 @@ fn close_frame(reason: &CloseReason) -> Vec<u8> {
     out
 }
 
-/// Bytes waiting for the socket, with the number of data frames they hold.
+/// Bytes waiting for the socket, with the number of frames they hold.
 struct Chunk {
     bytes: Vec<u8>,
+    /// Frames counted against the bound (data and control frames alike).
     frames: usize,
+    /// Whether they are data frames (only those are counted in `FRAMES_OUT_TOTAL`).
+    data: bool,
+}
+
+impl Chunk {
+    fn data(bytes: Vec<u8>, frames: usize) -> Self {
+        Self {
+            bytes,
+            frames,
+            data: true,
+        }
+    }
+
+    /// One or more control frames written together (a ping, a pong, a close).
+    fn control(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            frames: 1,
+            data: false,
+        }
+    }
+
+    fn data_frames(&self) -> u64 {
+        if self.data { self.frames as u64 } else { 0 }
+    }
+}
+
+/// Whether a chunk may be refused when the queue is full.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Enforced,
+    /// The close frame: it must go out whatever the queue holds.
+    Exempt,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Chunk>,
-    /// Data frames queued or held by the writer; bounded by `frames_max`.
+    /// Frames (data and control) queued or held by the writer; bounded by `frames_max`.
     frames: usize,
     /// The queue's first chunk is the rest of a partly written one: it must go out whole.
     partial_front: bool,
@@ -147,17 +185,17 @@ impl Outbound {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Writes `bytes` now if nothing is ahead of them, else queues them. `frames` counts
-    /// against the bound unless it is 0 (control frames, which are tiny and rare).
-    fn push(&self, state: &mut State, mut bytes: Vec<u8>, frames: usize) -> Result<(), SinkError> {
+    /// Writes the chunk now if nothing is ahead of it, else queues it; a queue already holding
+    /// `frames_max` frames refuses it (`Full`) unless it is [`Bound::Exempt`].
+    fn push(&self, state: &mut State, mut chunk: Chunk, bound: Bound) -> Result<(), SinkError> {
         if !state.writer_running {
-            match self.stream.try_write(&bytes) {
-                Ok(written) if written == bytes.len() => {
-                    count_frames(&self.frames_out, frames as u64);
+            match self.stream.try_write(&chunk.bytes) {
+                Ok(written) if written == chunk.bytes.len() => {
+                    count_frames(&self.frames_out, chunk.data_frames());
                     return Ok(());
                 }
                 Ok(written) => {
-                    bytes.drain(..written);
+                    chunk.bytes.drain(..written);
                     state.partial_front = written > 0;
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -167,17 +205,40 @@ impl Outbound {
                     return Err(SinkError::Closed);
                 }
             }
-            state.frames += frames;
-            state.queue.push_back(Chunk { bytes, frames });
+            state.frames += chunk.frames;
+            state.queue.push_back(chunk);
             self.start_writer(state);
             return Ok(());
         }
-        if frames > 0 && state.frames + frames > self.frames_max {
+        if bound == Bound::Enforced && state.frames + chunk.frames > self.frames_max {
             return Err(SinkError::Full);
         }
-        state.frames += frames;
-        state.queue.push_back(Chunk { bytes, frames });
+        state.frames += chunk.frames;
+        state.queue.push_back(chunk);
         Ok(())
+    }
+
+    /// Queues a control frame; one that does not fit closes the connection as too slow.
+    fn push_control(&self, bytes: Vec<u8>) {
+        let full = {
+            let mut state = self.state();
+            if state.closing || bytes.is_empty() {
+                return;
+            }
+            self.push(&mut state, Chunk::control(bytes), Bound::Enforced) == Err(SinkError::Full)
+        };
+        if full {
+            metrics::counter!(actors::metrics::SLOW_CLIENTS_TOTAL).increment(1);
+            let reason = format!(
+                "outbound queue full ({} frames): the client does not read fast enough",
+                self.frames_max
+            );
+            tracing::info!(code = CLOSE_TOO_SLOW, %reason, "closing connection");
+            self.close(CloseReason {
+                code: CLOSE_TOO_SLOW,
+                reason,
+            });
+        }
     }
 
     fn start_writer(&self, state: &mut State) {
@@ -199,24 +260,18 @@ impl Outbound {
         self.closed.send_replace(true);
     }
 
-    /// A ping, for the client's liveness and to keep middleboxes from timing us out.
-    pub fn ping(&self) {
-        let mut state = self.state();
-        if state.closing {
-            return;
-        }
-        let mut bytes = Vec::with_capacity(2);
-        encode_frame(&mut bytes, OP_PING, &[]);
-        let _ = self.push(&mut state, bytes, 0);
+    /// A ping, for the client's liveness and to keep middleboxes from timing us out. It is a
+    /// frame in the queue like any other: a full queue closes the connection instead.
+    pub fn ping(&self, payload: &[u8]) {
+        let mut bytes = Vec::with_capacity(2 + payload.len());
+        encode_frame(&mut bytes, OP_PING, payload);
+        self.push_control(bytes);
     }
 
-    /// Raw bytes produced by the WebSocket reader (its replies to pings and closes).
+    /// Raw bytes produced by the WebSocket reader: its replies to pings (one pong per write,
+    /// the reader writes nothing else). Counted as one frame against the bound.
     pub fn send_raw(&self, bytes: &[u8]) {
-        let mut state = self.state();
-        if state.closing || bytes.is_empty() {
-            return;
-        }
-        let _ = self.push(&mut state, bytes.to_vec(), 0);
+        self.push_control(bytes.to_vec());
     }
 
     /// The reader ended: writes what is queued (within [`CLOSE_GRACE`] if the client does not
@@ -277,8 +332,8 @@ impl Outbound {
                             written -= left;
                             offset = 0;
                             let frames = chunk.frames;
+                            count_frames(&self.frames_out, chunk.data_frames());
                             batch.pop_front();
-                            count_frames(&self.frames_out, frames as u64);
                             let mut state = self.state();
                             state.frames = state.frames.saturating_sub(frames);
                         }
@@ -349,7 +404,11 @@ impl FrameSink for Outbound {
         for frame in frames {
             encode_frame(&mut bytes, OP_TEXT, frame.as_bytes());
         }
-        self.push(&mut state, bytes, frames.len())
+        self.push(
+            &mut state,
+            Chunk::data(bytes, frames.len()),
+            Bound::Enforced,
+        )
     }
 
     fn close(&self, reason: CloseReason) {
@@ -367,12 +426,13 @@ impl FrameSink for Outbound {
         state.queue.clear();
         state.frames = keep.as_ref().map_or(0, |chunk| chunk.frames);
         state.queue.extend(keep);
-        let bytes = close_frame(&reason);
+        let chunk = Chunk::control(close_frame(&reason));
         if state.writer_running {
-            state.queue.push_back(Chunk { bytes, frames: 0 });
+            state.frames += chunk.frames;
+            state.queue.push_back(chunk);
             self.close_requested.notify_one();
         } else {
-            let _ = self.push(&mut state, bytes, 0);
+            let _ = self.push(&mut state, chunk, Bound::Exempt);
             if !state.writer_running {
                 // Written at once: nothing is left but the shutdown.
                 self.start_writer(&mut state);
@@ -513,6 +573,51 @@ mod tests {
         let frames = read_frames(client, true).await;
         assert!(!frames.is_empty());
         assert!(frames.iter().all(|(opcode, _)| *opcode == OP_TEXT));
+    }
+
+    #[tokio::test]
+    async fn pongs_to_a_client_that_does_not_read_count_against_the_bound() {
+        let (outbound, client) = pair(8).await;
+        let mut pong = Vec::new();
+        encode_frame(&mut pong, 0xA, &[b'p'; 125]);
+        let mut sent = 0;
+        while !outbound.state().closing {
+            outbound.send_raw(&pong);
+            sent += 1;
+            assert!(sent < 1_000_000, "pongs were queued without bound");
+            // The frames held never exceed the bound, plus the close frame.
+            assert!(outbound.state().frames <= 8 + 1);
+        }
+        assert_eq!(outbound.send(&["late"]), Err(SinkError::Closed));
+        let mut shut = outbound.shut.subscribe();
+        let waited = tokio::time::timeout(CLOSE_GRACE * 5, crate::until_true(&mut shut)).await;
+        assert!(waited.is_ok(), "the socket was never shut down");
+        let frames = read_frames(client, true).await;
+        assert!(
+            frames
+                .iter()
+                .all(|(opcode, _)| *opcode == 0xA || *opcode == OP_CLOSE)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reading_client_gets_pongs_then_the_close_frame_after_the_frame_on_the_wire() {
+        let (outbound, client) = pair(4).await;
+        let mut pong = Vec::new();
+        encode_frame(&mut pong, 0xA, b"p");
+        for _ in 0..3 {
+            outbound.send_raw(&pong);
+        }
+        outbound.ping(b"1");
+        outbound.send(&["data"]).expect("room for one frame");
+        outbound.close(CloseReason {
+            code: 1008,
+            reason: "too many frames per second".into(),
+        });
+        let frames = read_frames(client, false).await;
+        let opcodes: Vec<u8> = frames.iter().map(|(opcode, _)| *opcode).collect();
+        assert_eq!(opcodes, [0xA, 0xA, 0xA, OP_PING, OP_TEXT, OP_CLOSE]);
+        assert_eq!(&frames[5].1[..2], &1008u16.to_be_bytes());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Room routes: `POST /api/rooms` (create), `GET /api/rooms` (list),
 //! `GET /api/rooms/{id}/messages?after=&before=&limit=` (history, from the room's memory or,
 //! for older messages, from its journal).
+//!
+//! Inputs are bounded at this edge (see the table in `routes.rs`): the creation body, the
+//! room id in the path, and `after`/`before` (0 to [`SEQ_MAX`]) and `limit` (clamped to
+//! [`HISTORY_PAGE_MAX`]) in the query.
 
 use actors::directory::{DIRECTORY_KEY, DirectoryCommand, RoomDirectory};
 use actors::room::{self, HISTORY_PAGE_MAX, Room, RoomCommand, RoomError, RoomReply};
@@ -12,9 +16,14 @@ use warp::{Filter, Reply};
 use crate::AppState;
 use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
+use crate::input::{Query, SEQ_MAX};
 
 /// Largest JSON body of a room creation.
-const CREATE_BODY_BYTES_MAX: u64 = 4 * 1024;
+pub const CREATE_BODY_BYTES_MAX: usize = 4 * 1024;
+/// Messages in a history page when the query does not say.
+const HISTORY_PAGE_DEFAULT: usize = 50;
+/// Query parameters of a history request (`token` is read by `authenticated`).
+const HISTORY_PARAMETERS: [&str; 4] = ["after", "before", "limit", "token"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,12 +31,22 @@ struct CreateRoom {
     name: String,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A history request's bounds, validated.
 struct HistoryQuery {
-    after: Option<u64>,
+    after: u64,
     before: Option<u64>,
-    limit: Option<usize>,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    fn parse(raw: &str) -> Result<Self, ApiError> {
+        let query = Query::parse(raw, &HISTORY_PARAMETERS)?;
+        Ok(Self {
+            after: query.number("after", SEQ_MAX)?.unwrap_or(0),
+            before: query.number("before", SEQ_MAX)?,
+            limit: query.limit("limit", HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)?,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -49,10 +68,15 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         warp::path!("api" / "rooms")
             .and(warp::post())
             .and(auth.clone())
-            .and(warp::body::content_length_limit(CREATE_BODY_BYTES_MAX))
-            .and(warp::body::json::<CreateRoom>())
-            .and_then(move |claims: Claims, body: CreateRoom| {
-                create_room(state.runtime.clone(), claims, body)
+            .and(warp::body::stream())
+            .and_then(move |claims: Claims, body| {
+                let runtime = state.runtime.clone();
+                async move {
+                    let body: CreateRoom = crate::input::read_json(body, CREATE_BODY_BYTES_MAX)
+                        .await
+                        .map_err(warp::reject::custom)?;
+                    create_room(runtime, claims, body).await
+                }
             })
     };
     let list = {
@@ -65,9 +89,14 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
     let history = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
         .and(auth)
-        .and(warp::query::<HistoryQuery>())
-        .and_then(move |room: String, _claims: Claims, query: HistoryQuery| {
-            history(state.runtime.clone(), room, query)
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and_then(move |room: String, _claims: Claims, query: String| {
+            let runtime = state.runtime.clone();
+            async move {
+                crate::input::room_id(&room).map_err(warp::reject::custom)?;
+                let query = HistoryQuery::parse(&query).map_err(warp::reject::custom)?;
+                history(runtime, room, query).await
+            }
         });
     create.or(list).unify().or(history).unify().boxed()
 }
@@ -131,9 +160,7 @@ async fn history(
     room: String,
     query: HistoryQuery,
 ) -> Result<warp::reply::Response, warp::Rejection> {
-    let after = query.after.unwrap_or(0);
-    let limit = query.limit.unwrap_or(50).clamp(1, HISTORY_PAGE_MAX);
-    let messages = room::history(&runtime, &room, after, query.before, limit)
+    let messages = room::history(&runtime, &room, query.after, query.before, query.limit)
         .await
         .map_err(reject_runtime)?
         .map_err(reject_room)?;

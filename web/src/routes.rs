@@ -1,5 +1,34 @@
 //! The HTTP routes: probes, metrics and the cluster view. Later routes (users, rooms, jobs,
 //! the WebSocket gateway, the page) are added here as filters over the same [`AppState`].
+//!
+//! **API Boundary.** Every input a client sends, and its bound (checked before anything is
+//! asked of an entity; a number out of range is a 400 naming the parameter, never a panic,
+//! an overflow or a full scan):
+//!
+//! | input | bound | beyond it |
+//! |---|---|---|
+//! | request line and headers | 64 KiB in all ([`crate::REQUEST_HEAD_BYTES_MAX`]), 100 headers | 431 (hyper), connection closed |
+//! | request URI | 64 KiB (the `http` crate's limit is just below) | 414 or 431 (hyper) |
+//! | time to send the request head | 30 s | connection dropped |
+//! | token (`Authorization: Bearer`, `?token=`) | 4 KiB | 401 |
+//! | `POST /api/rooms` body `{name}` | 4 KiB; a name of 1 to 80 characters | 413; 400; 422 |
+//! | room id in `/api/rooms/{id}/messages` | 1 to 128 bytes of ASCII letters, digits, `-_.:` | 400 `invalid_id` |
+//! | `after`, `before` (history) | whole numbers from 0 to 2^53 − 1 | 400 `invalid_parameter` |
+//! | `limit` (history) | whole number, clamped to 1..=200 | 400 if not a whole number |
+//! | any other query parameter, or one given twice | none accepted | 400 |
+//! | a query value | 12 KiB | 400 |
+//! | account JSON bodies (`/api/users/*`) | 16 KiB; email ≤ 254 bytes, password ≤ 1 KiB, name ≤ 64 and bio ≤ 500 characters | 413; 400 |
+//! | `PUT /api/users/me/photo` | `users.photo_bytes_max`, and its pixel limits | 413; 422 |
+//! | user id in `/api/users/{id}/photo`, verification token | their formats (checked before any lookup) | 404; 400 |
+//! | `POST /api/jobs` body | `jobs.input_bytes_max` + 64 KiB, by `Content-Length` up front and counted as it streams | 413 |
+//! | upload form | 8 parts; fields `file`, `target`, `width`, `height`, `duration_ms`; text fields 256 bytes | 400 |
+//! | `width`, `height`, `duration_ms` | whole numbers (u32, u32, u64), then the converter's limits | 422 |
+//! | job id in `/api/jobs/{id}` and `.../download` | 32 lowercase hexadecimal digits | 400 `invalid_id` |
+//! | `limit` (job list) | whole number, clamped to 1..=100 | 400 if not a whole number |
+//! | WebSocket message | 1 MiB transport limit; `sessions.frame_bytes_max` for the session | close 1009; `too_large` error frame |
+//! | WebSocket frames of any kind | 4 × `sessions.messages_per_second`, bursts of 2 s of that | close 1008 |
+//! | WebSocket data frames | `sessions.messages_per_second`, bursts of twice that | `rate_limited` error frame |
+//! | frames queued to a WebSocket client (pongs too) | `sessions.outbound_queue_max` | close 4008 |
 
 use serde::Serialize;
 use warp::http::StatusCode;

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use actors::user::service::Accounts;
 use bytes::Buf;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use warp::Filter;
@@ -220,7 +220,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
                     }
                 }
                 let bytes_max = accounts.settings().photo_bytes_max;
-                let upload = match read_limited(
+                let upload = match crate::input::read_limited(
                     body,
                     usize::try_from(bytes_max).unwrap_or(usize::MAX),
                 )
@@ -279,125 +279,13 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Reads a body of at most `bytes_max` bytes; 413 beyond, without reading the rest.
-async fn read_limited<S, B>(body: S, bytes_max: usize) -> Result<Vec<u8>, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let mut body = std::pin::pin!(body);
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|error| {
-            ApiError::bad_request("bad_body", format!("cannot read the body: {error}"))
-        })?;
-        if bytes.len() + chunk.remaining() > bytes_max {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is larger than {bytes_max} bytes"),
-            ));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            bytes.extend_from_slice(part);
-            let read = part.len();
-            chunk.advance(read);
-        }
-    }
-    Ok(bytes)
-}
-
-/// Reads and parses a JSON body: 400 `invalid_json` for bad syntax, 400 `missing_field` or
-/// `invalid_field` for the wrong shape, 413 beyond [`JSON_BODY_BYTES_MAX`].
+/// Reads and parses a JSON body of at most [`JSON_BODY_BYTES_MAX`] bytes (see
+/// [`crate::input::read_json`] for the errors).
 async fn read_json<T, S, B>(body: S) -> Result<T, ApiError>
 where
     T: DeserializeOwned,
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let bytes = read_limited(body, JSON_BODY_BYTES_MAX).await?;
-    parse_json(&bytes)
-}
-
-fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
-        use serde_json::error::Category;
-        match error.classify() {
-            Category::Data if error.to_string().starts_with("missing field") => {
-                ApiError::bad_request("missing_field", field_message(&error))
-            }
-            Category::Data => ApiError::bad_request("invalid_field", field_message(&error)),
-            Category::Syntax | Category::Eof | Category::Io => ApiError::bad_request(
-                "invalid_json",
-                format!("the body is not valid JSON: {error}"),
-            ),
-        }
-    })
-}
-
-/// serde's message without the echo of any value (it could be a password).
-fn field_message(error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(message.as_str());
-    if message.starts_with("missing field") || message.starts_with("unknown field") {
-        message.to_string()
-    } else {
-        "a field has the wrong type (strings expected)".to_string()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_errors_are_classified_without_echoing_values() {
-        let error = parse_json::<LoginRequest>(b"{\"email\": \"a@b.co\"")
-            .err()
-            .expect("eof");
-        assert_eq!(error.code, "invalid_json");
-        let error = parse_json::<LoginRequest>(b"not json")
-            .err()
-            .expect("syntax");
-        assert_eq!(error.code, "invalid_json");
-        let error = parse_json::<LoginRequest>(b"{\"email\": \"a@b.co\"}")
-            .err()
-            .expect("missing");
-        assert_eq!(error.code, "missing_field");
-        assert!(error.message.contains("password"), "{}", error.message);
-        let error = parse_json::<LoginRequest>(br#"{"email": "a@b.co", "password": 12345678901}"#)
-            .err()
-            .expect("type");
-        assert_eq!(error.code, "invalid_field");
-        assert!(!error.message.contains("12345678901"), "{}", error.message);
-        let error = parse_json::<ResendRequest>(br#"{"email": "a@b.co", "admin": true}"#)
-            .err()
-            .expect("unknown");
-        assert_eq!(error.code, "invalid_field");
-        assert!(error.message.contains("admin"), "{}", error.message);
-    }
-
-    #[tokio::test]
-    async fn bodies_are_cut_at_the_limit() {
-        let chunks = |sizes: &[usize]| {
-            futures_util::stream::iter(
-                sizes
-                    .iter()
-                    .map(|size| Ok::<_, warp::Error>(bytes::Bytes::from(vec![b'x'; *size])))
-                    .collect::<Vec<_>>(),
-            )
-        };
-        assert_eq!(
-            read_limited(chunks(&[3, 4]), 7).await.expect("fits").len(),
-            7
-        );
-        let error = read_limited(chunks(&[3, 5]), 7)
-            .await
-            .expect_err("too large");
-        assert_eq!(error.status, StatusCode::PAYLOAD_TOO_LARGE);
-    }
+    crate::input::read_json(body, JSON_BODY_BYTES_MAX).await
 }

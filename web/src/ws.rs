@@ -12,6 +12,20 @@
 //! protocol violation and ends the connection (tungstenite refuses it before buffering it);
 //! anything up to that reaches the session, which answers frames above the configured
 //! `sessions.frame_bytes_max` with a `too_large` error and keeps the connection.
+//!
+//! How a connection ends when its client misbehaves (the close frame's code and reason):
+//!
+//! | the client | close |
+//! |---|---|
+//! | sends frames of any kind faster than its flood budget (`inbound.rs`) | 1008 `too many frames per second` |
+//! | sends a message or frame above [`WS_MESSAGE_BYTES_MAX`] | 1009 |
+//! | breaks the protocol (unmasked frame, reserved bits or opcode, fragmented or long control frame, ...) | 1002 |
+//! | sends a text message that is not UTF-8 | 1007 |
+//! | does not read while frames (pongs too) are queued for it past `sessions.outbound_queue_max` | 4008 |
+//! | sends no data frame and answers none of our pings for `sessions.idle_timeout_ms` | 4000 |
+//!
+//! Only data frames, and a pong answering a ping we sent (one per ping), count as activity:
+//! pings and unsolicited pongs do not keep a connection open.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -36,6 +50,7 @@ use warp::{Filter, Reply};
 use crate::AppState;
 use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
+use crate::inbound::InboundBudget;
 use crate::outbound::Outbound;
 
 /// Hard limit of one WebSocket message; beyond it the connection is closed by the transport.
@@ -43,6 +58,22 @@ pub const WS_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 /// Initial read buffer of a connection (grows for larger frames): chat frames are small, and
 /// an idle connection should cost little.
 const READ_BUFFER_BYTES: usize = 1024;
+
+/// Longest a closed connection is drained before its socket is closed (see [`linger`]).
+const LINGER: Duration = crate::outbound::CLOSE_GRACE;
+/// Most bytes drained from a closed connection.
+const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Connections closed by the gateway for misbehaving, by close code.
+pub const WS_CLOSES_TOTAL: &str = "actorhub_ws_protocol_closes_total";
+/// Close code of a flooding client (RFC 6455: policy violation).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code of a message too big to process.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code of a protocol error.
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code of a text message that is not UTF-8.
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 
 /// Registry name of the node's sessions supervisor.
 pub fn sessions_supervisor_name(node: &str) -> String {
@@ -142,11 +173,20 @@ pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respon
         .boxed()
 }
 
-/// The socket as the WebSocket reader sees it: reads come from the socket, writes (its
-/// replies to pings and closes) go through the connection's [`Outbound`] like every frame.
+/// The socket as the WebSocket reader sees it: reads come from the socket and are counted
+/// against the connection's flood budget; writes (its replies to pings and closes) go through
+/// the connection's [`Outbound`] like every frame.
 struct ReadHalf {
     stream: Arc<TcpStream>,
     outbound: Arc<Outbound>,
+    budget: InboundBudget,
+}
+
+impl ReadHalf {
+    /// Whether the client went over its flood budget (the read then failed).
+    fn flooded(&self) -> bool {
+        self.budget.flooded()
+    }
 }
 
 impl AsyncRead for ReadHalf {
@@ -155,11 +195,19 @@ impl AsyncRead for ReadHalf {
         context: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.budget.flooded() {
+            return Poll::Ready(Err(flood_error()));
+        }
         loop {
-            ready!(self.stream.poll_read_ready(context))?;
-            match self.stream.try_read(buf.initialize_unfilled()) {
+            ready!(this.stream.poll_read_ready(context))?;
+            match this.stream.try_read(buf.initialize_unfilled()) {
                 Ok(read) => {
+                    let start = buf.filled().len();
                     buf.advance(read);
+                    if !this.budget.read(&buf.filled()[start..], Instant::now()) {
+                        return Poll::Ready(Err(flood_error()));
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -167,6 +215,51 @@ impl AsyncRead for ReadHalf {
             }
         }
     }
+}
+
+fn flood_error() -> std::io::Error {
+    std::io::Error::other("the client sent frames faster than its flood budget")
+}
+
+fn flood_close() -> CloseReason {
+    CloseReason {
+        code: CLOSE_POLICY,
+        reason: "too many frames per second".into(),
+    }
+}
+
+/// Closes the connection of a client that broke a rule, and says so.
+fn close_misbehaving(outbound: &Outbound, session_id: &str, reason: CloseReason, frames: u64) {
+    tracing::info!(
+        session = %session_id, code = reason.code, reason = %reason.reason, frames,
+        "closing a misbehaving connection"
+    );
+    metrics::counter!(WS_CLOSES_TOTAL, "code" => reason.code.to_string()).increment(1);
+    outbound.close(reason);
+}
+
+/// The close frame owed to a client whose frames tungstenite refused, if any (none when the
+/// peer is simply gone).
+fn close_for(error: &tokio_tungstenite::tungstenite::Error, flooded: bool) -> Option<CloseReason> {
+    use tokio_tungstenite::tungstenite::Error as E;
+    use tokio_tungstenite::tungstenite::error::ProtocolError as P;
+    if flooded {
+        return Some(flood_close());
+    }
+    let (code, reason) = match error {
+        E::Capacity(_) => (
+            CLOSE_TOO_BIG,
+            format!("message too big: the limit is {WS_MESSAGE_BYTES_MAX} bytes"),
+        ),
+        E::Utf8(_) => (
+            CLOSE_INVALID_DATA,
+            "a text message is not valid UTF-8".to_string(),
+        ),
+        E::Protocol(P::ResetWithoutClosingHandshake) => return None,
+        E::Protocol(error) => (CLOSE_PROTOCOL, format!("protocol error: {error}")),
+        _ => return None,
+    };
+    Some(CloseReason { code, reason })
 }
 
 impl AsyncWrite for ReadHalf {
@@ -229,9 +322,23 @@ async fn connection(
         .write_buffer_size(0)
         .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
         .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+    let mut budget = InboundBudget::new(
+        limits.messages_per_second,
+        limits.frame_bytes_max,
+        WS_MESSAGE_BYTES_MAX,
+    );
+    // Frames sent along with the upgrade request count too (hyper may have read 64 KiB).
+    if !budget.read(&read_buf, Instant::now()) {
+        close_misbehaving(&outbound, &session_id, flood_close(), budget.frames());
+        let _ = session.cast(SessionMsg::ClientGone);
+        outbound.finish();
+        linger(&stream).await;
+        return;
+    }
     let reader = ReadHalf {
-        stream,
+        stream: stream.clone(),
         outbound: outbound.clone(),
+        budget,
     };
     let mut socket =
         WebSocketStream::from_partially_read(reader, read_buf, Role::Server, Some(config)).await;
@@ -242,26 +349,53 @@ async fn connection(
     ping.tick().await;
     let mut closed = outbound.closed();
     let mut last_activity = Instant::now();
+    // A pong counts as activity only in answer to a ping of ours (it echoes the ping's
+    // payload, RFC 6455 §5.5.3), once per ping.
+    let mut pings_sent: u64 = 0;
+    let mut ping_outstanding: Option<Vec<u8>> = None;
     loop {
         tokio::select! {
             received = socket.next() => {
                 let message = match received {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
-                        tracing::debug!(session = %session_id, %error, "WebSocket read failed");
+                        match close_for(&error, socket.get_ref().flooded()) {
+                            Some(reason) => close_misbehaving(
+                                &outbound,
+                                &session_id,
+                                reason,
+                                socket.get_ref().budget.frames(),
+                            ),
+                            None => {
+                                tracing::debug!(session = %session_id, %error, "WebSocket read failed");
+                            }
+                        }
                         break;
                     }
                     None => break,
                 };
-                last_activity = Instant::now();
                 let forwarded = match message {
-                    Message::Text(text) => session.cast(SessionMsg::ClientText(text.as_str().to_string())),
-                    Message::Binary(bytes) => session.cast(SessionMsg::ClientText(
-                        String::from_utf8_lossy(&bytes).into_owned(),
-                    )),
+                    Message::Text(text) => {
+                        last_activity = Instant::now();
+                        session.cast(SessionMsg::ClientText(text.as_str().to_string()))
+                    }
+                    Message::Binary(bytes) => {
+                        last_activity = Instant::now();
+                        session.cast(SessionMsg::ClientText(
+                            String::from_utf8_lossy(&bytes).into_owned(),
+                        ))
+                    }
                     Message::Close(_) => break,
-                    // Pings and pongs prove the client is alive (tungstenite answers pings).
-                    _ => Ok(()),
+                    Message::Pong(payload)
+                        if ping_outstanding.as_deref() == Some(payload.as_ref()) =>
+                    {
+                        ping_outstanding = None;
+                        last_activity = Instant::now();
+                        Ok(())
+                    }
+                    // Pings (tungstenite answers them) and unsolicited pongs prove nothing: an
+                    // idle client must not be kept alive by them.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
                 };
                 if forwarded.is_err() {
                     break;
@@ -272,17 +406,47 @@ async fn connection(
                     tracing::info!(session = %session_id, "closing an idle connection");
                     outbound.close(CloseReason {
                         code: CLOSE_IDLE,
-                        reason: format!("no frame for {} s", idle.as_secs()),
+                        reason: format!(
+                            "idle for {:.1} s: no message, no answer to our pings",
+                            idle.as_secs_f64()
+                        ),
                     });
                 } else {
-                    outbound.ping();
+                    pings_sent += 1;
+                    let payload = pings_sent.to_string().into_bytes();
+                    outbound.ping(&payload);
+                    ping_outstanding = Some(payload);
                 }
             }
             () = crate::until_true(&mut closed) => break,
         }
     }
+    drop(socket);
     let _ = session.cast(SessionMsg::ClientGone);
     outbound.finish();
+    linger(&stream).await;
+}
+
+/// After the last frame: reads and drops what the client still sends until it closes its
+/// side, for at most [`LINGER`] and [`LINGER_BYTES_MAX`]. Closing a socket that holds unread
+/// bytes makes the kernel reset the connection and drop what it has not delivered yet (our
+/// close frame to a flooding client, typically); this gives the close frame time to arrive.
+async fn linger(stream: &TcpStream) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    let mut drained = 0;
+    while drained <= LINGER_BYTES_MAX {
+        tokio::select! {
+            ready = stream.readable() => if ready.is_err() { return },
+            () = tokio::time::sleep_until(deadline) => return,
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(read) => drained += read,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 async fn start_session(
