@@ -1003,3 +1003,63 @@ async fn http_inputs_out_of_bounds_get_4xx_never_5xx() {
     assert_eq!(health.status(), 200);
     rss.finish("HTTP headers and URI", &got.join("; ")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_short_of_memory_refuses_new_connections_and_uploads() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // A budget far below what a node needs: it is under pressure from its first sample.
+    let cluster = ClusterBuilder::new(env!("CARGO_BIN_EXE_node"))
+        .nodes(1)
+        .setting("limits", "memory_bytes_max", 64 * 1024 * 1024)
+        .setting("limits", "memory_pressure_percent", 10)
+        .start()
+        .await
+        .expect("node starts");
+    let url = cluster.http_url("n1");
+    let token = test_token("late");
+    let upgrade = || async {
+        reqwest::Client::new()
+            .get(format!("{url}/ws?token={token}"))
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .expect("upgrade answered")
+    };
+    let deadline = Instant::now() + WAIT;
+    let (status, body) = loop {
+        let (status, body) = status_and_body(upgrade().await).await;
+        if status != 101 || Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("short_of_memory")),
+        "{body}"
+    );
+    let (status, body) = status_and_body(
+        reqwest::Client::new()
+            .post(format!("{url}/api/jobs"))
+            .bearer_auth(&token)
+            .header("content-type", "multipart/form-data; boundary=b")
+            .body("--b\r\nContent-Disposition: form-data; name=\"target\"\r\n\r\npdf\r\n--b--\r\n")
+            .send()
+            .await
+            .expect("upload answered"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("short_of_memory")),
+        "{body}"
+    );
+    let health = reqwest::get(format!("{url}/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200, "the node itself stays up");
+    eprintln!("[hostile] node over its memory budget: upgrade and upload get 503 short_of_memory");
+}

@@ -39,6 +39,16 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// The node is above its memory pressure mark (`[limits]`): new connections and uploads
+    /// are refused until it is back below.
+    pub fn short_of_memory() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "short_of_memory",
+            "this node is short of memory; try again shortly or use another node",
+        )
+    }
+
     /// Maps a runtime failure onto the API: the caller may retry on 503, not on 4xx.
     pub fn from_runtime(error: runtime::RuntimeError) -> Self {
         use runtime::RuntimeError as E;

@@ -147,6 +147,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
              content_type: Option<String>,
              length: Option<u64>,
              body| async move {
+                if runtime.memory().under_pressure() {
+                    return ApiError::short_of_memory().into_response();
+                }
                 let bytes_max = runtime.config().jobs.input_bytes_max;
                 let Some(boundary) =
                     content_type.and_then(|value| multer::parse_boundary(value).ok())

@@ -29,6 +29,7 @@
 //! | WebSocket frames of any kind | 4 × `sessions.messages_per_second`, bursts of 2 s of that | close 1008 |
 //! | WebSocket data frames | `sessions.messages_per_second`, bursts of twice that | `rate_limited` error frame |
 //! | frames queued to a WebSocket client (pongs too) | `sessions.outbound_queue_max` | close 4008 |
+//! | a WebSocket upgrade, a job or photo upload while the node is above its memory pressure mark (`[limits]`) | refused | 503 `short_of_memory` |
 
 use serde::Serialize;
 use warp::http::StatusCode;

@@ -200,6 +200,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
             }
         });
 
+    let runtime = state.runtime.clone();
     let upload = warp::path!("api" / "users" / "me" / "photo")
         .and(warp::put())
         .and(with_accounts.clone())
@@ -207,31 +208,37 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::stream())
         .then(
-            |accounts: Accounts, claims: Claims, content_type: Option<String>, body| async move {
-                if let Some(content_type) = content_type {
-                    let essence = content_type.split(';').next().unwrap_or_default().trim();
-                    if !PHOTO_CONTENT_TYPES.contains(&essence.to_ascii_lowercase().as_str()) {
-                        return ApiError::new(
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            "unsupported_media_type",
-                            "send a JPEG, PNG or WebP image",
-                        )
-                        .into_response();
+            move |accounts: Accounts, claims: Claims, content_type: Option<String>, body| {
+                let short_of_memory = runtime.memory().under_pressure();
+                async move {
+                    if short_of_memory {
+                        return ApiError::short_of_memory().into_response();
                     }
-                }
-                let bytes_max = accounts.settings().photo_bytes_max;
-                let upload = match crate::input::read_limited(
-                    body,
-                    usize::try_from(bytes_max).unwrap_or(usize::MAX),
-                )
-                .await
-                {
-                    Ok(upload) => upload,
-                    Err(error) => return error.into_response(),
-                };
-                match accounts.set_photo(&claims.sub, upload).await {
-                    Ok(profile) => json(StatusCode::OK, &UserBody::from(&profile)),
-                    Err(error) => account_error(error),
+                    if let Some(content_type) = content_type {
+                        let essence = content_type.split(';').next().unwrap_or_default().trim();
+                        if !PHOTO_CONTENT_TYPES.contains(&essence.to_ascii_lowercase().as_str()) {
+                            return ApiError::new(
+                                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                                "unsupported_media_type",
+                                "send a JPEG, PNG or WebP image",
+                            )
+                            .into_response();
+                        }
+                    }
+                    let bytes_max = accounts.settings().photo_bytes_max;
+                    let upload = match crate::input::read_limited(
+                        body,
+                        usize::try_from(bytes_max).unwrap_or(usize::MAX),
+                    )
+                    .await
+                    {
+                        Ok(upload) => upload,
+                        Err(error) => return error.into_response(),
+                    };
+                    match accounts.set_photo(&claims.sub, upload).await {
+                        Ok(profile) => json(StatusCode::OK, &UserBody::from(&profile)),
+                        Err(error) => account_error(error),
+                    }
                 }
             },
         );

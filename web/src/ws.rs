@@ -131,6 +131,9 @@ pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respon
         .and_then(move |claims: Claims, accept: String, upgrade: Option<OnUpgrade>| {
             let state = state.clone();
             async move {
+                if state.runtime.memory().under_pressure() {
+                    return Err(warp::reject::custom(ApiError::short_of_memory()));
+                }
                 let limit = state.runtime.config().sessions.connections_max;
                 let open = state.connections.open.fetch_add(1, Ordering::Relaxed) + 1;
                 let guard = ConnectionGuard(state.connections.clone());
