@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use runtime::builtin::{Register, RegisterCommand, RegisterReply};
-use runtime::config::StorageSection;
 use runtime::{EntityId, EntityRef, Node};
 
 /// Tells per iteration of the tell-throughput benchmark (one ask barrier each).
@@ -194,29 +193,20 @@ async fn concurrent_adds(registers: &[EntityRef<Register>]) {
     }
 }
 
-/// `Journal::append` of one small record (what one `ask(Add(1))` writes), sequentially on one
-/// entity, straight on the object store: the floor under every persisting ask.
+/// A node-log append of one small record (what one `ask(Add(1))` writes), sequentially on one
+/// entity: the floor under every persisting ask.
 fn journal_append(criterion: &mut Criterion) {
     let fixture = fixture();
     let mut group = criterion.benchmark_group("journal_append");
     group.throughput(Throughput::Elements(1));
     for fsync in [false, true] {
-        let section = StorageSection {
-            url: format!(
-                "file://{}",
-                fixture
-                    .directory
-                    .join("journal")
-                    .join(fsync_label(fsync))
-                    .display()
-            ),
-            fsync,
-            ..StorageSection::default()
-        };
-        let journal = runtime::storage::open(&section)
-            .expect("object store")
-            .journal("bench/1");
+        let directory = fixture.directory.join("journal").join(fsync_label(fsync));
+        let journal = fixture
+            .tokio
+            .block_on(benches::journal_append::open_journal(&directory, fsync))
+            .expect("node journal");
         let entity = EntityId::new("bench.journal", fsync_label(fsync));
+        let (epoch, _) = fixture.tokio.block_on(journal.load(&entity)).expect("load");
         let next_seq = AtomicU64::new(1);
         group.bench_function(
             BenchmarkId::new("one_record", fsync_label(fsync)),
@@ -226,12 +216,7 @@ fn journal_append(criterion: &mut Criterion) {
                     let journal = &journal;
                     let entity = &entity;
                     async move {
-                        journal
-                            .append(
-                                entity,
-                                seq,
-                                vec![benches::journal_append::small_record(seq)],
-                            )
+                        benches::journal_append::append_one(journal, entity, epoch, seq)
                             .await
                             .expect("append");
                     }

@@ -1,6 +1,7 @@
-//! `journal-append`: the latency of `Journal::append` of one small record (one group commit of
-//! one command), sequentially on one entity, and the throughput of concurrent writers on
-//! different entities. Runs on a local-directory object store, as a single-host deployment does.
+//! `journal-append`: the latency of a node-log append of one small record (one command),
+//! sequentially on one entity, and the throughput of concurrent writers on different entities
+//! (their appends share the node log's flushes). Runs on a local-directory object store, as a
+//! single-host deployment does.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use runtime::builtin::{RegisterEvent, RegisterReply};
 use runtime::config::StorageSection;
-use runtime::journal::{Journal, Record};
+use runtime::journal::{JournalSettings, NodeJournal, Record};
 use runtime::{EntityId, MsgId, codec};
 use serde_json::{Value, json};
 
@@ -46,20 +47,64 @@ pub async fn run(directory: &Path, options: &JournalAppendOptions) -> anyhow::Re
     let mut results = Vec::new();
     for &fsync in &options.fsync_modes {
         let store_dir = directory.join(if fsync { "fsync" } else { "no-fsync" });
-        let journal = open_journal(&store_dir, fsync)?;
+        let journal = open_journal(&store_dir, fsync).await?;
         results.push(sequential(&journal, fsync, options.sequential_appends).await?);
         results.push(concurrent(&journal, fsync, options).await?);
     }
     Ok(results)
 }
 
-fn open_journal(directory: &Path, fsync: bool) -> anyhow::Result<Journal> {
+/// A node journal on a fresh local-directory store, holding every partition.
+pub async fn open_journal(directory: &Path, fsync: bool) -> anyhow::Result<NodeJournal> {
     let section = StorageSection {
         url: format!("file://{}", directory.display()),
         fsync,
         ..StorageSection::default()
     };
-    Ok(runtime::storage::open(&section)?.journal("bench/1"))
+    let storage = runtime::storage::open(&section)?;
+    let objects: std::sync::Arc<dyn runtime::journal::objects::Objects> =
+        std::sync::Arc::new(storage.journal_objects());
+    let log = runtime::journal::node_log::log_name("bench", 1);
+    let segments = runtime::journal::Journal::new(objects.clone(), log.clone());
+    let settings = JournalSettings {
+        flush_interval: Duration::ZERO,
+        ..JournalSettings::default()
+    };
+    let journal = NodeJournal::start("bench", log, objects, segments, settings.clone(), |_| false);
+    journal.set_desired((0..settings.partitions).collect());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while journal.owned().len() < settings.partitions as usize {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the bench journal did not take its partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(journal)
+}
+
+/// Appends one record of `entity` at `seq` and waits until it is acknowledged. The entity
+/// must have been loaded (`journal.load`) at `epoch`.
+pub async fn append_one(
+    journal: &NodeJournal,
+    entity: &EntityId,
+    epoch: u64,
+    seq: u64,
+) -> anyhow::Result<()> {
+    let (done, acknowledged) = tokio::sync::oneshot::channel();
+    journal.append(
+        entity,
+        epoch,
+        seq,
+        vec![small_record(seq)],
+        move |outcome| {
+            let _ = done.send(outcome);
+        },
+    );
+    acknowledged
+        .await
+        .context("the journal stopped")?
+        .map_err(|error| anyhow::anyhow!("append {seq}: {error}"))
 }
 
 /// The record one `ask(Add(1))` of a register leaves: one event, its message id and its reply.
@@ -75,18 +120,18 @@ pub fn small_record(seq: u64) -> Record {
         msg_id: Some(MsgId(u128::from(seq))),
         events: vec![codec::encode(&RegisterEvent::Added(1))],
         reply: codec::encode(&reply),
+        schema: 1,
     }
 }
 
-async fn sequential(journal: &Journal, fsync: bool, appends: u64) -> anyhow::Result<Value> {
+async fn sequential(journal: &NodeJournal, fsync: bool, appends: u64) -> anyhow::Result<Value> {
     let entity = EntityId::new(KIND, "sequential");
+    let (epoch, _) = journal.load(&entity).await?;
     let mut samples = Vec::with_capacity(appends as usize);
     let started = Instant::now();
     for seq in 1..=appends {
-        let record = small_record(seq);
         let append_started = Instant::now();
-        journal
-            .append(&entity, seq, vec![record])
+        append_one(journal, &entity, epoch, seq)
             .await
             .with_context(|| format!("sequential append {seq}"))?;
         samples.push(append_started.elapsed());
@@ -103,7 +148,7 @@ async fn sequential(journal: &Journal, fsync: bool, appends: u64) -> anyhow::Res
 }
 
 async fn concurrent(
-    journal: &Journal,
+    journal: &NodeJournal,
     fsync: bool,
     options: &JournalAppendOptions,
 ) -> anyhow::Result<Value> {
@@ -114,12 +159,11 @@ async fn concurrent(
         let appends = options.appends_per_writer;
         tasks.push(tokio::spawn(async move {
             let entity = EntityId::new(KIND, format!("writer-{writer}"));
+            let (epoch, _) = journal.load(&entity).await?;
             let mut samples: Vec<Duration> = Vec::with_capacity(appends as usize);
             for seq in 1..=appends {
                 let append_started = Instant::now();
-                journal
-                    .append(&entity, seq, vec![small_record(seq)])
-                    .await?;
+                append_one(&journal, &entity, epoch, seq).await?;
                 samples.push(append_started.elapsed());
             }
             anyhow::Ok(samples)

@@ -27,7 +27,12 @@ fn config() -> bincode::config::Configuration<
 
 /// Encodes `value` with the version byte in front.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![FORMAT_VERSION];
+    encode_versioned(FORMAT_VERSION, value)
+}
+
+/// Encodes `value` with `version` in front (formats that evolve apart, e.g. the journal's).
+pub fn encode_versioned<T: Serialize + ?Sized>(version: u8, value: &T) -> Vec<u8> {
+    let mut bytes = vec![version];
     // Serializing our own plain data types into a Vec cannot fail; a failure is a programming error.
     bincode::serde::encode_into_std_write(value, &mut bytes, config())
         .expect("serializing an in-memory value into a Vec cannot fail");
@@ -36,10 +41,19 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 /// Decodes bytes written by [`encode`]; `what` names the value in the error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T> {
+    decode_versioned(bytes, FORMAT_VERSION, what)
+}
+
+/// Decodes bytes written by [`encode_versioned`] with `version`.
+pub fn decode_versioned<T: DeserializeOwned>(
+    bytes: &[u8],
+    version: u8,
+    what: &'static str,
+) -> Result<T> {
     let codec_error = |reason: String| RuntimeError::Codec { what, reason };
     match bytes.split_first() {
         None => Err(codec_error("empty input".into())),
-        Some((&FORMAT_VERSION, body)) => {
+        Some((found, body)) if *found == version => {
             let (value, read) = bincode::serde::decode_from_slice(body, config())
                 .map_err(|error| codec_error(error.to_string()))?;
             if read != body.len() {
@@ -47,8 +61,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T
             }
             Ok(value)
         }
-        Some((version, _)) => Err(codec_error(format!(
-            "format version {version}, this node understands {FORMAT_VERSION}"
+        Some((found, _)) => Err(codec_error(format!(
+            "format version {found}, expected {version}"
         ))),
     }
 }

@@ -32,6 +32,8 @@ pub struct ClusterConfig {
     pub jobs: JobsSection,
     #[serde(default)]
     pub limits: LimitsSection,
+    #[serde(default)]
+    pub journal: JournalSection,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -123,6 +125,62 @@ pub struct EntitySection {
     pub probe_passivate_after_ms: u64,
 }
 
+/// `[journal]`: the node log, its group commit, compaction and retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Least time between two flushes of the node log (one object-store write each, holding
+    /// every entity's appends of that moment): 0 writes as soon as the previous write ended;
+    /// on S3, 10-50 ms trades a little latency for far fewer requests.
+    pub flush_interval_ms: u64,
+    /// A flush starts early once this many bytes wait.
+    pub flush_bytes_max: usize,
+    /// How often owned partitions are compacted into entity segments.
+    pub compact_interval_ms: u64,
+    /// A partition is compacted early once this many records wait.
+    pub compact_records_max: usize,
+    /// How often a node that only reads looks for fences (a writer looks after every flush).
+    pub fence_check_interval_ms: u64,
+    /// How often the logs of nodes that are gone are cleaned up.
+    pub janitor_interval_ms: u64,
+    /// Events of history kept per entity kind beyond the latest snapshot (`room = 100000`);
+    /// kinds not listed keep all of it.
+    pub retain_events: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 2,
+            flush_bytes_max: 4 * 1024 * 1024,
+            compact_interval_ms: 2_000,
+            compact_records_max: 4_096,
+            fence_check_interval_ms: 1_000,
+            janitor_interval_ms: 30_000,
+            retain_events: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl JournalSection {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.flush_interval_ms > 1_000 {
+            return Err("`journal.flush_interval_ms`: at most 1000".into());
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.flush_bytes_max) {
+            return Err("`journal.flush_bytes_max`: 64 KiB to 64 MiB".into());
+        }
+        if self.compact_interval_ms < 100
+            || self.fence_check_interval_ms < 10
+            || self.janitor_interval_ms < 100
+            || self.compact_records_max == 0
+        {
+            return Err("`journal.compact_interval_ms` (>= 100), `journal.fence_check_interval_ms` (>= 10), `journal.janitor_interval_ms` (>= 100) and `journal.compact_records_max` (> 0) out of range".into());
+        }
+        Ok(())
+    }
+}
+
 /// `[limits]`: what one node may use, whatever its clients send.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -166,6 +224,10 @@ pub struct StorageSection {
     /// appends waiting at that moment, see `storage.rs`) before acknowledging it.
     #[serde(default = "defaults::fsync")]
     pub fsync: bool,
+    /// For benchmarks and tests only: adds this delay to every request to the store (S3's
+    /// first-byte latency on a local store or a local S3 server).
+    #[serde(default)]
+    pub latency_ms: u64,
 }
 
 /// `[web]`: HTTP and token settings shared by every node.
@@ -558,6 +620,7 @@ impl Default for StorageSection {
             secret_access_key: None,
             allow_http: false,
             fsync: defaults::fsync(),
+            latency_ms: 0,
         }
     }
 }
@@ -776,6 +839,7 @@ http_addr = "127.0.0.1:{http_port}"
         {
             return fail("`web.jwt_secret`: use at least 16 characters".into());
         }
+        self.journal.validate().map_err(RuntimeError::Config)?;
         self.users.validate().map_err(RuntimeError::Config)?;
         self.jobs.validate().map_err(RuntimeError::Config)?;
         Ok(())
@@ -873,7 +937,10 @@ mod tests {
         assert_eq!(config.jobs.worker_memory_bytes_max, 512 * 1024 * 1024);
         assert_eq!(config.jobs.max_attempts, 3);
         for (line, key) in [
-            ("worker_memory_bytes_max = 1024", "jobs.worker_memory_bytes_max"),
+            (
+                "worker_memory_bytes_max = 1024",
+                "jobs.worker_memory_bytes_max",
+            ),
             ("worker_cpu_seconds_max = 0", "jobs.worker_cpu_seconds_max"),
             ("worker_open_files_max = 3", "jobs.worker_open_files_max"),
             ("max_attempts = 0", "jobs.max_attempts"),

@@ -30,6 +30,11 @@ use crate::runtime::Runtime;
 pub trait Entity: Sized + Send + 'static {
     /// The kind's name: part of every entity id and journal path. Never rename it.
     const KIND: &'static str;
+    /// The version of this kind's journaled types (events, replies, state), recorded with
+    /// every record and snapshot. Those types are append-only: add fields and variants at the
+    /// end, never remove or reorder one; bump this when you add, so that an older build
+    /// refuses a journal it could misread instead of misreading it.
+    const SCHEMA: u32 = 1;
     type Command: Serialize + DeserializeOwned + Send + 'static;
     type Reply: Serialize + DeserializeOwned + Send + 'static;
     type Event: Serialize + DeserializeOwned + Send + 'static;

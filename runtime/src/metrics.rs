@@ -24,6 +24,12 @@ pub const STORE_FLUSH_SECONDS: &str = "actorhub_store_flush_seconds";
 pub const STORE_FLUSH_WAITERS: &str = "actorhub_store_flush_waiters";
 pub const SNAPSHOTS_TOTAL: &str = "actorhub_snapshots_total";
 pub const WIRE_DECODE_ERRORS_TOTAL: &str = "actorhub_wire_decode_errors_total";
+pub const PARTITION_TAKEOVER_SECONDS: &str = "actorhub_partition_takeover_seconds";
+pub const PARTITION_CLAIMS_TOTAL: &str = "actorhub_partition_claims_total";
+pub const JOURNAL_FENCED_TOTAL: &str = "actorhub_journal_fenced_total";
+pub const JOURNAL_COMPACTIONS_TOTAL: &str = "actorhub_journal_compactions_total";
+pub const JOURNAL_COMPACTION_SECONDS: &str = "actorhub_journal_compaction_seconds";
+pub const JOURNAL_LOG_OBJECTS_DELETED_TOTAL: &str = "actorhub_journal_log_objects_deleted_total";
 pub const CLUSTER_CONNECTIONS_REFUSED_TOTAL: &str = "actorhub_cluster_connections_refused_total";
 pub const MESSAGES_TOO_LARGE_TOTAL: &str = "actorhub_messages_too_large_total";
 pub const PROCESS_RESIDENT_BYTES: &str = "actorhub_process_resident_bytes";
@@ -84,14 +90,14 @@ pub fn describe() {
     describe_counter!(ASK_RETRIES_TOTAL, "Ask attempts retried, by reason");
     describe_counter!(
         JOURNAL_APPENDS_TOTAL,
-        "Journal segments written (group commits)"
+        "Node-log objects written (one flush of every entity of the node)"
     );
     describe_histogram!(
         JOURNAL_APPEND_SECONDS,
         metrics::Unit::Seconds,
         "Journal append latency"
     );
-    describe_histogram!(JOURNAL_BATCH_EVENTS, "Events per journal segment");
+    describe_histogram!(JOURNAL_BATCH_EVENTS, "Entity appends per node-log object");
     describe_histogram!(
         STORE_FLUSH_SECONDS,
         metrics::Unit::Seconds,
@@ -114,6 +120,32 @@ pub fn describe() {
     describe_counter!(
         WIRE_DECODE_ERRORS_TOTAL,
         "Messages from peers that could not be decoded"
+    );
+    describe_histogram!(
+        PARTITION_TAKEOVER_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to take a partition over: claim, seals, replay"
+    );
+    describe_counter!(
+        PARTITION_CLAIMS_TOTAL,
+        "Partition epochs claimed by this node"
+    );
+    describe_counter!(
+        JOURNAL_FENCED_TOTAL,
+        "Partitions this node lost to a fence from a new owner"
+    );
+    describe_counter!(
+        JOURNAL_COMPACTIONS_TOTAL,
+        "Partition compactions (checkpoints written)"
+    );
+    describe_histogram!(
+        JOURNAL_COMPACTION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one partition's compaction"
+    );
+    describe_counter!(
+        JOURNAL_LOG_OBJECTS_DELETED_TOTAL,
+        "Node-log objects deleted once compacted"
     );
     describe_counter!(
         CLUSTER_CONNECTIONS_REFUSED_TOTAL,

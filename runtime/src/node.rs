@@ -43,6 +43,8 @@ pub struct NodeBuilder {
     config: Arc<ClusterConfig>,
     node_id: String,
     kinds: Kinds,
+    /// A store to use instead of the one `[storage]` names (tests, benchmarks).
+    store: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 /// A running node.
@@ -64,12 +66,19 @@ impl NodeBuilder {
             config: Arc::new(config),
             node_id: node_id.to_string(),
             kinds,
+            store: None,
         })
     }
 
     /// Makes entities of kind `E` available on this node. Every node must register the same kinds.
     pub fn register<E: Entity>(mut self, deps: E::Deps) -> Self {
         self.kinds.register::<E>(deps);
+        self
+    }
+
+    /// Uses `store` as the shared object store instead of the one `[storage]` names.
+    pub fn with_object_store(mut self, store: Arc<dyn object_store::ObjectStore>) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -85,11 +94,18 @@ impl NodeBuilder {
         })?;
         let local_store = LocalStore::open(&data_dir.join("node.sled"))?;
         let incarnation = local_store.next_incarnation()?;
-        let storage = crate::journal::storage::open(&config.storage)?;
+        let storage = match self.store {
+            Some(store) => crate::journal::storage::Storage::from_store(store),
+            None => crate::journal::storage::open(&config.storage)?,
+        };
+        let objects: Arc<dyn crate::journal::objects::Objects> =
+            Arc::new(storage.journal_objects());
+        crate::journal::objects::check_create_only(objects.as_ref(), &me.id).await?;
+        check_partitions(objects.as_ref()).await?;
         let segment_cache = local_store
             .segment_cache(&crate::journal::storage::store_id(&storage.objects).await?)?;
-        let journal = storage
-            .journal(format!("{}/{}", me.id, incarnation))
+        let log = crate::journal::node_log::log_name(&me.id, incarnation);
+        let segments = crate::journal::Journal::new(Arc::clone(&objects), log.clone())
             .with_segment_cache(segment_cache);
 
         let listen_ip = me.listen_ip.unwrap_or(me.cluster_addr.ip());
@@ -137,6 +153,15 @@ impl NodeBuilder {
             settled: false,
         };
         let (view_sender, view_receiver) = watch::channel(initial);
+        let journal = crate::journal::NodeJournal::start(
+            &me.id,
+            log,
+            objects,
+            segments,
+            journal_settings(&config.journal),
+            janitor_scope(me.id.clone(), view_receiver.clone()),
+        );
+        let partition_driver = drive_partitions(journal.clone(), view_receiver.clone());
         let (events, _) = broadcast::channel(EVENTS_BUFFERED_MAX);
         let active_count = Arc::new(AtomicUsize::new(0));
         let memory = Arc::new(crate::memory::MemoryBudget::new(&config.limits));
@@ -147,6 +172,7 @@ impl NodeBuilder {
             view: view_receiver,
             events: events.clone(),
             journal,
+            store: Arc::clone(&storage.objects),
             local_store,
             active_entities: active_count.clone(),
             memory: memory.clone(),
@@ -221,7 +247,7 @@ impl NodeBuilder {
             root,
             root_handle,
             node_server,
-            background: vec![cluster_port, memory_watchdog],
+            background: vec![cluster_port, memory_watchdog, partition_driver],
         })
     }
 }
@@ -386,6 +412,8 @@ impl Node {
         for task in &self.background {
             task.abort();
         }
+        // Entities have stopped: what they appended is flushed, then the writer stops.
+        self.runtime.node_journal().stop();
         if let Err(error) = self.runtime.local_store().flush().await {
             tracing::warn!(%error, "could not flush the node-local store");
         }
@@ -398,4 +426,97 @@ fn spawn_error(what: &str, error: ractor::SpawnErr) -> RuntimeError {
         what: what.to_string(),
         reason: error.to_string(),
     }
+}
+
+/// The journal's settings from `[journal]`.
+fn journal_settings(section: &crate::config::JournalSection) -> crate::journal::JournalSettings {
+    crate::journal::JournalSettings {
+        partitions: crate::cluster::placement::PARTITIONS,
+        flush_interval: Duration::from_millis(section.flush_interval_ms),
+        flush_bytes_max: section.flush_bytes_max,
+        fence_check_interval: Duration::from_millis(section.fence_check_interval_ms),
+        compact_interval: Duration::from_millis(section.compact_interval_ms),
+        compact_records_max: section.compact_records_max,
+        ..crate::journal::JournalSettings::default()
+    }
+}
+
+/// Proves (once per store) that every node uses the same number of partitions: a node with
+/// another count would place and fence entities differently.
+async fn check_partitions(objects: &dyn crate::journal::objects::Objects) -> Result<()> {
+    let path = "meta/partitions".to_string();
+    let count = crate::cluster::placement::PARTITIONS.to_string();
+    objects
+        .create(path.clone(), count.clone().into_bytes())
+        .await?;
+    let stored = objects.get(path).await?.unwrap_or_default();
+    if stored.as_ref() != count.as_bytes() {
+        return Err(RuntimeError::Config(format!(
+            "this store was created with {} journal partitions, this build uses {count}; run the build that created it",
+            String::from_utf8_lossy(&stored)
+        )));
+    }
+    Ok(())
+}
+
+/// Which foreign logs this node's janitor cleans: those of node incarnations that are not up
+/// in its view, each by one live node (rendezvous over the members that are up).
+fn janitor_scope(
+    me: String,
+    view: watch::Receiver<View>,
+) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+    move |log: &str| {
+        let view = view.borrow();
+        let mut parts = log.split('.');
+        let (Some(node), Some(incarnation)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        let live = view.members.iter().any(|member| {
+            member.id == node
+                && member.state == crate::membership::MemberState::Up
+                && member.incarnation.to_string() == incarnation
+        });
+        if live {
+            return false;
+        }
+        crate::cluster::placement::owner("janitor", log, view.up_members()) == Some(me.as_str())
+    }
+}
+
+/// Keeps the journal's partitions in line with the view: the node holds the partitions
+/// placement gives it among the members that are up, once the view has settled (before,
+/// it would take everything and hand it back at once). Re-applied every second too, which
+/// retries takeovers that failed.
+fn drive_partitions(
+    journal: crate::journal::NodeJournal,
+    mut view: watch::Receiver<View>,
+) -> tokio::task::JoinHandle<()> {
+    /// How often the desired partitions are re-applied without a view change.
+    const REAPPLY_INTERVAL: Duration = Duration::from_millis(500);
+    tokio::spawn(async move {
+        loop {
+            let desired = {
+                let view = view.borrow_and_update();
+                view.settled.then(|| {
+                    (0..crate::cluster::placement::PARTITIONS)
+                        .filter(|partition| {
+                            crate::cluster::placement::partition_owner(
+                                *partition,
+                                view.up_members(),
+                            ) == Some(view.me.as_str())
+                        })
+                        .collect::<std::collections::BTreeSet<u32>>()
+                })
+            };
+            if let Some(desired) = desired {
+                journal.set_desired(desired);
+            }
+            if tokio::time::timeout(REAPPLY_INTERVAL, view.changed())
+                .await
+                .is_ok_and(|changed| changed.is_err())
+            {
+                return;
+            }
+        }
+    })
 }

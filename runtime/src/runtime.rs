@@ -15,8 +15,8 @@ use crate::entity::shards::ShardMsg;
 use crate::entity::{Entity, EntityRef};
 use crate::error::{Result, RuntimeError};
 use crate::id::{MsgId, MsgIdGenerator};
-use crate::journal::Journal;
 use crate::journal::local_store::LocalStore;
+use crate::journal::{Journal, NodeJournal};
 use crate::pubsub::{PubSub, Publication};
 
 #[derive(Clone)]
@@ -31,7 +31,8 @@ struct RuntimeInner {
     view: watch::Receiver<View>,
     events: broadcast::Sender<MembershipEvent>,
     ids: MsgIdGenerator,
-    journal: Journal,
+    journal: NodeJournal,
+    store: Arc<dyn ObjectStore>,
     local_store: LocalStore,
     active_entities: Arc<AtomicUsize>,
     shards_name: String,
@@ -55,7 +56,8 @@ pub(crate) struct RuntimeParts {
     pub config: Arc<ClusterConfig>,
     pub view: watch::Receiver<View>,
     pub events: broadcast::Sender<MembershipEvent>,
-    pub journal: Journal,
+    pub journal: NodeJournal,
+    pub store: Arc<dyn ObjectStore>,
     pub local_store: LocalStore,
     pub active_entities: Arc<AtomicUsize>,
     pub memory: Arc<crate::memory::MemoryBudget>,
@@ -79,6 +81,7 @@ impl Runtime {
                 events: parts.events,
                 ids,
                 journal: parts.journal,
+                store: parts.store,
                 local_store: parts.local_store,
                 active_entities: parts.active_entities,
                 shards_name,
@@ -142,12 +145,19 @@ impl Runtime {
         self.inner.events.subscribe()
     }
 
+    /// Entity segments and snapshots (history reads, snapshots, retention).
     pub fn journal(&self) -> &Journal {
+        self.inner.journal.segments()
+    }
+
+    /// The node log and the partitions this node holds.
+    pub fn node_journal(&self) -> &NodeJournal {
         &self.inner.journal
     }
 
+    /// The shared object store (files of the application; the journal keeps its own objects).
     pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
-        self.inner.journal.store()
+        &self.inner.store
     }
 
     pub fn local_store(&self) -> &LocalStore {

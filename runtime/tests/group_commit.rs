@@ -1,5 +1,5 @@
-//! Group commit: concurrent commands to one entity share journal appends, and no segment holds
-//! more than `entities.batch_events_max` events.
+//! Group commit: concurrent commands to one entity share appends, no append holds more than
+//! `entities.batch_events_max` events, and the appends share node-log objects (one per flush).
 
 mod common;
 
@@ -15,7 +15,7 @@ async fn concurrent_commands_are_batched_within_the_bound() {
         "gc1",
         &directory.path().join("data"),
         &directory.path().join("objects"),
-        "[entities]\nbatch_events_max = 4",
+        "[entities]\nbatch_events_max = 4\n[journal]\ncompact_interval_ms = 600000\n",
     );
     let node = NodeBuilder::new(config, "gc1")
         .expect("builder")
@@ -23,9 +23,10 @@ async fn concurrent_commands_are_batched_within_the_bound() {
         .await
         .expect("node starts");
     let runtime = node.runtime();
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let register = runtime.entity::<Register>("batched");
+    // 200 commands to each of 10 entities, all at once.
+    let tasks: Vec<_> = (0..2000)
+        .map(|index| {
+            let register = runtime.entity::<Register>(format!("batched-{}", index % 10));
             tokio::spawn(async move {
                 register
                     .ask_with(RegisterCommand::Add(1), Duration::from_secs(20), None)
@@ -36,32 +37,48 @@ async fn concurrent_commands_are_batched_within_the_bound() {
     for task in tasks {
         task.await.expect("task").expect("ask").expect("add");
     }
-    let entity = EntityId::new("sys.register", "batched");
-    let starts = runtime
-        .journal()
-        .segment_starts(&entity)
-        .await
-        .expect("segments");
-    let mut total = 0;
-    for start in &starts {
-        let records = runtime
-            .journal()
-            .read_records(&entity, *start)
+    let store = runtime.object_store();
+    let names: Vec<_> = futures_util::TryStreamExt::try_collect::<Vec<_>>(
+        store.list(Some(&object_store::path::Path::from("log"))),
+    )
+    .await
+    .expect("listing");
+    let mut appends = std::collections::BTreeMap::<EntityId, (u64, u64)>::new();
+    for meta in &names {
+        let bytes = object_store::ObjectStoreExt::get(store.as_ref(), &meta.location)
             .await
-            .expect("read")
-            .expect("segment exists");
-        let events: usize = records.iter().map(|record| record.events.len()).sum();
-        assert!(
-            (1..=4).contains(&events),
-            "segment {start} holds {events} events"
-        );
-        total += events;
+            .expect("get")
+            .bytes()
+            .await
+            .expect("read");
+        let object: runtime::journal::layout::LogObject =
+            runtime::journal::layout::decode(&bytes, "log object").expect("decodes");
+        for append in &object.appends {
+            let events = append.events();
+            assert!((1..=4).contains(&events), "an append holds {events} events");
+            let entry = appends.entry(append.entity.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += events;
+        }
     }
-    assert_eq!(total, 200);
+    // Compaction may have moved some appends to segments already: the journal has them all.
+    for index in 0..10 {
+        let entity = EntityId::new("sys.register", format!("batched-{index}"));
+        let (_, loaded) = runtime.node_journal().load(&entity).await.expect("loads");
+        assert_eq!(loaded.head, 200, "{entity}: every command once");
+    }
+    let mut total_appends = 0;
+    for (entity, (count, events)) in &appends {
+        assert!(
+            *count < *events,
+            "{entity}: concurrent commands share appends ({count} appends for {events} events)"
+        );
+        total_appends += count;
+    }
     assert!(
-        starts.len() < 200,
-        "200 concurrent commands should share appends, got {} segments",
-        starts.len()
+        (names.len() as u64) < total_appends,
+        "appends share node-log objects: {} objects for {total_appends} appends",
+        names.len()
     );
     node.shutdown(Duration::from_secs(5)).await;
 }

@@ -10,7 +10,8 @@ pub async fn start_node(id: &str, directory: &std::path::Path) -> Node {
         &directory.join("data"),
         &directory.join("objects"),
         false,
-        "",
+        // Compaction soon after writes: history tests read compacted segments.
+        "[journal]\ncompact_interval_ms = 100\n",
     )
     .expect("config");
     let deps = actors::AppDeps {

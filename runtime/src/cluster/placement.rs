@@ -30,19 +30,38 @@ fn splitmix64(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-/// The owner of `(kind, key)` among `members`, or `None` when there are none.
+/// Partitions of every store this build creates: entities are placed (and journaled) by
+/// partition. Fixed for a store's life: nodes with another count refuse to start on it.
+pub const PARTITIONS: u32 = 64;
+
+/// The partition of `(kind, key)` among `partitions` (a stable hash, as [`weight`]).
+pub fn partition_of(kind: &str, key: &str, partitions: u32) -> u32 {
+    (weight("", kind, key) % u64::from(partitions.max(1))) as u32
+}
+
+/// The owner of partition `partition` among `members`.
+pub fn partition_owner<'a, I>(partition: u32, members: I) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    let key = partition.to_string();
+    members
+        .into_iter()
+        .map(|node| (weight(node, "partition", &key), node))
+        .max_by(|(weight_a, node_a), (weight_b, node_b)| {
+            weight_a.cmp(weight_b).then(node_b.cmp(node_a))
+        })
+        .map(|(_, node)| node)
+}
+
+/// The owner of `(kind, key)` among `members` (the owner of its partition), or `None` when
+/// there are none.
 /// Ties (practically impossible) go to the smaller node id so the choice stays deterministic.
 pub fn owner<'a, I>(kind: &str, key: &str, members: I) -> Option<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {
-    members
-        .into_iter()
-        .map(|node| (weight(node, kind, key), node))
-        .max_by(|(weight_a, node_a), (weight_b, node_b)| {
-            weight_a.cmp(weight_b).then(node_b.cmp(node_a))
-        })
-        .map(|(_, node)| node)
+    partition_owner(partition_of(kind, key, PARTITIONS), members)
 }
 
 /// Members ordered by preference for `(kind, key)`: the owner first, then who takes over.
@@ -50,9 +69,10 @@ pub fn preference<'a, I>(kind: &str, key: &str, members: I) -> Vec<&'a str>
 where
     I: IntoIterator<Item = &'a str>,
 {
+    let key = partition_of(kind, key, PARTITIONS).to_string();
     let mut ranked: Vec<(u64, &str)> = members
         .into_iter()
-        .map(|node| (weight(node, kind, key), node))
+        .map(|node| (weight(node, "partition", &key), node))
         .collect();
     ranked.sort_by(|(weight_a, node_a), (weight_b, node_b)| {
         weight_b.cmp(weight_a).then(node_a.cmp(node_b))

@@ -24,7 +24,7 @@ use crate::entity::shards::{Delivery, ShardMsg};
 use crate::entity::{AskOutcome, Context, Entity, Reply};
 use crate::error::RuntimeError;
 use crate::id::{EntityId, MsgId};
-use crate::journal::{Loaded, Record, Snapshot};
+use crate::journal::{AppendError, Loaded, Record, Snapshot};
 use crate::metrics as names;
 use crate::runtime::Runtime;
 
@@ -34,21 +34,14 @@ pub const RECENT_REPLIES_MAX: usize = 4096;
 #[derive(RactorMessage)]
 pub enum EntityMsg {
     Deliver(Delivery),
-    Loaded(Result<Loaded, RuntimeError>),
-    Appended(Result<(), RuntimeError>),
-    /// To itself: write the open batch now (in-place appends; see `flush`).
-    Flush,
+    Loaded(Result<(u64, Loaded), RuntimeError>),
+    Appended(Result<(), AppendError>),
     SnapshotDone,
     IdleCheck,
     /// To itself, while its journal is empty: passivate soon if nothing else comes.
     ProbeCheck,
     /// From the shards actor: passivate once pending work is durable.
     Stop,
-    /// From the shards actor after a membership change: check that nobody appended past our
-    /// head while we could not see them (a partition), and reload if someone did.
-    Revalidate,
-    /// The answer of that check.
-    HeadMoved(bool),
 }
 
 pub struct EntityArgs<E: Entity> {
@@ -75,7 +68,6 @@ enum Phase {
 /// A command handled but not yet answered, kept so it can run again after a conflict.
 struct Entry {
     msg_id: Option<MsgId>,
-    payload: Vec<u8>,
     reply: Vec<u8>,
     ports: Vec<Reply>,
     /// Events the command persisted (0 for a read queued behind an append).
@@ -145,12 +137,12 @@ pub struct EntityState<E: Entity> {
     /// Commands waiting for the state to load.
     stash: VecDeque<Delivery>,
     durable_head: u64,
+    /// The epoch of its partition this entity was loaded at: its appends carry it.
+    epoch: u64,
     /// Next sequence number to hand out (speculative events included).
     next_seq: u64,
     open: Batch<E>,
     inflight: Option<Batch<E>>,
-    /// A `Flush` is in the mailbox.
-    flush_queued: bool,
     recent: RecentReplies,
     events_since_snapshot: u64,
     snapshot_in_flight: bool,
@@ -186,10 +178,10 @@ impl<E: Entity> Actor for EntityActor<E> {
             passivation_requested: false,
             stash: VecDeque::new(),
             durable_head: 0,
+            epoch: 0,
             next_seq: 1,
             open: Batch::new(1),
             inflight: None,
-            flush_queued: false,
             recent: RecentReplies::default(),
             events_since_snapshot: 0,
             snapshot_in_flight: false,
@@ -228,26 +220,22 @@ impl<E: Entity> Actor for EntityActor<E> {
                     Phase::Ready => state.process(&myself, delivery),
                 }
             }
-            EntityMsg::Loaded(result) => state.loaded(&myself, result?)?,
-            EntityMsg::Appended(result) => state.appended(&myself, result),
-            EntityMsg::Flush => {
-                state.flush_queued = false;
-                if state.phase == Phase::Ready {
-                    state.write_open_batch(&myself);
-                }
+            EntityMsg::Loaded(Err(RuntimeError::Unavailable(reason))) => {
+                // Its partition left this node while it loaded.
+                state.fail_all_pending(|| AskOutcome::Unavailable(reason.clone()));
+                state.stopping = true;
+                state.phase = Phase::Ready;
+                state.request_passivation(&myself);
             }
+            EntityMsg::Loaded(result) => {
+                let (epoch, loaded) = result?;
+                state.loaded(&myself, epoch, loaded)?
+            }
+            EntityMsg::Appended(result) => state.appended(&myself, result),
             EntityMsg::SnapshotDone => state.snapshot_in_flight = false,
             EntityMsg::IdleCheck => state.idle_check(),
             EntityMsg::ProbeCheck => state.probe_check(&myself),
             EntityMsg::Stop => state.stopping = true,
-            EntityMsg::Revalidate => state.revalidate(&myself),
-            EntityMsg::HeadMoved(moved) => {
-                if moved && state.is_quiet() {
-                    tracing::warn!(entity = %state.id, "the journal moved past this entity's head while it could not see the writer; reloading");
-                    state.phase = Phase::Loading;
-                    state.start_load(&myself);
-                }
-            }
         }
         if state.stopping && state.is_quiet() {
             metrics::counter!(names::ENTITY_PASSIVATIONS_TOTAL, "kind" => E::KIND).increment(1);
@@ -259,28 +247,12 @@ impl<E: Entity> Actor for EntityActor<E> {
 
 impl<E: Entity> EntityState<E> {
     fn start_load(&self, myself: &ActorRef<EntityMsg>) {
-        let journal = self.runtime.journal().clone();
+        let journal = self.runtime.node_journal().clone();
         let id = self.id.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
             let result = journal.load(&id).await;
             let _ = myself.cast(EntityMsg::Loaded(result));
-        });
-    }
-
-    /// Checks for a segment after our durable head (one HEAD request). With appends pending
-    /// there is nothing to do: the next append would conflict and reload anyway.
-    fn revalidate(&self, myself: &ActorRef<EntityMsg>) {
-        if !self.is_quiet() || self.stopping {
-            return;
-        }
-        let journal = self.runtime.journal().clone();
-        let id = self.id.clone();
-        let next = self.durable_head + 1;
-        let myself = myself.clone();
-        tokio::spawn(async move {
-            let moved = journal.segment_exists(&id, next).await.unwrap_or(false);
-            let _ = myself.cast(EntityMsg::HeadMoved(moved));
         });
     }
 
@@ -312,11 +284,14 @@ impl<E: Entity> EntityState<E> {
     fn loaded(
         &mut self,
         myself: &ActorRef<EntityMsg>,
+        epoch: u64,
         loaded: Loaded,
     ) -> Result<(), ActorProcessingErr> {
+        self.epoch = epoch;
         self.state = E::State::default();
         self.recent = RecentReplies::default();
         if let Some(snapshot) = loaded.snapshot {
+            check_schema::<E>(&self.id, snapshot.schema)?;
             self.state = codec::decode(&snapshot.state, "snapshot state")?;
             for (msg_id, reply) in snapshot.recent_replies {
                 self.recent.insert(msg_id, reply);
@@ -325,6 +300,7 @@ impl<E: Entity> EntityState<E> {
         for (first_seq, records) in loaded.segments {
             let mut seq = first_seq;
             for record in records {
+                check_schema::<E>(&self.id, record.schema)?;
                 for bytes in &record.events {
                     let event: E::Event = codec::decode(bytes, "journal event")?;
                     E::apply(&mut self.state, seq, &event);
@@ -433,7 +409,6 @@ impl<E: Entity> EntityState<E> {
         let reply = codec::encode(&reply);
         let entry = Entry {
             msg_id: delivery.msg_id,
-            payload: delivery.payload,
             reply,
             ports: delivery.reply.into_iter().collect(),
             events: events.len(),
@@ -473,29 +448,15 @@ impl<E: Entity> EntityState<E> {
                 msg_id: entry.msg_id,
                 events: encoded,
                 reply: entry.reply.clone(),
+                schema: E::SCHEMA,
             });
         }
         self.open.entries.push(entry);
     }
 
-    /// Starts the next append if none is in flight.
-    ///
-    /// On a local directory the entity writes the segment itself (no task per append), but
-    /// not at once: a `Flush` sent to itself goes behind the messages already in its mailbox,
-    /// so the commands that arrived meanwhile join this append (group commit).
+    /// Starts the next append if none is in flight: into the node log, whose flush holds it
+    /// together with every other entity's appends of that moment.
     fn flush(&mut self, myself: &ActorRef<EntityMsg>) {
-        if self.inflight.is_some() || self.open.is_empty() {
-            return;
-        }
-        if !self.runtime.journal().appends_in_place() {
-            return self.write_open_batch(myself);
-        }
-        if !self.flush_queued {
-            self.flush_queued = myself.cast(EntityMsg::Flush).is_ok();
-        }
-    }
-
-    fn write_open_batch(&mut self, myself: &ActorRef<EntityMsg>) {
         if self.inflight.is_some() || self.open.is_empty() {
             return;
         }
@@ -505,25 +466,19 @@ impl<E: Entity> EntityState<E> {
             complete(batch.entries);
             return;
         }
-        metrics::histogram!(names::JOURNAL_BATCH_EVENTS).record(batch.events.len() as f64);
-        let journal = self.runtime.journal().clone();
         let records = batch.records.clone();
         let first_seq = batch.first_seq;
         self.inflight = Some(batch);
         let reply_to = myself.clone();
-        let appended = move |result| {
-            let _ = reply_to.cast(EntityMsg::Appended(result));
-        };
-        if journal.appends_in_place() {
-            if let Some(result) = journal.append_in_place(&self.id, first_seq, records, appended) {
-                self.appended(myself, result);
-            }
-            return;
-        }
-        let id = self.id.clone();
-        tokio::spawn(async move {
-            appended(journal.append(&id, first_seq, records).await);
-        });
+        self.runtime.node_journal().append(
+            &self.id,
+            self.epoch,
+            first_seq,
+            records,
+            move |result| {
+                let _ = reply_to.cast(EntityMsg::Appended(result));
+            },
+        );
     }
 
     /// The front of the open batch, at most `entities.batch_events_max` events (and at least
@@ -558,21 +513,34 @@ impl<E: Entity> EntityState<E> {
         taken
     }
 
-    fn appended(&mut self, myself: &ActorRef<EntityMsg>, result: Result<(), RuntimeError>) {
+    fn appended(&mut self, myself: &ActorRef<EntityMsg>, result: Result<(), AppendError>) {
         let Some(batch) = self.inflight.take() else {
             tracing::error!(entity = %self.id, "append finished with no batch in flight");
             return;
         };
         match result {
             Ok(()) => self.batch_durable(myself, batch),
-            Err(RuntimeError::JournalConflict { seq, .. }) => {
-                tracing::warn!(entity = %self.id, seq, "another node appended first; reloading the journal");
-                self.reload(myself, batch, None);
+            Err(AppendError::Conflict) => {
+                // Another activation of this entity loaded it since (this one is stale):
+                // reload, and let callers retry with the same message ids.
+                tracing::warn!(entity = %self.id, "the journal moved past this activation; reloading");
+                self.inflight = Some(batch);
+                self.fail_all_pending(|| {
+                    AskOutcome::Unavailable("the entity is reloading; retry".into())
+                });
+                self.phase = Phase::Loading;
+                self.start_load(myself);
             }
-            Err(error) => {
-                tracing::error!(entity = %self.id, %error, "journal append failed; callers will retry");
-                let reason = format!("journal unavailable: {error}");
-                self.reload(myself, batch, Some(reason));
+            Err(AppendError::NotOwner) => {
+                // Another node took the partition over: what was not acknowledged is the
+                // new owner's to decide (askers retry there with the same message ids).
+                tracing::info!(entity = %self.id, "the partition moved to another node; passivating");
+                self.inflight = Some(batch);
+                self.fail_all_pending(|| {
+                    AskOutcome::Unavailable("the entity moved to another node; retry".into())
+                });
+                self.stopping = true;
+                self.request_passivation(myself);
             }
         }
     }
@@ -611,47 +579,6 @@ impl<E: Entity> EntityState<E> {
         }
     }
 
-    /// Drops speculative state, reloads, and runs the failed batches again (or fails them).
-    fn reload(
-        &mut self,
-        myself: &ActorRef<EntityMsg>,
-        failed: Batch<E>,
-        fail_with: Option<String>,
-    ) {
-        let open = std::mem::replace(&mut self.open, Batch::new(0));
-        let entries = failed.entries.into_iter().chain(open.entries);
-        let mut retry = VecDeque::new();
-        for entry in entries {
-            match &fail_with {
-                Some(reason) => {
-                    for port in entry.ports {
-                        port.send(AskOutcome::Unavailable(reason.clone()));
-                    }
-                }
-                None => {
-                    // Re-run with the first port; the others are re-attached as duplicates.
-                    let mut ports = entry.ports.into_iter();
-                    retry.push_back(Delivery {
-                        msg_id: entry.msg_id,
-                        payload: entry.payload,
-                        reply: ports.next(),
-                    });
-                    for port in ports {
-                        retry.push_back(Delivery {
-                            msg_id: entry.msg_id,
-                            payload: Vec::new(),
-                            reply: Some(port),
-                        });
-                    }
-                }
-            }
-        }
-        retry.extend(self.stash.drain(..));
-        self.stash = retry;
-        self.phase = Phase::Loading;
-        self.start_load(myself);
-    }
-
     fn maybe_snapshot(&mut self, myself: &ActorRef<EntityMsg>) {
         let every = self.runtime.config().entities.snapshot_every_events;
         if self.snapshot_in_flight
@@ -666,13 +593,30 @@ impl<E: Entity> EntityState<E> {
             seq: self.durable_head,
             state: codec::encode(&self.state),
             recent_replies: self.recent.to_vec(),
+            schema: E::SCHEMA,
         };
         let journal = self.runtime.journal().clone();
         let id = self.id.clone();
         let myself = myself.clone();
+        // Retention: segments the snapshot stands in for, beyond what the kind keeps.
+        let keep = self
+            .runtime
+            .config()
+            .journal
+            .retain_events
+            .get(E::KIND)
+            .copied();
+        let through = keep.map(|keep| snapshot.seq.min(self.durable_head.saturating_sub(keep)));
         tokio::spawn(async move {
             match journal.save_snapshot(&id, &snapshot).await {
-                Ok(()) => metrics::counter!(names::SNAPSHOTS_TOTAL).increment(1),
+                Ok(()) => {
+                    metrics::counter!(names::SNAPSHOTS_TOTAL).increment(1);
+                    if let Some(through) = through.filter(|through| *through > 0)
+                        && let Err(error) = journal.delete_through(&id, through).await
+                    {
+                        tracing::debug!(entity = %id, %error, "retention could not delete old segments; next snapshot retries");
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(entity = %id, %error, "snapshot failed; replay will be longer")
                 }
@@ -792,4 +736,17 @@ fn shed(port: Option<Reply>, entity: &EntityId) {
         port,
         AskOutcome::Unavailable("overloaded: too many pending commands; retry later".to_string()),
     );
+}
+
+/// Refuses what a newer build wrote: its events may mean something this one cannot apply.
+fn check_schema<E: Entity>(entity: &EntityId, schema: u32) -> Result<(), ActorProcessingErr> {
+    if schema > E::SCHEMA {
+        return Err(format!(
+            "{entity}: the journal holds schema {schema}, this build knows {} of kind {}; run a newer build",
+            E::SCHEMA,
+            E::KIND
+        )
+        .into());
+    }
+    Ok(())
 }

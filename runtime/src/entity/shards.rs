@@ -46,10 +46,16 @@ pub enum ShardMsg {
         reason: &'static str,
     },
     ViewChanged(View),
+    /// From the node journal: a partition was taken over (its entities may be activated) or
+    /// lost (its entities must go).
+    Partition(crate::journal::PartitionEvent),
     /// From the memory watchdog while the node is under pressure: passivate the least
     /// recently used entities.
     Shed,
 }
+
+/// Messages held per partition while this node takes it over.
+pub const WAITING_PER_PARTITION_MAX: usize = 4096;
 
 /// Share of the active entities passivated by one `Shed` (one per memory sample under pressure).
 const SHED_PERCENT: usize = 10;
@@ -154,7 +160,10 @@ pub struct ShardsState {
     by_actor: HashMap<ActorId, EntityId>,
     restarts: HashMap<EntityId, Restarts>,
     active_count: Arc<AtomicUsize>,
-    view_forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// Messages for entities of partitions this node is taking over, delivered once it holds
+    /// them.
+    waiting: HashMap<u32, std::collections::VecDeque<(EntityId, Delivery)>>,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
 }
 
 pub struct ShardsActor;
@@ -179,6 +188,26 @@ impl Actor for ShardsActor {
                 }
             }
         });
+        let mut partitions = args.runtime.node_journal().subscribe();
+        let forward_to = myself.clone();
+        let partition_forwarder = tokio::spawn(async move {
+            loop {
+                match partitions.recv().await {
+                    Ok(event) => {
+                        if forward_to.cast(ShardMsg::Partition(event)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::error!(
+                            missed,
+                            "missed partition events; entities of lost partitions are passivated by the next view change"
+                        );
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         args.active_count.store(0, Ordering::Relaxed);
         Ok(ShardsState {
             runtime: args.runtime,
@@ -188,7 +217,8 @@ impl Actor for ShardsActor {
             by_actor: HashMap::new(),
             restarts: HashMap::new(),
             active_count: args.active_count,
-            view_forwarder: Some(view_forwarder),
+            waiting: HashMap::new(),
+            forwarders: vec![view_forwarder, partition_forwarder],
         })
     }
 
@@ -197,7 +227,7 @@ impl Actor for ShardsActor {
         myself: ActorRef<ShardMsg>,
         state: &mut ShardsState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(forwarder) = state.view_forwarder.take() {
+        for forwarder in state.forwarders.drain(..) {
             forwarder.abort();
         }
         // Graceful: every entity handles what is already in its mailbox, then stops; callers
@@ -223,6 +253,7 @@ impl Actor for ShardsActor {
             }
             ShardMsg::Passivate { entity, reason } => state.passivate(&entity, reason),
             ShardMsg::ViewChanged(view) => state.hand_off(&view),
+            ShardMsg::Partition(event) => state.partition_event(&myself, event).await,
             ShardMsg::Shed => {
                 let count = (state.active.len() * SHED_PERCENT).div_ceil(100);
                 state.evict_least_recently_used(count, "memory pressure");
@@ -268,6 +299,26 @@ impl ShardsState {
         let owner = self.runtime.owner_of(&entity.kind, &entity.key);
         if owner.as_deref() != Some(self.runtime.node_id()) {
             respond(delivery.reply, AskOutcome::NotOwner { owner });
+            return;
+        }
+        let journal = self.runtime.node_journal();
+        let partition = journal.partition_of(&entity);
+        if !matches!(
+            journal.status(partition),
+            crate::journal::PartitionStatus::Owned { .. }
+        ) {
+            // Ours by the view, being (or about to be) taken over: hold it until then.
+            let waiting = self.waiting.entry(partition).or_default();
+            if waiting.len() >= WAITING_PER_PARTITION_MAX {
+                respond(
+                    delivery.reply,
+                    AskOutcome::Unavailable(format!(
+                        "{entity} is being taken over by this node; retry"
+                    )),
+                );
+            } else {
+                waiting.push_back((entity, delivery));
+            }
             return;
         }
         if let Some(restarts) = self.restarts.get(&entity)
@@ -456,10 +507,37 @@ impl ShardsState {
         for entity in moved {
             self.passivate(&entity, "handoff");
         }
-        // Those that stay may have been written by another node that believed it owned them
-        // while we could not see it (a partition): each checks its journal head.
-        for active in self.active.values() {
-            let _ = active.actor.cast(EntityMsg::Revalidate);
+    }
+
+    /// A partition taken over: deliver what waited. Lost: its entities go, and what waited is
+    /// sent on to the owner.
+    async fn partition_event(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        event: crate::journal::PartitionEvent,
+    ) {
+        match event {
+            crate::journal::PartitionEvent::Ready { partition, .. } => {
+                for (entity, delivery) in self.waiting.remove(&partition).unwrap_or_default() {
+                    self.deliver(myself, entity, delivery).await;
+                }
+            }
+            crate::journal::PartitionEvent::Lost { partition, .. } => {
+                let journal = self.runtime.node_journal().clone();
+                let gone: Vec<EntityId> = self
+                    .active
+                    .keys()
+                    .filter(|entity| journal.partition_of(entity) == partition)
+                    .cloned()
+                    .collect();
+                for entity in gone {
+                    self.passivate(&entity, "partition lost");
+                }
+                for (entity, delivery) in self.waiting.remove(&partition).unwrap_or_default() {
+                    let owner = self.runtime.owner_of(&entity.kind, &entity.key);
+                    respond(delivery.reply, AskOutcome::NotOwner { owner });
+                }
+            }
         }
     }
 

@@ -1,88 +1,134 @@
-//! The per-entity event journal on the object store, with create-only appends as fencing.
+//! Entity segments and snapshots: where an entity's history lives once compacted out of the
+//! node logs (and where the whole of a v1 journal lives).
 //!
 //! Layout under `journal/<kind>/<key>/`:
-//! - `e/<first seq, 20 digits>`: one segment, i.e. one group commit: the records of several
-//!   commands, each with its events. A segment holding events `first..=last` is followed by
-//!   the segment named `last + 1`, so the journal is a chain read by name, never by listing.
-//! - `s/<seq, 20 digits>`: a snapshot of the state after `seq`, always at a segment boundary.
+//! - `e/<first seq>`: a segment: the records of several commands, events `first..=last`; the
+//!   next one is named `last + 1`.
+//! - `s/<seq>`: a snapshot of the state after `seq`, at a segment boundary.
 //!
-//! **Invariant:** every append is a `PutMode::Create` of the next segment name. If two nodes both
-//! believe they own an entity, only one create of a given name succeeds; the other gets
-//! [`RuntimeError::JournalConflict`], must re-read, and either continues at the new head or
-//! passivates. So the journal stays one linear history whatever placement believes. Segments
-//! are never deleted (deleting one would let a stale writer re-create it); snapshots are, as
-//! they only shorten replay.
+//! Segments are written by compaction only (see `compaction`), create-only and idempotent: a
+//! name that exists already must hold the same records (another owner compacted the same
+//! history first, or a retry); anything else is a corrupt history and an error. Loading lists
+//! the segments after the latest snapshot and reads them in parallel, so re-hosting an entity
+//! costs a couple of round trips, not one per segment.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use futures_util::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Result, RuntimeError};
 use crate::id::{EntityId, MsgId};
-use crate::journal::storage::{CreateError, Durability, LocalWrites};
+use crate::journal::layout::{self, FORMAT_V1, FORMAT_V2, Record, RecordV1};
+use crate::journal::objects::{Created, Objects};
 use crate::metrics as names;
+
+pub use crate::journal::layout::Record as JournalRecord;
 
 /// Snapshots kept per entity; older ones are deleted after a new one is written.
 const SNAPSHOTS_KEPT: usize = 2;
-
+/// Most events compaction puts in one segment: a snapshot's successor is found among the
+/// segments starting this close before it.
+pub const SEGMENT_EVENTS_MAX: u64 = 512;
+/// Segment reads in flight at once while loading one entity.
+pub const LOAD_READS_IN_FLIGHT_MAX: usize = 16;
 /// Segments read in one load before we give up on a journal that never ends (corruption guard).
 const SEGMENTS_PER_LOAD_MAX: usize = 1_000_000;
 
-/// What one command left in the journal: its message id (for dedup), its events and its reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    pub msg_id: Option<MsgId>,
-    /// Encoded events, each one sequence number.
-    pub events: Vec<Vec<u8>>,
-    /// The encoded reply, so a retried ask gets the same answer.
-    pub reply: Vec<u8>,
-}
-
-/// One journal object.
+/// A segment as stored (format 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Segment {
     first_seq: u64,
-    /// `node/incarnation` of the writer, for forensics.
+    /// The log (node and incarnation) that compacted it, for forensics.
     writer: String,
     records: Vec<Record>,
 }
 
-/// A snapshot of an entity's durable state.
+/// A segment as format 1 stored it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+struct SegmentV1 {
+    first_seq: u64,
+    writer: String,
+    records: Vec<RecordV1>,
+}
+
+/// A snapshot of an entity's durable state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Last sequence number included.
     pub seq: u64,
     pub state: Vec<u8>,
     /// Recent message ids and replies, so dedup survives the snapshot.
     pub recent_replies: Vec<(MsgId, Vec<u8>)>,
+    /// The entity kind's schema version the state was encoded with.
+    pub schema: u32,
+}
+
+/// A snapshot as format 1 stored it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotV1 {
+    seq: u64,
+    state: Vec<u8>,
+    recent_replies: Vec<(MsgId, Vec<u8>)>,
 }
 
 /// An entity's journal as read at activation.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub snapshot: Option<Snapshot>,
-    /// Segments after the snapshot: `(first_seq, records)` in order.
+    /// Segments (and node-log appends not yet compacted) after the snapshot:
+    /// `(first_seq, records)` in order, contiguous.
     pub segments: Vec<(u64, Vec<Record>)>,
     /// Last sequence number in the journal (0 when empty).
     pub head: u64,
 }
 
-/// Handle to the journals of all entities (cheap to clone).
+impl Loaded {
+    /// Adds records starting at `first_seq` that reach past the head (a segment, or appends
+    /// from the node log); records at or below the head (already read: a snapshot or a
+    /// segment covered them) are skipped. Records are whole commands, so the head always
+    /// falls between two of them.
+    pub fn extend(&mut self, first_seq: u64, records: Vec<Record>) -> Result<()> {
+        let mut seq = first_seq;
+        let mut rest = records.into_iter().peekable();
+        while let Some(record) = rest.peek() {
+            let events = record.events.len() as u64;
+            if seq + events > self.head + 1 {
+                break;
+            }
+            seq += events;
+            rest.next();
+        }
+        let rest: Vec<Record> = rest.collect();
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if seq != self.head + 1 {
+            return Err(RuntimeError::Store(format!(
+                "records from seq {seq} do not follow the head {}",
+                self.head
+            )));
+        }
+        self.head += rest
+            .iter()
+            .map(|record| record.events.len() as u64)
+            .sum::<u64>();
+        self.segments.push((seq, rest));
+        Ok(())
+    }
+}
+
+/// Handle to the segments and snapshots of all entities (cheap to clone).
 #[derive(Clone)]
 pub struct Journal {
-    store: Arc<dyn ObjectStore>,
-    durability: Durability,
-    local: Option<LocalWrites>,
+    objects: Arc<dyn Objects>,
     writer: String,
     cache: Option<SegmentCache>,
 }
 
-/// Node-local copies of journal segments (immutable once written, so never stale), in sled.
+/// Node-local copies of segments (immutable once written, so never stale), in sled.
 #[derive(Clone)]
 struct SegmentCache {
     tree: sled::Tree,
@@ -102,33 +148,18 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// `writer` names this node and incarnation in the segments it writes.
-    pub fn new(store: Arc<dyn ObjectStore>, writer: impl Into<String>) -> Self {
+    /// `writer` names this node's log in the segments it compacts.
+    pub fn new(objects: Arc<dyn Objects>, writer: impl Into<String>) -> Self {
         Self {
-            store,
-            durability: Durability::on_put(),
-            local: None,
+            objects,
             writer: writer.into(),
             cache: None,
         }
     }
 
-    /// Appends straight into this local directory (the store's own files) instead of through
-    /// `object_store` (see [`LocalWrites`]).
-    pub fn with_local_writes(mut self, local: Option<LocalWrites>) -> Self {
-        self.local = local;
-        self
-    }
-
-    /// Makes every append durable this way before it returns (see [`crate::journal::storage`]).
-    pub fn with_durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
     /// Keeps read segments in `tree` (node-local), so rehydrating an entity again reads the
     /// shared store only for segments this node has not seen. The tree must belong to this
-    /// store: see [`crate::node`], which empties it when the store's identity changes.
+    /// store: see `node`, which empties it when the store's identity changes.
     pub fn with_segment_cache(mut self, tree: sled::Tree) -> Self {
         let bytes = tree
             .iter()
@@ -143,192 +174,176 @@ impl Journal {
         self
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+    pub fn objects(&self) -> &Arc<dyn Objects> {
+        &self.objects
     }
 
-    /// Reads the latest snapshot and every segment after it.
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Reads the latest snapshot and every segment after it: two listings, then the segments
+    /// in parallel.
     pub async fn load(&self, entity: &EntityId) -> Result<Loaded> {
         let started = std::time::Instant::now();
         let snapshot = self.latest_snapshot(entity).await?;
-        let mut head = snapshot.as_ref().map_or(0, |snapshot| snapshot.seq);
-        let mut segments = Vec::new();
-        while segments.len() < SEGMENTS_PER_LOAD_MAX {
-            let Some(segment) = self.read_segment(entity, head + 1).await? else {
-                break;
+        let snapshot_seq = snapshot.as_ref().map_or(0, |snapshot| snapshot.seq);
+        // A snapshot may fall inside a segment (compaction merges appends, at most
+        // SEGMENT_EVENTS_MAX events): list from the first name that could hold the next seq.
+        let offset = (snapshot_seq >= SEGMENT_EVENTS_MAX)
+            .then(|| segment_path(entity, snapshot_seq + 1 - SEGMENT_EVENTS_MAX));
+        let mut starts = self.starts_listed(entity, offset.clone()).await?;
+        if offset.is_some()
+            && starts
+                .first()
+                .is_some_and(|first| *first > snapshot_seq + 1)
+        {
+            // A longer segment (one command's events alone): list them all.
+            starts = self.starts_listed(entity, None).await?;
+        }
+        let read: Vec<(u64, Option<Vec<Record>>)> = futures_util::stream::iter(starts)
+            .map(|start| async move {
+                Ok::<_, RuntimeError>((start, self.read_records(entity, start).await?))
+            })
+            .buffered(LOAD_READS_IN_FLIGHT_MAX)
+            .try_collect()
+            .await?;
+        let mut loaded = Loaded {
+            snapshot,
+            segments: Vec::with_capacity(read.len()),
+            head: snapshot_seq,
+        };
+        for (start, records) in read {
+            let Some(records) = records else {
+                // Deleted by retention between the listing and the read: it was before a newer
+                // snapshot, which a retry finds.
+                return Err(RuntimeError::Unavailable(format!(
+                    "{entity}: segment {start} vanished while loading; retry"
+                )));
             };
-            let events: usize = segment
-                .records
-                .iter()
-                .map(|record| record.events.len())
-                .sum();
-            if events == 0 {
+            if records.iter().all(|record| record.events.is_empty()) {
                 return Err(RuntimeError::Store(format!(
-                    "{entity}: segment {} holds no events; the journal is corrupt",
-                    head + 1
+                    "{entity}: segment {start} holds no events; the journal is corrupt"
                 )));
             }
-            head += events as u64;
-            segments.push((segment.first_seq, segment.records));
+            loaded.extend(start, records).map_err(|error| {
+                RuntimeError::Store(format!("{entity}: segment {start}: {error}"))
+            })?;
         }
         metrics::histogram!(names::JOURNAL_LOAD_SECONDS).record(started.elapsed().as_secs_f64());
-        Ok(Loaded {
-            snapshot,
-            segments,
-            head,
-        })
+        Ok(loaded)
     }
 
-    /// Appends `records` as the segment starting at `first_seq` (= head + 1).
-    /// Fails with [`RuntimeError::JournalConflict`] when another writer got there first.
-    pub async fn append(
+    async fn starts_listed(&self, entity: &EntityId, offset: Option<String>) -> Result<Vec<u64>> {
+        let names = self.objects.list(segments_prefix(entity), offset).await?;
+        if names.len() > SEGMENTS_PER_LOAD_MAX {
+            return Err(RuntimeError::Store(format!(
+                "{entity}: more than {SEGMENTS_PER_LOAD_MAX} segments after its snapshot"
+            )));
+        }
+        Ok(names
+            .iter()
+            .filter_map(|name| layout::number_of(name))
+            .collect())
+    }
+
+    /// Writes `records` (events `first_seq..`) as this entity's segment(s), create-only and
+    /// idempotent: where a segment of the same history exists already (another owner
+    /// compacted it first), it is checked to hold the same records and skipped.
+    pub async fn write_compacted(
         &self,
         entity: &EntityId,
-        first_seq: u64,
-        records: Vec<Record>,
+        mut first_seq: u64,
+        mut records: Vec<Record>,
     ) -> Result<()> {
-        let started = std::time::Instant::now();
-        let bytes = self.segment(first_seq, records);
-        let path = segment_path(entity, first_seq);
-        let put = match &self.local {
-            Some(local) => local.create(&path, &bytes),
-            None => match self
-                .store
-                .put_opts(
-                    &path,
-                    PutPayload::from(bytes),
-                    PutOptions::from(PutMode::Create),
-                )
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(object_store::Error::AlreadyExists { .. }) => Err(CreateError::Exists),
-                Err(error) => Err(CreateError::Io(format!("append {path}: {error}"))),
-            },
-        };
-        let result = match created(entity, first_seq, put) {
-            // Durable before anyone hears of it: the caller acknowledges after this returns.
-            Ok(()) => self
-                .durability
-                .sync()
-                .await
-                .map_err(|error| not_flushed(&path, error)),
-            Err(error) => Err(error),
-        };
-        appended(started, result)
-    }
-
-    /// Whether [`Journal::append_in_place`] can be used (the store is a local directory).
-    pub fn appends_in_place(&self) -> bool {
-        self.local.is_some()
-    }
-
-    /// [`Journal::append`] without a task: writes the segment now, in the caller's thread,
-    /// and returns the outcome when it is durable already (`fsync = false`); otherwise returns
-    /// `None` and calls `flushed` with it from the flusher thread once the segment is on disk.
-    /// Needs a local directory ([`Journal::appends_in_place`]).
-    pub fn append_in_place(
-        &self,
-        entity: &EntityId,
-        first_seq: u64,
-        records: Vec<Record>,
-        flushed: impl FnOnce(Result<()>) + Send + 'static,
-    ) -> Option<Result<()>> {
-        let started = std::time::Instant::now();
-        let path = segment_path(entity, first_seq);
-        let Some(local) = &self.local else {
-            return Some(Err(RuntimeError::Store(format!(
-                "append {path}: the store is not a local directory"
-            ))));
-        };
-        let bytes = self.segment(first_seq, records);
-        let put = local.create(&path, &bytes);
-        if let Err(error) = created(entity, first_seq, put) {
-            return Some(appended(started, Err(error)));
-        }
-        if !self.durability.flushes() {
-            return Some(appended(started, Ok(())));
-        }
-        self.durability.then_synced(move |result| {
-            flushed(appended(
-                started,
-                result.map_err(|error| not_flushed(&path, error)),
-            ))
-        });
-        None
-    }
-
-    fn segment(&self, first_seq: u64, records: Vec<Record>) -> Vec<u8> {
         assert!(first_seq > 0, "sequence numbers start at 1");
-        assert!(
-            records.iter().all(|record| !record.events.is_empty()),
-            "records without events are not journaled"
-        );
-        codec::encode(&Segment {
-            first_seq,
-            writer: self.writer.clone(),
-            records,
-        })
+        while !records.is_empty() {
+            let bytes = layout::encode(&Segment {
+                first_seq,
+                writer: self.writer.clone(),
+                records: records.clone(),
+            });
+            match self
+                .objects
+                .create(segment_path(entity, first_seq), bytes)
+                .await?
+            {
+                Created::Yes => return Ok(()),
+                Created::Exists => {}
+            }
+            let existing = self.read_records(entity, first_seq).await?.ok_or_else(|| {
+                RuntimeError::Unavailable(format!(
+                    "{entity}: segment {first_seq} exists and vanished; retry"
+                ))
+            })?;
+            let same = existing.len().min(records.len());
+            if existing[..same] != records[..same] {
+                metrics::counter!(names::JOURNAL_CONFLICTS_TOTAL).increment(1);
+                return Err(RuntimeError::JournalConflict {
+                    entity: entity.to_string(),
+                    seq: first_seq,
+                });
+            }
+            let skipped: u64 = records[..same]
+                .iter()
+                .map(|record| record.events.len() as u64)
+                .sum();
+            records.drain(..same);
+            first_seq += skipped;
+        }
+        Ok(())
     }
 
     /// Writes a snapshot, then deletes all but the newest [`SNAPSHOTS_KEPT`].
     pub async fn save_snapshot(&self, entity: &EntityId, snapshot: &Snapshot) -> Result<()> {
         let path = snapshot_path(entity, snapshot.seq);
-        let payload = PutPayload::from(codec::encode(snapshot));
-        match self
-            .store
-            .put_opts(&path, payload, PutOptions::from(PutMode::Create))
-            .await
-        {
-            // Another owner snapshotted the same point: same history, same state.
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(error) => return Err(RuntimeError::Store(format!("snapshot {path}: {error}"))),
-        }
-        // On disk before the older snapshots go: a power loss must not leave only a torn one.
-        self.durability.sync().await.map_err(|error| {
-            RuntimeError::Store(format!(
-                "snapshot {path} was written but not flushed: {error}"
-            ))
-        })?;
+        // Exists: another owner snapshotted the same point: same history, same state.
+        self.objects.create(path, layout::encode(snapshot)).await?;
         let mut seqs = self.snapshot_seqs(entity).await?;
         seqs.sort_unstable_by(|a, b| b.cmp(a));
         for old in seqs.into_iter().skip(SNAPSHOTS_KEPT) {
-            match self.store.delete(&snapshot_path(entity, old)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(error) => {
-                    tracing::warn!(%entity, seq = old, %error, "could not delete an old snapshot")
-                }
+            if let Err(error) = self.objects.delete(snapshot_path(entity, old)).await {
+                tracing::warn!(%entity, seq = old, %error, "could not delete an old snapshot");
             }
         }
         Ok(())
     }
 
+    /// Deletes the segments that end at or before `seq` (retention; the snapshot after them
+    /// stands in for them when loading).
+    pub async fn delete_through(&self, entity: &EntityId, seq: u64) -> Result<usize> {
+        let names = self.objects.list(segments_prefix(entity), None).await?;
+        let starts: Vec<u64> = names
+            .iter()
+            .filter_map(|name| layout::number_of(name))
+            .collect();
+        let mut deleted = 0;
+        // A segment ends where the next begins: delete those whose successor starts at or
+        // before `seq + 1`.
+        for pair in starts.windows(2) {
+            if pair[1] <= seq + 1 {
+                self.objects.delete(segment_path(entity, pair[0])).await?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The segments' first sequence numbers, in order (a listing: for history paging, not hot paths).
     pub async fn segment_starts(&self, entity: &EntityId) -> Result<Vec<u64>> {
-        let prefix = entity_root(entity).join("e");
-        let mut starts: Vec<u64> = self
-            .store
-            .list(Some(&prefix))
-            .map_err(|error| RuntimeError::Store(format!("list {prefix}: {error}")))
-            .try_filter_map(|meta| async move {
-                Ok(meta
-                    .location
-                    .filename()
-                    .and_then(|name| name.parse::<u64>().ok()))
-            })
-            .try_collect()
-            .await?;
-        starts.sort_unstable();
-        Ok(starts)
+        let names = self.objects.list(segments_prefix(entity), None).await?;
+        Ok(names
+            .iter()
+            .filter_map(|name| layout::number_of(name))
+            .collect())
     }
 
     /// The first sequence number of the segment that holds `seq`, or of the last segment
     /// before it when `seq` is past the head; `None` for an empty journal.
     ///
-    /// A segment holds at most `span_max` events (`entities.batch_events_max` when it was
-    /// written), so it starts at one of the `span_max` names at or below `seq`: those are
-    /// probed first, newest first, and only if none exists is the journal listed. The cost
-    /// is bounded by the batch size, not by the journal's length.
+    /// A segment holds at most `span_max` events, so it starts at one of the `span_max`
+    /// names at or below `seq`: those are probed first, newest first, and only if none
+    /// exists is the journal listed.
     pub async fn segment_holding(
         &self,
         entity: &EntityId,
@@ -345,14 +360,9 @@ impl Journal {
         Ok(starts.into_iter().rev().find(|start| *start <= seq))
     }
 
-    /// Whether a segment starts at `first_seq`: another writer appended past our head.
+    /// Whether a segment starts at `first_seq`.
     pub async fn segment_exists(&self, entity: &EntityId, first_seq: u64) -> Result<bool> {
-        let path = segment_path(entity, first_seq);
-        match self.store.head(&path).await {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(error) => Err(RuntimeError::Store(format!("head {path}: {error}"))),
-        }
+        self.objects.exists(segment_path(entity, first_seq)).await
     }
 
     /// The records of the segment starting at `first_seq`, if it exists.
@@ -361,62 +371,46 @@ impl Journal {
         entity: &EntityId,
         first_seq: u64,
     ) -> Result<Option<Vec<Record>>> {
-        Ok(self
-            .read_segment(entity, first_seq)
-            .await?
-            .map(|segment| segment.records))
-    }
-
-    async fn read_segment(&self, entity: &EntityId, first_seq: u64) -> Result<Option<Segment>> {
         let path = segment_path(entity, first_seq);
         let Some(bytes) = self.get_segment_bytes(&path).await? else {
             return Ok(None);
         };
-        let segment: Segment = codec::decode(&bytes, "journal segment")?;
-        if segment.first_seq != first_seq {
+        let (start, records) = decode_segment(&bytes)?;
+        if start != first_seq {
             return Err(RuntimeError::Store(format!(
-                "{path} claims first seq {}",
-                segment.first_seq
+                "{path} claims first seq {start}"
             )));
         }
-        Ok(Some(segment))
+        Ok(Some(records))
     }
 
     async fn latest_snapshot(&self, entity: &EntityId) -> Result<Option<Snapshot>> {
         let Some(seq) = self.snapshot_seqs(entity).await?.into_iter().max() else {
             return Ok(None);
         };
-        let path = snapshot_path(entity, seq);
-        match self.get(&path).await? {
-            Some(bytes) => Ok(Some(codec::decode(&bytes, "snapshot")?)),
+        match self.objects.get(snapshot_path(entity, seq)).await? {
+            Some(bytes) => Ok(Some(decode_snapshot(&bytes)?)),
             // Pruned between list and get by a concurrent writer: fall back to a full replay.
             None => Ok(None),
         }
     }
 
     async fn snapshot_seqs(&self, entity: &EntityId) -> Result<Vec<u64>> {
-        let prefix = entity_root(entity).join("s");
-        self.store
-            .list(Some(&prefix))
-            .map_err(|error| RuntimeError::Store(format!("list {prefix}: {error}")))
-            .try_filter_map(|meta| async move {
-                Ok(meta
-                    .location
-                    .filename()
-                    .and_then(|name| name.parse::<u64>().ok()))
-            })
-            .try_collect()
-            .await
+        let names = self.objects.list(snapshots_prefix(entity), None).await?;
+        Ok(names
+            .iter()
+            .filter_map(|name| layout::number_of(name))
+            .collect())
     }
 
-    async fn get_segment_bytes(&self, path: &Path) -> Result<Option<Bytes>> {
+    async fn get_segment_bytes(&self, path: &str) -> Result<Option<Bytes>> {
         let Some(cache) = &self.cache else {
-            return self.get(path).await;
+            return self.objects.get(path.to_string()).await;
         };
-        if let Ok(Some(bytes)) = cache.tree.get(path.as_ref()) {
+        if let Ok(Some(bytes)) = cache.tree.get(path) {
             return Ok(Some(Bytes::copy_from_slice(&bytes)));
         }
-        let fetched = self.get(path).await?;
+        let fetched = self.objects.get(path.to_string()).await?;
         if let Some(bytes) = &fetched {
             let total = cache
                 .bytes
@@ -428,29 +422,49 @@ impl Journal {
                     .bytes
                     .store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            if let Err(error) = cache.tree.insert(path.as_ref(), bytes.as_ref()) {
+            if let Err(error) = cache.tree.insert(path, bytes.as_ref()) {
                 tracing::debug!(%error, "could not cache a journal segment");
             }
         }
         Ok(fetched)
     }
+}
 
-    async fn get(&self, path: &Path) -> Result<Option<Bytes>> {
-        match self.store.get(path).await {
-            Ok(result) => result
-                .bytes()
-                .await
-                .map(Some)
-                .map_err(|error| RuntimeError::Store(format!("read {path}: {error}"))),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(error) => Err(RuntimeError::Store(format!("read {path}: {error}"))),
+/// A segment in either format: its first seq and records.
+fn decode_segment(bytes: &[u8]) -> Result<(u64, Vec<Record>)> {
+    match bytes.first() {
+        Some(&FORMAT_V1) => {
+            let segment: SegmentV1 = codec::decode_versioned(bytes, FORMAT_V1, "journal segment")?;
+            Ok((
+                segment.first_seq,
+                segment.records.into_iter().map(Record::from).collect(),
+            ))
+        }
+        _ => {
+            let segment: Segment = layout::decode(bytes, "journal segment")?;
+            Ok((segment.first_seq, segment.records))
         }
     }
 }
 
+fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot> {
+    match bytes.first() {
+        Some(&FORMAT_V1) => {
+            let snapshot: SnapshotV1 = codec::decode_versioned(bytes, FORMAT_V1, "snapshot")?;
+            Ok(Snapshot {
+                seq: snapshot.seq,
+                state: snapshot.state,
+                recent_replies: snapshot.recent_replies,
+                schema: 1,
+            })
+        }
+        Some(&FORMAT_V2) | None | Some(_) => layout::decode(bytes, "snapshot"),
+    }
+}
+
 /// `journal/<kind>/<key>`; keys outside `[A-Za-z0-9_-]` are hex-encoded so any key is a safe path.
-fn entity_root(entity: &EntityId) -> Path {
-    Path::from_iter(["journal", entity.kind.as_str(), &path_safe_key(&entity.key)])
+fn entity_root(entity: &EntityId) -> String {
+    format!("journal/{}/{}", entity.kind, path_safe_key(&entity.key))
 }
 
 fn path_safe_key(key: &str) -> String {
@@ -471,54 +485,33 @@ fn path_safe_key(key: &str) -> String {
     }
 }
 
-/// The outcome of a segment's create-only write.
-fn created(
-    entity: &EntityId,
-    first_seq: u64,
-    put: std::result::Result<(), CreateError>,
-) -> Result<()> {
-    match put {
-        Ok(()) => Ok(()),
-        Err(CreateError::Exists) => {
-            metrics::counter!(names::JOURNAL_CONFLICTS_TOTAL).increment(1);
-            Err(RuntimeError::JournalConflict {
-                entity: entity.to_string(),
-                seq: first_seq,
-            })
-        }
-        Err(CreateError::Io(error)) => Err(RuntimeError::Store(error)),
-    }
+fn segments_prefix(entity: &EntityId) -> String {
+    format!("{}/e", entity_root(entity))
 }
 
-fn not_flushed(path: &Path, error: RuntimeError) -> RuntimeError {
-    RuntimeError::Store(format!(
-        "append {path} was written but not flushed: {error}"
-    ))
+fn snapshots_prefix(entity: &EntityId) -> String {
+    format!("{}/s", entity_root(entity))
 }
 
-/// Records an append's metrics and passes its outcome on.
-fn appended(started: std::time::Instant, result: Result<()>) -> Result<()> {
-    metrics::histogram!(names::JOURNAL_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        metrics::counter!(names::JOURNAL_APPENDS_TOTAL).increment(1);
-    }
-    result
+fn segment_path(entity: &EntityId, first_seq: u64) -> String {
+    format!("{}/{first_seq:020}", segments_prefix(entity))
 }
 
-fn segment_path(entity: &EntityId, first_seq: u64) -> Path {
-    entity_root(entity)
-        .join("e")
-        .join(format!("{first_seq:020}"))
-}
-
-fn snapshot_path(entity: &EntityId, seq: u64) -> Path {
-    entity_root(entity).join("s").join(format!("{seq:020}"))
+fn snapshot_path(entity: &EntityId, seq: u64) -> String {
+    format!("{}/{seq:020}", snapshots_prefix(entity))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::objects::StoreObjects;
+    use crate::journal::storage::Durability;
     use object_store::memory::InMemory;
+
+    fn journal() -> Journal {
+        let objects = StoreObjects::new(Arc::new(InMemory::new()), Durability::on_put(), None);
+        Journal::new(Arc::new(objects), "t")
+    }
 
     fn record(id: u128, events: &[&str]) -> Record {
         Record {
@@ -528,43 +521,31 @@ mod tests {
                 .map(|event| event.as_bytes().to_vec())
                 .collect(),
             reply: vec![],
+            schema: 1,
         }
     }
 
     #[tokio::test]
     async fn the_segment_holding_a_seq_is_found_without_a_listing_when_it_can_be() {
-        let journal = Journal::new(Arc::new(InMemory::new()), "t");
+        let journal = journal();
         let entity = EntityId::new("room", "long");
         assert_eq!(
             journal.segment_holding(&entity, 5, 4).await.expect("empty"),
             None
         );
         // Segments of 1, 3 and 6 events: 1, 2..=4, 5..=10.
-        journal
-            .append(&entity, 1, vec![record(1, &["a"])])
-            .await
-            .expect("append");
-        journal
-            .append(&entity, 2, vec![record(2, &["b", "c"]), record(3, &["d"])])
-            .await
-            .expect("append");
-        journal
-            .append(&entity, 5, vec![record(4, &["e", "f", "g", "h", "i", "j"])])
-            .await
-            .expect("append");
-        let expected = [
-            (1, 1),
-            (2, 2),
-            (3, 2),
-            (4, 2),
-            (5, 5),
-            (7, 5),
-            (10, 5),
-            (11, 5),
-            (99, 5),
-        ];
+        for (start, records) in [
+            (1, vec![record(1, &["a"])]),
+            (2, vec![record(2, &["b", "c"]), record(3, &["d"])]),
+            (5, vec![record(4, &["e", "f", "g", "h", "i", "j"])]),
+        ] {
+            journal
+                .write_compacted(&entity, start, records)
+                .await
+                .expect("write");
+        }
+        let expected = [(1, 1), (2, 2), (4, 2), (5, 5), (10, 5), (99, 5)];
         for span_max in [6, 2] {
-            // With a span of 2 the 6-event segment is found by the listing.
             for (seq, start) in expected {
                 assert_eq!(
                     journal
@@ -576,66 +557,62 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[tokio::test]
-    async fn chain_of_segments_loads_in_order() {
-        let journal = Journal::new(Arc::new(InMemory::new()), "t");
-        let entity = EntityId::new("room", "lobby");
-        journal
-            .append(&entity, 1, vec![record(1, &["a", "b"]), record(2, &["c"])])
-            .await
-            .expect("append");
-        journal
-            .append(&entity, 4, vec![record(3, &["d"])])
-            .await
-            .expect("append");
         let loaded = journal.load(&entity).await.expect("load");
-        assert_eq!(loaded.head, 4);
+        assert_eq!(loaded.head, 10);
         assert_eq!(
             loaded
                 .segments
                 .iter()
                 .map(|(first, _)| *first)
                 .collect::<Vec<_>>(),
-            vec![1, 4]
+            vec![1, 2, 5]
         );
     }
 
     #[tokio::test]
-    async fn second_writer_at_same_seq_conflicts() {
-        let journal = Journal::new(Arc::new(InMemory::new()), "t");
+    async fn compaction_is_idempotent_and_refuses_a_different_history() {
+        let journal = journal();
         let entity = EntityId::new("room", "a b/c");
         journal
-            .append(&entity, 1, vec![record(1, &["x"])])
+            .write_compacted(&entity, 1, vec![record(1, &["x"]), record(2, &["y"])])
             .await
-            .expect("first append");
+            .expect("first");
+        // Another owner compacted a longer stretch of the same history: only the rest is new.
+        journal
+            .write_compacted(
+                &entity,
+                1,
+                vec![record(1, &["x"]), record(2, &["y"]), record(3, &["z"])],
+            )
+            .await
+            .expect("same history, longer");
+        let loaded = journal.load(&entity).await.expect("load");
+        assert_eq!(loaded.head, 3);
+        assert_eq!(loaded.segments.len(), 2);
         let error = journal
-            .append(&entity, 1, vec![record(2, &["y"])])
+            .write_compacted(&entity, 1, vec![record(9, &["other"])])
             .await
-            .expect_err("second must lose");
+            .expect_err("a different history at seq 1");
         assert!(
             matches!(error, RuntimeError::JournalConflict { seq: 1, .. }),
             "{error}"
         );
-        let loaded = journal.load(&entity).await.expect("load");
-        assert_eq!(loaded.head, 1);
-        assert_eq!(loaded.segments[0].1[0].msg_id, Some(MsgId(1)));
     }
 
     #[tokio::test]
-    async fn snapshot_shortens_replay_and_old_ones_are_pruned() {
-        let journal = Journal::new(Arc::new(InMemory::new()), "t");
+    async fn snapshots_shorten_loading_and_retention_keeps_what_follows() {
+        let journal = journal();
         let entity = EntityId::new("k", "v");
         for seq in 1..=4u64 {
             journal
-                .append(&entity, seq, vec![record(seq.into(), &["e"])])
+                .write_compacted(&entity, seq, vec![record(seq.into(), &["e"])])
                 .await
-                .expect("append");
+                .expect("write");
             let snapshot = Snapshot {
                 seq,
                 state: vec![seq as u8],
                 recent_replies: vec![],
+                schema: 1,
             };
             journal
                 .save_snapshot(&entity, &snapshot)
@@ -643,9 +620,9 @@ mod tests {
                 .expect("snapshot");
         }
         journal
-            .append(&entity, 5, vec![record(5, &["e"])])
+            .write_compacted(&entity, 5, vec![record(5, &["e"])])
             .await
-            .expect("append");
+            .expect("write");
         let loaded = journal.load(&entity).await.expect("load");
         assert_eq!(
             loaded.snapshot.as_ref().map(|snapshot| snapshot.seq),
@@ -657,29 +634,15 @@ mod tests {
             journal.snapshot_seqs(&entity).await.expect("list").len(),
             SNAPSHOTS_KEPT
         );
-    }
-
-    #[tokio::test]
-    async fn cached_segments_are_served_without_the_store() {
-        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let directory = tempfile::tempdir().expect("tempdir");
-        let tree = sled::open(directory.path())
-            .expect("sled")
-            .open_tree("segments")
-            .expect("tree");
-        let journal = Journal::new(store.clone(), "t").with_segment_cache(tree);
-        let entity = EntityId::new("room", "cached");
-        journal
-            .append(&entity, 1, vec![record(1, &["a"])])
-            .await
-            .expect("append");
-        assert_eq!(journal.load(&entity).await.expect("load").head, 1);
-        // The segment is gone from the store, yet a reload finds it in the node-local cache.
-        store
-            .delete(&segment_path(&entity, 1))
-            .await
-            .expect("delete");
-        assert_eq!(journal.load(&entity).await.expect("load").head, 1);
+        assert_eq!(
+            journal.delete_through(&entity, 3).await.expect("retention"),
+            3
+        );
+        assert_eq!(
+            journal.segment_starts(&entity).await.expect("list"),
+            vec![4, 5]
+        );
+        assert_eq!(journal.load(&entity).await.expect("load").head, 5);
     }
 
     #[test]
@@ -687,5 +650,33 @@ mod tests {
         assert_eq!(path_safe_key("lobby"), "lobby");
         assert_eq!(path_safe_key("a/b"), "x.612f62");
         assert_eq!(path_safe_key(".."), "x.2e2e");
+    }
+
+    #[test]
+    fn format_one_segments_and_snapshots_decode() {
+        let v1 = codec::encode_versioned(
+            FORMAT_V1,
+            &SegmentV1 {
+                first_seq: 3,
+                writer: "n1/1".into(),
+                records: vec![RecordV1 {
+                    msg_id: Some(MsgId(7)),
+                    events: vec![b"e".to_vec()],
+                    reply: b"r".to_vec(),
+                }],
+            },
+        );
+        let (start, records) = decode_segment(&v1).expect("v1 segment");
+        assert_eq!(start, 3);
+        assert_eq!(records[0].schema, 1);
+        let snapshot = codec::encode_versioned(
+            FORMAT_V1,
+            &SnapshotV1 {
+                seq: 3,
+                state: vec![1],
+                recent_replies: vec![],
+            },
+        );
+        assert_eq!(decode_snapshot(&snapshot).expect("v1 snapshot").seq, 3);
     }
 }

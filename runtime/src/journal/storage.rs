@@ -32,17 +32,47 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// The journals kept in this store, written by `writer` (node and incarnation), each
-    /// append durable before it returns.
-    pub fn journal(&self, writer: impl Into<String>) -> crate::journal::Journal {
-        crate::journal::Journal::new(Arc::clone(&self.objects), writer)
-            .with_durability(self.durability.clone())
-            .with_local_writes(self.local.clone())
+    /// The store as the journal uses it: create-only writes durable when they return.
+    pub fn journal_objects(&self) -> crate::journal::objects::StoreObjects {
+        crate::journal::objects::StoreObjects::new(
+            Arc::clone(&self.objects),
+            self.durability.clone(),
+            self.local.clone(),
+        )
     }
 }
 
-/// Opens the store that `[storage].url` names: a local directory (created if missing) or S3.
+/// Opens the store that `[storage].url` names: a local directory (created if missing) or S3;
+/// with `storage.latency_ms`, behind a [`LatencyStore`](crate::journal::objects::LatencyStore).
 pub fn open(section: &StorageSection) -> Result<Storage> {
+    let storage = open_store(section)?;
+    if section.latency_ms == 0 {
+        return Ok(storage);
+    }
+    let latency = std::time::Duration::from_millis(section.latency_ms);
+    Ok(Storage {
+        objects: Arc::new(crate::journal::objects::LatencyStore::new(
+            storage.objects,
+            latency,
+        )),
+        durability: storage.durability,
+        // Every write goes through the delayed store.
+        local: None,
+    })
+}
+
+impl Storage {
+    /// A store given by the caller (tests, benchmarks): writes are durable when they return.
+    pub fn from_store(objects: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            objects,
+            durability: Durability::on_put(),
+            local: None,
+        }
+    }
+}
+
+fn open_store(section: &StorageSection) -> Result<Storage> {
     // `file:///abs` or, relative to the working directory, `file:dir`.
     let local = section
         .url
@@ -75,8 +105,7 @@ pub fn open(section: &StorageSection) -> Result<Storage> {
         });
     }
     if let Some(bucket) = section.url.strip_prefix("s3://") {
-        let mut builder =
-            AmazonS3Builder::from_env().with_bucket_name(bucket.trim_end_matches('/'));
+        let mut builder = AmazonS3Builder::new().with_bucket_name(bucket.trim_end_matches('/'));
         if let Some(endpoint) = &section.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
