@@ -670,34 +670,10 @@ fn seed_from_clock() -> u64 {
 
 /// `YYYYMMDD-HHMMSS` in UTC, for the default output folder.
 fn timestamp() -> String {
-    let seconds = unix_ms() / 1000;
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| format!("unix{}", unix_ms() / 1000))
 }
 
 #[cfg(test)]
@@ -705,9 +681,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn civil_dates_are_right() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    fn output_folders_are_named_by_the_utc_time() {
+        let stamp = timestamp();
+        assert_eq!(stamp.len(), "20260301-123456".len(), "{stamp}");
+        assert_eq!(stamp.as_bytes()[8], b'-', "{stamp}");
+        assert!(
+            stamp
+                .chars()
+                .filter(|c| *c != '-')
+                .all(|c| c.is_ascii_digit()),
+            "{stamp}"
+        );
+        assert!(stamp.as_str() > "2024", "{stamp}");
     }
 }
