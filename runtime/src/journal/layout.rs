@@ -111,12 +111,11 @@ pub struct Seal {
     pub last: Option<u64>,
 }
 
-/// Addressed to the writer of a log: partition `partition` at `epoch` has a new owner; do not
-/// acknowledge its records from now on.
+/// Addressed to the writer of a log: each (partition, epoch) of `entries` has a new owner; do
+/// not acknowledge their records from now on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fence {
-    pub partition: u32,
-    pub epoch: u64,
+    pub entries: Vec<(u32, u64)>,
     /// The log of the node that fenced.
     pub by: String,
 }

@@ -154,6 +154,8 @@ pub(super) struct State {
     pub parts: BTreeMap<u32, Part>,
     /// The partitions the view gives this node.
     pub desired: BTreeSet<u32>,
+    /// Per foreign log, the first fence slot not known to exist (slots fill in order).
+    pub fence_slots: HashMap<String, u64>,
     pub next_generation: u64,
     pub stopping: bool,
 }
@@ -252,6 +254,7 @@ impl NodeJournal {
                 own_objects: BTreeMap::new(),
                 parts: BTreeMap::new(),
                 desired: BTreeSet::new(),
+                fence_slots: HashMap::new(),
                 next_generation: 0,
                 stopping: false,
             }),
@@ -623,26 +626,28 @@ pub(super) async fn check_fences(shared: &Shared) -> Result<()> {
             return Ok(());
         };
         let fence: Fence = layout::decode(&bytes, "fence")?;
-        let lost = {
+        let mut lost = Vec::new();
+        {
             let mut state = shared.state();
             state.fences_seen = slot + 1;
-            state.fenced.insert((fence.partition, fence.epoch));
-            let held = matches!(
-                state.parts.get(&fence.partition),
-                Some(Part::Owned { epoch, .. }) if *epoch == fence.epoch
-            );
-            if held {
-                state.parts.remove(&fence.partition);
+            for (partition, epoch) in &fence.entries {
+                state.fenced.insert((*partition, *epoch));
+                let held = matches!(
+                    state.parts.get(partition),
+                    Some(Part::Owned { epoch: current, .. }) if current == epoch
+                );
+                if held {
+                    state.parts.remove(partition);
+                    lost.push((*partition, *epoch));
+                }
             }
-            held
-        };
-        if lost {
-            tracing::warn!(partition = fence.partition, epoch = fence.epoch, by = %fence.by, "partition taken over by another node; its entities leave this one");
+        }
+        for (partition, epoch) in lost {
+            tracing::warn!(partition, epoch, by = %fence.by, "partition taken over by another node; its entities leave this one");
             metrics::counter!(names::JOURNAL_FENCED_TOTAL).increment(1);
-            let _ = shared.events.send(PartitionEvent::Lost {
-                partition: fence.partition,
-                epoch: fence.epoch,
-            });
+            let _ = shared
+                .events
+                .send(PartitionEvent::Lost { partition, epoch });
         }
     }
 }

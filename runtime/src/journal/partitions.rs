@@ -1,18 +1,17 @@
-//! Taking partitions over: claim the next epoch, seal the epochs before it, replay what is not
-//! compacted.
-//!
-//! A takeover of partition `p` by this node:
-//! 1. finds the latest claim `e` (a listing of `part/<p>/claim/` after the epoch last seen);
-//! 2. creates claim `e + 1` naming this node's log and its next object number (create-only: if
-//!    another node created it first, the takeover fails and is retried with a fresh view);
-//! 3. seals every unsealed epoch before it, newest first: creates a fence addressed to that
-//!    epoch's log (the first free slot), then lists that log; the highest object listed ends
-//!    the epoch, recorded in a create-only seal (or the seal another node made first is used);
-//! 4. replays, in parallel, the epochs' records that the partition's latest checkpoint does not
-//!    cover, into the partition's tail; then the partition is `Owned` and its entities may be
-//!    activated.
+//! Taking partitions over, in waves (every partition the view newly gives this node at once):
+//! 1. for each, find the latest claim `e` and create claim `e + 1` naming this node's log and
+//!    its next object number (create-only: if another node created it first, that partition
+//!    fails and is retried with a fresh view), all in parallel;
+//! 2. seal every unsealed epoch before each new one, **oldest first** (a seal's existence then
+//!    means every earlier epoch is sealed). Epochs of the same old log are sealed together: one
+//!    fence in the first free slot of that log names all of them, one listing of that log
+//!    follows, and the highest object listed ends each epoch, in a create-only seal per epoch
+//!    (or the seal another node made first is used);
+//! 3. replay, in parallel, each partition's records that its latest checkpoint does not cover
+//!    into its tail (log objects read once per wave, shared by the partitions they hold); the
+//!    partition is then `Owned` and its entities may be activated.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -23,7 +22,7 @@ use crate::journal::node_log::{Part, PartitionEvent, Shared, TailAppend};
 use crate::journal::objects::Created;
 use crate::metrics as names;
 
-/// Fence slots tried on one log before giving up (each is one takeover of a partition from it).
+/// Fence slots tried on one log before giving up.
 const FENCE_SLOTS_MAX: u64 = 1 << 20;
 
 pub(super) fn set_desired(shared: &Arc<Shared>, desired: BTreeSet<u32>) {
@@ -66,86 +65,176 @@ pub(super) fn set_desired(shared: &Arc<Shared>, desired: BTreeSet<u32>) {
         return;
     }
     let wave = Arc::clone(shared);
-    shared.spawn(async move {
-        let shared = wave;
-        let cache = ObjectCache::default();
-        let limit = shared.settings.acquisitions_in_flight_max.max(1);
-        futures_util::stream::iter(start)
-            .for_each_concurrent(limit, |(partition, generation)| {
-                let shared = Arc::clone(&shared);
-                let cache = cache.clone();
-                async move { acquire(&shared, partition, generation, &cache).await }
-            })
-            .await;
-    });
+    shared.spawn(async move { take_over_wave(&wave, start).await });
 }
 
-async fn acquire(shared: &Arc<Shared>, partition: u32, generation: u64, cache: &ObjectCache) {
-    let started = std::time::Instant::now();
-    let still_wanted = || {
-        matches!(
-            shared.state().parts.get(&partition),
-            Some(Part::Acquiring { generation: current }) if *current == generation
-        )
-    };
-    let outcome = take_over(shared, partition, cache, &still_wanted).await;
+/// Whether `partition` still waits for the acquisition `generation`.
+fn still_wanted(shared: &Shared, partition: u32, generation: u64) -> bool {
+    matches!(
+        shared.state().parts.get(&partition),
+        Some(Part::Acquiring { generation: current }) if *current == generation
+    )
+}
+
+/// Gives up an acquisition (the next `set_desired`, which the node re-applies periodically,
+/// tries again).
+fn give_up(shared: &Shared, partition: u32, generation: u64, error: &RuntimeError) {
     let mut state = shared.state();
-    let current = matches!(
+    if matches!(
         state.parts.get(&partition),
         Some(Part::Acquiring { generation: current }) if *current == generation
+    ) {
+        state.parts.remove(&partition);
+        tracing::info!(partition, %error, "could not take a partition over; retrying soon");
+    }
+}
+
+async fn take_over_wave(shared: &Arc<Shared>, wave: Vec<(u32, u64)>) {
+    let started = std::time::Instant::now();
+    let limit = shared.settings.acquisitions_in_flight_max.max(1);
+    // 1. Claims.
+    let claimed: Vec<(u32, u64, Result<u64>)> = futures_util::stream::iter(wave)
+        .map(|(partition, generation)| async move {
+            (partition, generation, claim_next(shared, partition).await)
+        })
+        .buffer_unordered(limit)
+        .collect()
+        .await;
+    let mut epochs = BTreeMap::new();
+    for (partition, generation, outcome) in claimed {
+        match outcome {
+            Ok(epoch) if still_wanted(shared, partition, generation) => {
+                epochs.insert(partition, (generation, epoch));
+            }
+            Ok(_) => {}
+            Err(error) => give_up(shared, partition, generation, &error),
+        }
+    }
+    tracing::debug!(
+        partitions = epochs.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "takeover wave: claimed"
     );
-    if !current {
-        return;
+    // 2. Seals, oldest unsealed epoch of every partition first, grouped by old log.
+    let mut unsealed: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    let targets: Vec<(u32, u64)> = epochs
+        .iter()
+        .map(|(partition, (_, epoch))| (*partition, *epoch))
+        .collect();
+    let found: Vec<(u32, Result<Vec<u64>>)> = futures_util::stream::iter(targets)
+        .map(|(partition, epoch)| async move {
+            (partition, unsealed_before(shared, partition, epoch).await)
+        })
+        .buffer_unordered(limit)
+        .collect()
+        .await;
+    for (partition, outcome) in found {
+        match outcome {
+            Ok(list) => {
+                unsealed.insert(partition, list);
+            }
+            Err(error) => {
+                if let Some((generation, _)) = epochs.remove(&partition) {
+                    give_up(shared, partition, generation, &error);
+                }
+            }
+        }
     }
-    match outcome {
-        Ok((epoch, tail, checkpoint)) => {
-            let tail_records = tail.iter().map(|entry| entry.append.records.len()).sum();
-            state.parts.insert(
-                partition,
-                Part::Owned {
-                    epoch,
-                    tail,
-                    tail_records,
-                    checkpoint,
-                    writers: HashMap::new(),
-                },
-            );
-            drop(state);
-            metrics::histogram!(names::PARTITION_TAKEOVER_SECONDS)
-                .record(started.elapsed().as_secs_f64());
-            tracing::debug!(
-                partition,
+    let mut seals: HashMap<(u32, u64), Seal> = HashMap::new();
+    loop {
+        let level: Vec<(u32, u64)> = unsealed
+            .iter_mut()
+            .filter(|(partition, _)| epochs.contains_key(partition))
+            .filter_map(|(partition, list)| {
+                (!list.is_empty()).then(|| (*partition, list.remove(0)))
+            })
+            .collect();
+        if level.is_empty() {
+            break;
+        }
+        match seal_level(shared, &level).await {
+            Ok(sealed) => seals.extend(sealed),
+            Err(error) => {
+                for (partition, _) in level {
+                    if let Some((generation, _)) = epochs.remove(&partition) {
+                        give_up(shared, partition, generation, &error);
+                    }
+                }
+            }
+        }
+    }
+    tracing::debug!(
+        seals = seals.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "takeover wave: sealed"
+    );
+    // 3. Recovery.
+    let cache = ObjectCache::default();
+    let seals = &seals;
+    let cache = &cache;
+    futures_util::stream::iter(epochs)
+        .for_each_concurrent(limit, |(partition, (generation, epoch))| async move {
+            if !still_wanted(shared, partition, generation) {
+                return;
+            }
+            match recover(shared, partition, epoch, seals, cache).await {
+                Ok(recovered) => owned(shared, partition, generation, recovered, started),
+                Err(error) => give_up(shared, partition, generation, &error),
+            }
+        })
+        .await;
+}
+
+/// Records a recovered partition as owned and announces it.
+fn owned(
+    shared: &Shared,
+    partition: u32,
+    generation: u64,
+    (epoch, tail, checkpoint): Recovered,
+    started: std::time::Instant,
+) {
+    {
+        let mut state = shared.state();
+        if !matches!(
+            state.parts.get(&partition),
+            Some(Part::Acquiring { generation: current }) if *current == generation
+        ) {
+            return;
+        }
+        let tail_records = tail.iter().map(|entry| entry.append.records.len()).sum();
+        state.parts.insert(
+            partition,
+            Part::Owned {
                 epoch,
-                ms = started.elapsed().as_millis() as u64,
-                "partition taken over"
-            );
-            let _ = shared
-                .events
-                .send(PartitionEvent::Ready { partition, epoch });
-            // Compact soon: it covers the previous owners' logs, which can then go.
-            shared.compact_wake.notify_one();
-        }
-        Err(error) => {
-            // Forget the attempt: the next `set_desired` (the node re-applies its view
-            // periodically) tries again.
-            state.parts.remove(&partition);
-            tracing::info!(partition, %error, "could not take a partition over; retrying soon");
-        }
+                tail,
+                tail_records,
+                checkpoint,
+                writers: HashMap::new(),
+            },
+        );
     }
+    metrics::histogram!(names::PARTITION_TAKEOVER_SECONDS).record(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        partition,
+        epoch,
+        ms = started.elapsed().as_millis() as u64,
+        "partition taken over"
+    );
+    let _ = shared
+        .events
+        .send(PartitionEvent::Ready { partition, epoch });
+    // Compact soon: it covers the previous owners' logs, which can then go.
+    shared.compact_wake.notify_one();
 }
 
 /// A partition's epoch, its uncompacted tail and its latest checkpoint.
 type Recovered = (u64, Vec<TailAppend>, Option<(u64, Checkpoint)>);
 
-async fn take_over(
-    shared: &Shared,
-    partition: u32,
-    cache: &ObjectCache,
-    still_wanted: &impl Fn() -> bool,
-) -> Result<Recovered> {
+/// Creates the claim after the latest one; returns its epoch. Always a new epoch, even after
+/// this node's own: appends it made at the old one may still be in flight, and sealing that
+/// epoch decides which of them count.
+async fn claim_next(shared: &Shared, partition: u32) -> Result<u64> {
     let latest = latest_claim(shared, partition).await?;
-    // Always a new epoch, even after this node's own: appends it made at the old one may
-    // still be in flight, and sealing that epoch decides which of them count.
     let epoch = latest.as_ref().map_or(1, |claim| claim.epoch + 1);
     let claim = Claim {
         partition,
@@ -159,33 +248,134 @@ async fn take_over(
         .create(layout::claim(partition, epoch), layout::encode(&claim))
         .await?
     {
-        Created::Yes => {}
-        Created::Exists => {
-            return Err(RuntimeError::Unavailable(format!(
-                "another node claimed epoch {epoch} of partition {partition} first"
-            )));
+        Created::Yes => {
+            metrics::counter!(names::PARTITION_CLAIMS_TOTAL).increment(1);
+            Ok(epoch)
         }
+        Created::Exists => Err(RuntimeError::Unavailable(format!(
+            "another node claimed epoch {epoch} of partition {partition} first"
+        ))),
     }
-    metrics::counter!(names::PARTITION_CLAIMS_TOTAL).increment(1);
-    if !still_wanted() {
-        return Err(RuntimeError::Unavailable("no longer wanted".into()));
-    }
-    // Seals are made oldest first, so a seal's existence means every earlier epoch is sealed:
-    // find the newest sealed epoch, then seal the ones after it.
-    let mut seals = HashMap::new();
+}
+
+/// The epochs before `epoch` that have no seal yet, oldest first: everything after the
+/// newest sealed one (seals are made oldest first).
+async fn unsealed_before(shared: &Shared, partition: u32, epoch: u64) -> Result<Vec<u64>> {
     let mut newest_sealed = epoch - 1;
     while newest_sealed >= 1 {
-        if let Some(seal) = read_seal(shared, partition, newest_sealed).await? {
-            seals.insert(newest_sealed, seal);
+        if read_seal(shared, partition, newest_sealed).await?.is_some() {
             break;
         }
         newest_sealed -= 1;
     }
-    for sealing in newest_sealed + 1..epoch {
-        let seal = seal_epoch(shared, partition, sealing).await?;
-        seals.insert(sealing, seal);
+    Ok((newest_sealed + 1..epoch).collect())
+}
+
+/// Seals one epoch of each of `level`'s partitions: one fence and one listing per old log.
+async fn seal_level(shared: &Shared, level: &[(u32, u64)]) -> Result<Vec<((u32, u64), Seal)>> {
+    let claims: Vec<Claim> = futures_util::stream::iter(level.iter().copied())
+        .map(|(partition, epoch)| read_claim(shared, partition, epoch))
+        .buffered(shared.settings.acquisitions_in_flight_max.max(1))
+        .try_collect()
+        .await?;
+    let mut by_log: BTreeMap<String, Vec<(u32, u64)>> = BTreeMap::new();
+    for claim in claims {
+        by_log
+            .entry(claim.log)
+            .or_default()
+            .push((claim.partition, claim.epoch));
     }
-    recover(shared, partition, epoch, seals, cache).await
+    let sealed: Vec<Vec<((u32, u64), Seal)>> = futures_util::stream::iter(by_log)
+        .map(|(log, entries)| async move { seal_log(shared, &log, &entries).await })
+        .buffer_unordered(shared.settings.acquisitions_in_flight_max.max(1))
+        .try_collect()
+        .await?;
+    Ok(sealed.into_iter().flatten().collect())
+}
+
+/// Ends each of `entries`' epochs in `log`: one fence naming them all, then one listing, then
+/// a seal per epoch (unless another node sealed it first).
+async fn seal_log(
+    shared: &Shared,
+    log: &str,
+    entries: &[(u32, u64)],
+) -> Result<Vec<((u32, u64), Seal)>> {
+    let in_flight = shared.settings.acquisitions_in_flight_max.max(1);
+    let existing: Vec<((u32, u64), Option<Seal>)> = futures_util::stream::iter(entries.to_vec())
+        .map(|(partition, epoch)| async move {
+            Ok::<_, RuntimeError>((
+                (partition, epoch),
+                read_seal(shared, partition, epoch).await?,
+            ))
+        })
+        .buffered(in_flight)
+        .try_collect()
+        .await?;
+    let mut wanted = Vec::new();
+    let mut sealed = Vec::new();
+    for (key, seal) in existing {
+        match seal {
+            Some(seal) => sealed.push((key, seal)),
+            None => wanted.push(key),
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(sealed);
+    }
+    // The fence first: the old owner acknowledges nothing of these epochs written after it
+    // reads the fence, and anything it wrote before is in the listing that follows.
+    let fence = layout::encode(&Fence {
+        entries: wanted.clone(),
+        by: shared.log.clone(),
+    });
+    let mut slot = shared.state().fence_slots.get(log).copied().unwrap_or(0);
+    loop {
+        if slot >= FENCE_SLOTS_MAX {
+            return Err(RuntimeError::Store(format!(
+                "log {log} has {FENCE_SLOTS_MAX} fences; cannot add one"
+            )));
+        }
+        let created = shared
+            .objects
+            .create(layout::fence(log, slot), fence.clone())
+            .await?;
+        // Slots fill in order: every slot up to this one exists now.
+        shared.state().fence_slots.insert(log.to_string(), slot + 1);
+        match created {
+            Created::Yes => break,
+            Created::Exists => slot += 1,
+        }
+    }
+    let names = shared.objects.list(layout::log_prefix(log), None).await?;
+    let last = names
+        .iter()
+        .filter_map(|name| layout::number_of(name))
+        .max();
+    let made: Vec<((u32, u64), Seal)> = futures_util::stream::iter(wanted)
+        .map(|(partition, epoch)| async move {
+            let seal = Seal {
+                partition,
+                epoch,
+                log: log.to_string(),
+                last,
+            };
+            let seal = match shared
+                .objects
+                .create(layout::seal(partition, epoch), layout::encode(&seal))
+                .await?
+            {
+                Created::Yes => seal,
+                Created::Exists => read_seal(shared, partition, epoch).await?.ok_or_else(|| {
+                    RuntimeError::Store("a seal vanished; seals are never deleted".into())
+                })?,
+            };
+            Ok::<_, RuntimeError>(((partition, epoch), seal))
+        })
+        .buffer_unordered(in_flight)
+        .try_collect()
+        .await?;
+    sealed.extend(made);
+    Ok(sealed)
 }
 
 async fn read_seal(shared: &Shared, partition: u32, epoch: u64) -> Result<Option<Seal>> {
@@ -224,63 +414,6 @@ async fn read_claim(shared: &Shared, partition: u32, epoch: u64) -> Result<Claim
     layout::decode(&bytes, "claim")
 }
 
-/// Ends `epoch` of `partition`: its seal, made here (fence, listing, seal) unless another
-/// node made it first.
-async fn seal_epoch(shared: &Shared, partition: u32, epoch: u64) -> Result<Seal> {
-    if let Some(seal) = read_seal(shared, partition, epoch).await? {
-        return Ok(seal);
-    }
-    let claim = read_claim(shared, partition, epoch).await?;
-    // The fence first: the previous owner acknowledges nothing of this epoch written after it
-    // reads the fence, and anything it wrote before is in the listing that follows.
-    let fence = layout::encode(&Fence {
-        partition,
-        epoch,
-        by: shared.log.clone(),
-    });
-    let mut slot = 0;
-    loop {
-        if slot >= FENCE_SLOTS_MAX {
-            return Err(RuntimeError::Store(format!(
-                "log {} has {FENCE_SLOTS_MAX} fences; cannot add one",
-                claim.log
-            )));
-        }
-        match shared
-            .objects
-            .create(layout::fence(&claim.log, slot), fence.clone())
-            .await?
-        {
-            Created::Yes => break,
-            Created::Exists => slot += 1,
-        }
-    }
-    let names = shared
-        .objects
-        .list(layout::log_prefix(&claim.log), None)
-        .await?;
-    let last = names
-        .iter()
-        .filter_map(|name| layout::number_of(name))
-        .max();
-    let seal = Seal {
-        partition,
-        epoch,
-        log: claim.log,
-        last,
-    };
-    match shared
-        .objects
-        .create(layout::seal(partition, epoch), layout::encode(&seal))
-        .await?
-    {
-        Created::Yes => Ok(seal),
-        Created::Exists => read_seal(shared, partition, epoch)
-            .await?
-            .ok_or_else(|| RuntimeError::Store("a seal vanished; seals are never deleted".into())),
-    }
-}
-
 /// The latest checkpoint of `partition` and its number.
 pub(super) async fn latest_checkpoint(
     shared: &Shared,
@@ -315,7 +448,7 @@ async fn recover(
     shared: &Shared,
     partition: u32,
     epoch: u64,
-    mut seals: HashMap<u64, Seal>,
+    seals: &HashMap<(u32, u64), Seal>,
     cache: &ObjectCache,
 ) -> Result<Recovered> {
     let checkpoint = latest_checkpoint(shared, partition).await?;
@@ -326,17 +459,13 @@ async fn recover(
     let mut ranges = Vec::new();
     for stretch in first_epoch.max(1)..epoch {
         let claim = read_claim(shared, partition, stretch).await?;
-        let seal = match seals.get(&stretch) {
+        let seal = match seals.get(&(partition, stretch)) {
             Some(seal) => seal.clone(),
-            None => {
-                let seal = read_seal(shared, partition, stretch).await?.ok_or_else(|| {
-                    RuntimeError::Store(format!(
-                        "epoch {stretch} of partition {partition} has no seal, yet a later epoch exists"
-                    ))
-                })?;
-                seals.insert(stretch, seal.clone());
-                seal
-            }
+            None => read_seal(shared, partition, stretch).await?.ok_or_else(|| {
+                RuntimeError::Store(format!(
+                    "epoch {stretch} of partition {partition} has no seal, yet a later epoch exists"
+                ))
+            })?,
         };
         let covered_through = match &checkpoint {
             Some((_, checkpoint)) if checkpoint.epoch == stretch => checkpoint.last,
@@ -364,11 +493,7 @@ async fn read_ranges(
 ) -> Result<Vec<TailAppend>> {
     let mut wanted = Vec::new();
     for (epoch, log, first, last) in ranges {
-        let offset = first
-            .checked_sub(1)
-            .map(|before| layout::log_object(log, before));
-        let names = shared.objects.list(layout::log_prefix(log), offset).await?;
-        for number in names.iter().filter_map(|name| layout::number_of(name)) {
+        for &number in cache.listing(shared, log).await?.iter() {
             if (*first..=*last).contains(&number) {
                 wanted.push((*epoch, log.clone(), number));
             }
@@ -402,9 +527,29 @@ async fn read_ranges(
 #[derive(Clone, Default)]
 pub(super) struct ObjectCache {
     objects: Arc<tokio::sync::Mutex<HashMap<(String, u64), Arc<LogObject>>>>,
+    /// One listing per log per wave: the objects that exist (any made after it are beyond every
+    /// seal of this wave, and any deleted since are compacted).
+    listings: Arc<tokio::sync::Mutex<HashMap<String, Arc<Vec<u64>>>>>,
 }
 
 impl ObjectCache {
+    /// The object numbers of `log`, listed once per wave.
+    async fn listing(&self, shared: &Shared, log: &str) -> Result<Arc<Vec<u64>>> {
+        let mut listings = self.listings.lock().await;
+        if let Some(numbers) = listings.get(log) {
+            return Ok(Arc::clone(numbers));
+        }
+        let names = shared.objects.list(layout::log_prefix(log), None).await?;
+        let numbers = Arc::new(
+            names
+                .iter()
+                .filter_map(|name| layout::number_of(name))
+                .collect::<Vec<_>>(),
+        );
+        listings.insert(log.to_string(), Arc::clone(&numbers));
+        Ok(numbers)
+    }
+
     async fn get(&self, shared: &Shared, log: &str, number: u64) -> Result<Option<Arc<LogObject>>> {
         let key = (log.to_string(), number);
         if let Some(object) = self.objects.lock().await.get(&key) {
