@@ -130,10 +130,25 @@ impl NodeBuilder {
             Actor::spawn(Some(format!("actorhub.nodeserver.{}", me.id)), server, ())
                 .await
                 .map_err(|error| spawn_error("the cluster listener", error))?;
-        let cluster_port = crate::cluster::port::serve(
+        let tls = match &config.cluster.tls {
+            Some(section) => Some(crate::cluster::tls::ClusterTls::load(&section.dir, &me.id)?),
+            None => {
+                tracing::warn!(
+                    "cluster traffic is plaintext: set [cluster.tls] (see `node certs`) for mutual TLS between nodes"
+                );
+                None
+            }
+        };
+        let security = crate::cluster::port::Security {
+            tls,
+            identities: crate::cluster::tls::Identities::default(),
+            handshake_timeout: Duration::from_millis(config.cluster.handshake_timeout_ms),
+        };
+        let (cluster_port, dialer) = crate::cluster::port::serve(
             cluster_listener,
             crate::cluster::port::PortLimits::from_config(&config.cluster),
             node_server.clone(),
+            security.clone(),
         )?;
 
         let peers: Vec<PeerAddress> = config
@@ -197,6 +212,8 @@ impl NodeBuilder {
             incarnation,
             peers,
             node_server: node_server.clone(),
+            dialer,
+            identities: security.tls.is_some().then(|| security.identities.clone()),
             timings,
             view: view_sender,
             events,
@@ -260,6 +277,8 @@ struct CoreChildren {
     incarnation: u64,
     peers: Vec<PeerAddress>,
     node_server: ActorRef<NodeServerMessage>,
+    dialer: crate::cluster::port::Dialer,
+    identities: Option<crate::cluster::tls::Identities>,
     timings: MembershipTimings,
     /// Shared by successive membership incarnations (all clones feed the same receivers).
     view: watch::Sender<View>,
@@ -288,6 +307,8 @@ impl CoreChildren {
                             incarnation: core.incarnation,
                             peers: core.peers.clone(),
                             node_server: core.node_server.clone(),
+                            dialer: core.dialer.clone(),
+                            identities: core.identities.clone(),
                             timings: core.timings.clone(),
                             view: core.view.clone(),
                             events: core.events.clone(),

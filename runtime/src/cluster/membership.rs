@@ -136,6 +136,10 @@ pub struct MembershipArgs {
     pub incarnation: u64,
     pub peers: Vec<PeerAddress>,
     pub node_server: ActorRef<NodeServerMessage>,
+    /// Opens connections to peers (TLS when configured) the way the cluster port accepts them.
+    pub dialer: crate::cluster::port::Dialer,
+    /// With TLS: the peers' certificates, checked against the names they claim.
+    pub identities: Option<crate::cluster::tls::Identities>,
     pub timings: MembershipTimings,
     pub view: watch::Sender<View>,
     pub events: broadcast::Sender<MembershipEvent>,
@@ -250,6 +254,8 @@ pub struct MembershipState {
     /// Sessions opened (either direction) whose handshake has not finished yet.
     handshaking: HashMap<ActorId, (Instant, ActorRef<NodeSessionMessage>)>,
     node_server: ActorRef<NodeServerMessage>,
+    dialer: crate::cluster::port::Dialer,
+    identities: Option<crate::cluster::tls::Identities>,
     timings: MembershipTimings,
     view: watch::Sender<View>,
     events: broadcast::Sender<MembershipEvent>,
@@ -302,6 +308,8 @@ impl Actor for MembershipActor {
             peers,
             handshaking: HashMap::new(),
             node_server: args.node_server,
+            dialer: args.dialer,
+            identities: args.identities,
             timings: args.timings,
             view: args.view,
             events: args.events,
@@ -405,15 +413,15 @@ impl MembershipState {
         let peer_id = peer.address.id.clone();
         let timeout = self.timings.handshake_timeout;
         let membership = myself.clone();
+        let dialer = self.dialer.clone();
         tokio::spawn(async move {
             let result = match tokio::time::timeout(
                 timeout,
-                ractor_cluster::client_connect(&server, address),
+                dialer.dial(&server, &peer_id, address),
             )
             .await
             {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(error.to_string()),
+                Ok(result) => result,
                 Err(_) => Err(format!(
                     "connect timed out after {} ms",
                     timeout.as_millis()
@@ -460,6 +468,23 @@ impl MembershipState {
             session.actor.stop(Some("no peer name".into()));
             return;
         };
+        if let Some(identities) = &self.identities {
+            // A peer is who its certificate says, never who it claims.
+            let named = identities
+                .take(&session.peer_addr)
+                .is_some_and(|certificate| {
+                    crate::cluster::tls::certificate_names(&certificate, &peer_id)
+                });
+            if !named {
+                tracing::warn!(peer = %peer_id, addr = %session.peer_addr, "closing a cluster session: the peer claims a node id its certificate does not name");
+                metrics::counter!(names::SESSIONS_CLOSED_TOTAL, "reason" => "certificate does not name the peer")
+                    .increment(1);
+                session
+                    .actor
+                    .stop(Some("certificate does not name the peer".into()));
+                return;
+            }
+        }
         let Some(index) = self
             .peers
             .iter()
@@ -503,6 +528,11 @@ impl MembershipState {
             tracing::debug!(from = %beat.from, "heartbeat from a node not in cluster.toml");
             return;
         };
+        if self.peers[index].sessions.is_empty() {
+            // Only a peer with a session this node accepted (and, with TLS, whose certificate
+            // names it) counts as heard: a beat can race ahead of the session's checks.
+            return;
+        }
         let now = Instant::now();
         self.peers[index].last_heard = now;
         if beat.pong {

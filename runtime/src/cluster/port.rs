@@ -157,12 +157,24 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener> {
         })
 }
 
-/// Serves the cluster port until the returned task is aborted.
+/// How the cluster port speaks: plain TCP, or mutual TLS with the certificates of `tls`
+/// (each connection's peer certificate goes into `identities` under its label).
+#[derive(Clone, Default)]
+pub struct Security {
+    pub tls: Option<crate::cluster::tls::ClusterTls>,
+    pub identities: crate::cluster::tls::Identities,
+    /// How long a TLS handshake may take (off the accept loop).
+    pub handshake_timeout: std::time::Duration,
+}
+
+/// Serves the cluster port until the returned task is aborted. Returns the port's state,
+/// which outgoing dials share (see [`Dialer`]).
 pub fn serve(
     listener: TcpListener,
     limits: PortLimits,
     node_server: ActorRef<NodeServerMessage>,
-) -> Result<tokio::task::JoinHandle<()>> {
+    security: Security,
+) -> Result<(tokio::task::JoinHandle<()>, Dialer)> {
     let pending = Arc::new(Pending {
         limits,
         slots: Arc::new(Semaphore::new(limits.unauthenticated_max.max(1))),
@@ -173,18 +185,100 @@ pub fn serve(
     node_server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: "actorhub.cluster-port".to_string(),
-            subscription: Box::new(HandshakeWatcher(Arc::clone(&pending))),
+            subscription: Box::new(HandshakeWatcher(
+                Arc::clone(&pending),
+                security.identities.clone(),
+            )),
         })
         .map_err(|error| {
             RuntimeError::Unavailable(format!("the cluster server stopped: {error}"))
         })?;
-    Ok(tokio::spawn(accept_loop(listener, pending, node_server)))
+    let dialer = Dialer {
+        pending: Arc::clone(&pending),
+        security: security.clone(),
+    };
+    Ok((
+        tokio::spawn(accept_loop(listener, pending, node_server, security)),
+        dialer,
+    ))
+}
+
+/// Opens connections to peers the same way the port accepts them (TLS when configured,
+/// bounded before the handshake), and hands them to ractor_cluster.
+#[derive(Clone)]
+pub struct Dialer {
+    pending: Arc<Pending>,
+    security: Security,
+}
+
+impl Dialer {
+    /// Connects to `peer` at `address` (its certificate must name it when TLS is on).
+    pub async fn dial(
+        &self,
+        node_server: &ActorRef<NodeServerMessage>,
+        peer: &str,
+        address: SocketAddr,
+    ) -> std::result::Result<(), String> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+        let _ = stream.set_nodelay(true);
+        let label = format!(
+            "{peer}@{address}#out{}",
+            self.pending.next_label.fetch_add(1, Ordering::Relaxed)
+        );
+        let transport = match &self.security.tls {
+            None => Transport::Plain(stream),
+            Some(tls) => {
+                let stream = tokio::time::timeout(
+                    self.security.handshake_timeout,
+                    tls.connect(stream, peer),
+                )
+                .await
+                .map_err(|_| format!("TLS handshake with {address} timed out"))?
+                .map_err(|error| format!("TLS handshake with {peer} at {address}: {error}"))?;
+                let certificate = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|certificate| certificate.clone().into_owned())
+                    .ok_or_else(|| format!("{peer} presented no certificate"))?;
+                self.security.identities.insert(label.clone(), certificate);
+                Transport::TlsClient(Box::new(stream))
+            }
+        };
+        // A peer we dialed is not a stranger, but what it sends before the handshake is
+        // bounded all the same.
+        let gate = Arc::new(Gate {
+            open: AtomicBool::new(false),
+            slot: Mutex::new(None),
+        });
+        self.pending
+            .gates()
+            .insert(label.clone(), Arc::clone(&gate));
+        let stream = GuardedStream {
+            transport,
+            label: label.clone(),
+            gate,
+            pending: Arc::downgrade(&self.pending),
+            preauth_bytes_max: self.pending.limits.preauth_bytes_max,
+        };
+        ractor_cluster::client_connect_external(node_server, Box::new(stream))
+            .await
+            .map_err(|error| {
+                self.pending.gates().remove(&label);
+                self.security.identities.forget(&label);
+                error.to_string()
+            })
+    }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     pending: Arc<Pending>,
     node_server: ActorRef<NodeServerMessage>,
+    security: Security,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -211,47 +305,102 @@ async fn accept_loop(
             "{peer}#{}",
             pending.next_label.fetch_add(1, Ordering::Relaxed)
         );
-        let gate = Arc::new(Gate {
-            open: AtomicBool::new(false),
-            slot: Mutex::new(Some(slot)),
-        });
-        pending.gates().insert(label.clone(), Arc::clone(&gate));
-        let stream = GuardedStream {
-            stream,
-            label: label.clone(),
-            gate,
-            pending: Arc::downgrade(&pending),
-            preauth_bytes_max: pending.limits.preauth_bytes_max,
+        let Some(tls) = security.tls.clone() else {
+            hand_over(
+                &pending,
+                &node_server,
+                Transport::Plain(stream),
+                label,
+                slot,
+            );
+            continue;
         };
-        let opened = node_server.cast(NodeServerMessage::ConnectionOpenedExternal {
-            stream: Box::new(stream),
-            is_server: true,
+        // The TLS handshake runs beside the accept loop, under a deadline: a peer that opens
+        // a connection and says nothing holds one slot until then, and nothing else.
+        let pending = Arc::clone(&pending);
+        let node_server = node_server.clone();
+        let identities = security.identities.clone();
+        let timeout = security.handshake_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                Ok(Ok((stream, certificate))) => {
+                    identities.insert(label.clone(), certificate);
+                    hand_over(
+                        &pending,
+                        &node_server,
+                        Transport::TlsServer(Box::new(stream)),
+                        label,
+                        slot,
+                    );
+                }
+                Ok(Err(error)) => {
+                    metrics::counter!(names::CLUSTER_CONNECTIONS_REFUSED_TOTAL, "reason" => "tls handshake failed").increment(1);
+                    tracing::warn!(%peer, %error, "refused a cluster connection: TLS handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!(names::CLUSTER_CONNECTIONS_REFUSED_TOTAL, "reason" => "tls handshake timed out").increment(1);
+                    tracing::warn!(%peer, "refused a cluster connection: no TLS handshake in time");
+                }
+            }
         });
-        if opened.is_err() {
-            // The cluster server is gone: the node is shutting down.
-            pending.gates().remove(&label);
-            return;
-        }
+    }
+}
+
+/// Gives an accepted connection to ractor_cluster.
+fn hand_over(
+    pending: &Arc<Pending>,
+    node_server: &ActorRef<NodeServerMessage>,
+    transport: Transport,
+    label: String,
+    slot: Slot,
+) {
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        slot: Mutex::new(Some(slot)),
+    });
+    pending.gates().insert(label.clone(), Arc::clone(&gate));
+    let stream = GuardedStream {
+        transport,
+        label: label.clone(),
+        gate,
+        pending: Arc::downgrade(pending),
+        preauth_bytes_max: pending.limits.preauth_bytes_max,
+    };
+    let opened = node_server.cast(NodeServerMessage::ConnectionOpenedExternal {
+        stream: Box::new(stream),
+        is_server: true,
+    });
+    if opened.is_err() {
+        // The cluster server is gone: the node is shutting down.
+        pending.gates().remove(&label);
     }
 }
 
 /// Tells [`Pending`] which connections completed their handshake.
-struct HandshakeWatcher(Arc<Pending>);
+struct HandshakeWatcher(Arc<Pending>, crate::cluster::tls::Identities);
 
 impl NodeEventSubscription for HandshakeWatcher {
     fn node_session_opened(&self, _session: NodeServerSessionInformation) {}
     fn node_session_disconnected(&self, session: NodeServerSessionInformation) {
         // Never authenticated: the reader's drop releases the slot; forget the label.
         self.0.gates().remove(&session.peer_addr);
+        self.1.forget(&session.peer_addr);
     }
     fn node_session_authenticated(&self, session: NodeServerSessionInformation) {
         self.0.authenticated(&session.peer_addr);
     }
 }
 
-/// An accepted connection as ractor_cluster sees it.
+/// A connection's bytes: plain TCP, or TLS either way.
+enum Transport {
+    Plain(tokio::net::TcpStream),
+    TlsServer(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+    TlsClient(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+/// A connection as ractor_cluster sees it.
 struct GuardedStream {
-    stream: tokio::net::TcpStream,
+    transport: Transport,
     label: String,
     gate: Arc<Gate>,
     pending: std::sync::Weak<Pending>,
@@ -260,7 +409,20 @@ struct GuardedStream {
 
 impl ClusterBidiStream for GuardedStream {
     fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
-        let (read, write) = self.stream.into_split();
+        let (read, write): (BoxRead, BoxWrite) = match self.transport {
+            Transport::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                (Box::new(read), Box::new(write))
+            }
+            Transport::TlsServer(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (Box::new(read), Box::new(write))
+            }
+            Transport::TlsClient(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (Box::new(read), Box::new(write))
+            }
+        };
         let reader = GuardedRead {
             inner: read,
             gate: self.gate,
@@ -269,24 +431,17 @@ impl ClusterBidiStream for GuardedStream {
             read_before_handshake: 0,
             preauth_bytes_max: self.preauth_bytes_max,
         };
-        (Box::new(reader), Box::new(write))
+        (Box::new(reader), write)
     }
 
     fn peer_label(&self) -> Option<String> {
         Some(self.label.clone())
     }
-
-    fn local_label(&self) -> Option<String> {
-        self.stream
-            .local_addr()
-            .ok()
-            .map(|address| address.to_string())
-    }
 }
 
 /// The reading half: counts what a peer sends before its handshake completes.
 struct GuardedRead {
-    inner: tokio::net::tcp::OwnedReadHalf,
+    inner: BoxRead,
     gate: Arc<Gate>,
     label: String,
     pending: std::sync::Weak<Pending>,
@@ -395,7 +550,7 @@ mod tests {
         });
         pending.gates().insert("peer".into(), Arc::clone(&gate));
         let guarded = Box::new(GuardedStream {
-            stream,
+            transport: Transport::Plain(stream),
             label: "peer".into(),
             gate,
             pending: Arc::downgrade(&pending),
@@ -439,7 +594,7 @@ mod tests {
         });
         pending.gates().insert("peer".into(), Arc::clone(&gate));
         let guarded = Box::new(GuardedStream {
-            stream,
+            transport: Transport::Plain(stream),
             label: "peer".into(),
             gate,
             pending: Arc::downgrade(&pending),
