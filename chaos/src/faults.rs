@@ -310,6 +310,11 @@ impl Injector {
     pub fn active_faults(&self) -> Vec<String> {
         lock(&self.active).clone()
     }
+
+    /// The nodes some fault holds right now (from just before it starts to all up again).
+    pub fn faulted_nodes(&self) -> HashSet<String> {
+        lock(&self.faulted).clone()
+    }
 }
 
 /// Polls the survivors' views until each has shown every target down; returns when (ms).

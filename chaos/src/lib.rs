@@ -11,19 +11,24 @@
 //!   truncated and garbage files), shared by the converter tests and the hostile clients.
 //! - [`client`]: a real WebSocket chat client speaking the protocol, for tests and workloads.
 //! - The harness: [`scenario`] (what to run), [`schedule`] (the seeded faults), [`netns`]
-//!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the clients),
-//!   [`faults`] (injection and failover measurements), [`scrape`] (counters from `/metrics`),
-//!   [`records`] (what was observed), [`rooms`] (the rooms and their histories), [`checker`]
-//!   and [`verdict`] (the invariants), [`progress`] (the live line), [`report`] and
-//!   [`timeline`] (the outputs), [`run`] (one run end to end).
+//!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the honest clients),
+//!   [`hostile`] (the hostile clients and their phases), [`faults`] (injection and failover
+//!   measurements), [`process_watch`] (the nodes' memory and exits), [`scrape`] (counters from
+//!   `/metrics`), [`records`] (what was observed), [`rooms`] (the rooms and their histories),
+//!   [`checker`] and [`verdict`] (the invariants), [`latency`] (post → ack by phase),
+//!   [`progress`] (the live line), [`report`] and [`timeline`] (the outputs), [`run`] (one run
+//!   end to end).
 
 pub mod checker;
 pub mod client;
 pub mod cluster;
 pub mod corpus;
 pub mod faults;
+pub mod hostile;
 pub mod jobs;
+pub mod latency;
 pub mod netns;
+pub mod process_watch;
 pub mod progress;
 pub mod records;
 pub mod report;

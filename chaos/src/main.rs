@@ -21,7 +21,7 @@ enum Command {
     /// Starts a cluster, runs the workload under seeded faults, checks the invariants. Exits 0
     /// when every invariant holds, 1 on a violation, 2 when the run could not be done, 130 when
     /// interrupted.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Writes the hostile corpus (inputs made to hurt converters) and its INDEX.tsv to a
     /// directory.
     Corpus {
@@ -46,6 +46,10 @@ struct RunArgs {
     /// Comma-separated: kill, pause, partition, restart.
     #[arg(long)]
     faults: Option<String>,
+    /// Runs hostile clients beside the honest ones (every kind, in phases; a scenario's
+    /// `[hostile]` table sets them in detail).
+    #[arg(long)]
+    hostile: bool,
     /// Faults active at once (default 1).
     #[arg(long)]
     concurrent_faults: Option<usize>,
@@ -73,7 +77,7 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let arguments = match Cli::parse().command {
-        Command::Run(arguments) => arguments,
+        Command::Run(arguments) => *arguments,
         Command::Corpus { out } => {
             return match chaos::corpus::write_corpus(&out) {
                 Ok(written) => {
@@ -117,6 +121,9 @@ fn options(arguments: RunArgs, replay_command: String) -> anyhow::Result<RunOpti
     }
     if let Some(faults) = &arguments.faults {
         scenario.faults = parse_fault_list(faults)?;
+    }
+    if arguments.hostile {
+        scenario.hostile.enabled = true;
     }
     if let Some(concurrent) = arguments.concurrent_faults {
         scenario.concurrent_faults_max = concurrent;

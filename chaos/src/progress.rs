@@ -1,6 +1,6 @@
 //! The live progress line: elapsed time, faults so far (and the active ones), messages
-//! acknowledged, retries, reconnects, jobs. Redrawn in place on a terminal; otherwise a line
-//! every ten seconds and at every new fault, so CI logs stay short.
+//! acknowledged, retries, reconnects, jobs, hostile actions. Redrawn in place on a terminal;
+//! otherwise a line every ten seconds and at every new fault, so CI logs stay short.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub async fn show_progress(
         let rate = acked.saturating_sub(last_acked) as f64 / PROGRESS_INTERVAL.as_secs_f64();
         last_acked = acked;
         let line = format!(
-            "[{:6.1}s / {}s] faults {faults}{} | acked {acked} ({rate:.0}/s) | retries {} | reconnects {} | jobs done {}/{}",
+            "[{:6.1}s / {}s] faults {faults}{} | acked {acked} ({rate:.0}/s) | retries {} | reconnects {} | jobs done {}/{} | hostile actions {}",
             clock.now_ms() as f64 / 1000.0,
             duration_ms / 1000,
             if active.is_empty() {
@@ -51,6 +51,7 @@ pub async fn show_progress(
             progress.reconnects.load(Ordering::Relaxed),
             progress.jobs_finished.load(Ordering::Relaxed),
             progress.jobs_accepted.load(Ordering::Relaxed),
+            progress.hostile_actions.load(Ordering::Relaxed),
         );
         if terminal {
             eprint!("\r\x1b[2K{line}");

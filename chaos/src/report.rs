@@ -1,5 +1,6 @@
 //! The run's report: failover statistics, throughput before/during/after the faults, totals,
-//! the verdict, written as `report.json` and printed as a short summary.
+//! the nodes' memory and exits, the honest clients' latency by phase, what the hostile clients
+//! got, the verdict; written as `report.json` and printed as a short summary.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -7,6 +8,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::checker::InvariantResult;
+use crate::hostile::HostileReport;
+use crate::latency::PhaseLatency;
+use crate::process_watch::{ExitRecord, MemoryReport};
 use crate::records::{ClientLog, FaultRecord, JobRecord};
 use crate::scenario::{FaultKind, Scenario};
 
@@ -307,6 +311,13 @@ pub struct Report {
     /// Retried asks answered from the journal (`actorhub_entity_duplicates_total`).
     pub retries_answered_from_journal: CounterTotal,
     pub jobs: JobsSummary,
+    /// Honest post → ack latency in hostile and quiet phases.
+    pub latency: PhaseLatency,
+    /// Every node's peak resident set against its budget.
+    pub memory: MemoryReport,
+    /// Every node process that ended, and whether a fault ended it.
+    pub exits: Vec<ExitRecord>,
+    pub hostile: HostileReport,
     pub faults: Vec<FaultRecord>,
     pub acks_per_second: Vec<u64>,
 }
@@ -444,7 +455,9 @@ impl Report {
                 self.jobs.reason.as_deref().unwrap_or("off")
             );
         }
-        for note in &self.notes {
+        self.summarize_nodes(&mut text);
+        self.summarize_hostile(&mut text);
+        for note in self.notes.iter().chain(&self.hostile.notes) {
             let _ = writeln!(text, "note: {note}");
         }
         if let Some(violation) = &self.first_violation {
@@ -457,6 +470,93 @@ impl Report {
         let _ = writeln!(text, "node logs: {}", self.cluster_dir);
         let _ = writeln!(text, "replay: {}", self.replay);
         text
+    }
+}
+
+impl Report {
+    /// Memory and exits of the nodes, and the honest latency by phase.
+    fn summarize_nodes(&self, text: &mut String) {
+        let mib = |bytes: u64| bytes / (1024 * 1024);
+        let peaks: Vec<String> = self
+            .memory
+            .per_node
+            .iter()
+            .map(|(node, memory)| {
+                let phase =
+                    |peak: Option<u64>| peak.map_or("-".to_string(), |peak| mib(peak).to_string());
+                format!(
+                    "{node} {} (hostile {}, quiet {})",
+                    mib(memory.peak_bytes),
+                    phase(memory.peak_hostile_bytes),
+                    phase(memory.peak_quiet_bytes)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            text,
+            "peak RSS MiB: {}; budget {} MiB per node",
+            peaks.join(", "),
+            mib(self.memory.budget_bytes)
+        );
+        let by_fault = self.exits.iter().filter(|exit| exit.by_fault).count();
+        let _ = writeln!(
+            text,
+            "node processes ended: {} ({by_fault} by injected faults)",
+            self.exits.len()
+        );
+        let latency = &self.latency;
+        if self.hostile.enabled {
+            let _ = writeln!(
+                text,
+                "honest post→ack ms (p50/p99/max), outside faults: quiet {}, hostile {}; with faults: quiet {}, hostile {}",
+                latency.quiet_outside_faults.describe(),
+                latency.hostile_outside_faults.describe(),
+                latency.quiet.describe(),
+                latency.hostile.describe()
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "honest post→ack ms (p50/p99/max): outside faults {}, with faults {}",
+                latency.quiet_outside_faults.describe(),
+                latency.quiet.describe()
+            );
+        }
+    }
+
+    /// What each kind of hostile client did and got back.
+    fn summarize_hostile(&self, text: &mut String) {
+        if !self.hostile.enabled {
+            return;
+        }
+        let _ = writeln!(
+            text,
+            "hostile clients: {} phases, {} s in all",
+            self.hostile.phases.len(),
+            self.hostile.hostile_ms / 1000
+        );
+        for (kind, summary) in &self.hostile.kinds {
+            let mut got: Vec<(&String, &u64)> = summary.got.iter().collect();
+            got.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let got: Vec<String> = got
+                .iter()
+                .map(|(label, count)| format!("{label} x{count}"))
+                .collect();
+            let _ = writeln!(
+                text,
+                "  {kind:<14} {} actions: {} expected, {} tolerated, {} unexpected ({} more during faults), {} unresponsive; slowest /healthz {}",
+                summary.actions,
+                summary.expected,
+                summary.tolerated,
+                summary.unexpected,
+                summary.unexpected_during_faults,
+                summary.unresponsive,
+                summary
+                    .slowest_probe_ms
+                    .map_or("-".to_string(), |slowest| format!("{slowest} ms"))
+            );
+            let _ = writeln!(text, "                 got: {}", got.join("; "));
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Every field has a default, so a scenario file only names what it changes, and unknown keys
 //! are rejected with the key's name (a typo must not silently run a different scenario).
+//!
+//! Hostile clients are off unless the file says `hostile = true` or has a `[hostile]` table
+//! (whose keys are [`HostileScenario`]'s), or the command line says `--hostile`.
 
 use std::fmt;
 use std::path::Path;
@@ -18,6 +21,12 @@ pub const NODES_MAX: usize = crate::cluster::NODES_MAX;
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3600);
 /// Most rooms the workload creates (each gets one client per node).
 pub const ROOMS_MAX: usize = 64;
+/// Most hostile clients of one kind at once.
+pub const HOSTILE_CLIENTS_PER_KIND_MAX: usize = 8;
+/// The nodes' memory budget (`limits.memory_bytes_max`) when the scenario does not set one:
+/// far above what a 3-node chat run needs (a few hundred MiB), far below what the hostile
+/// inputs would take without their limits (gigabytes).
+pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024 * 1024;
 
 /// One kind of fault the injector knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -140,6 +149,160 @@ pub enum JobsMode {
     Off,
 }
 
+/// One kind of hostile client; see `hostile.rs` for what each does and expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostileKind {
+    /// Uploads of the hostile corpus with an ordinary token: each job must fail with a reason.
+    PoisonUpload,
+    /// Pings as fast as the socket takes them (reading the pongs, or never reading).
+    PingFlood,
+    /// Joins of rooms that do not exist, as fast as the socket takes them.
+    JoinFlood,
+    /// Oversized frames (1009) and frames that break the protocol (1002, 1007).
+    BadFrames,
+    /// A room of ~4 KB messages joined with `since: 0` from a node that does not own it.
+    HugeReplay,
+    /// Garbage, slow handshakes and 4 MiB length prefixes on the nodes' cluster ports.
+    ClusterPort,
+}
+
+impl HostileKind {
+    pub const ALL: [HostileKind; 6] = [
+        HostileKind::PoisonUpload,
+        HostileKind::PingFlood,
+        HostileKind::JoinFlood,
+        HostileKind::BadFrames,
+        HostileKind::HugeReplay,
+        HostileKind::ClusterPort,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostileKind::PoisonUpload => "poison_upload",
+            HostileKind::PingFlood => "ping_flood",
+            HostileKind::JoinFlood => "join_flood",
+            HostileKind::BadFrames => "bad_frames",
+            HostileKind::HugeReplay => "huge_replay",
+            HostileKind::ClusterPort => "cluster_port",
+        }
+    }
+}
+
+impl fmt::Display for HostileKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// The hostile clients of a run. They attack in hostile phases that alternate with quiet ones
+/// (from the end of the warmup to the start of the cooldown), so the report can compare the
+/// honest clients' latency in both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostileScenario {
+    /// True when a `[hostile]` table is given (unless it says otherwise).
+    pub enabled: bool,
+    pub kinds: Vec<HostileKind>,
+    /// How long a hostile phase lasts.
+    pub active_ms: RangeMs,
+    /// How long a quiet phase between two hostile phases lasts.
+    pub quiet_ms: RangeMs,
+    /// Hostile clients of each kind at once.
+    pub clients_per_kind: usize,
+    /// A node that keeps a hostile client (or its `/healthz` probe) waiting longer than this,
+    /// while no fault holds that node, is a violation. The freeze failover bound by default.
+    pub unresponsive_bound_ms: u64,
+    /// `jobs.timeout_ms` of the cluster: a poison job must end within the run.
+    pub job_timeout_ms: u64,
+    /// `sessions.messages_per_second` of the cluster (the honest clients post about 200 a
+    /// second each): a flood is closed at four times this rate, so 10 000 would make every
+    /// flood cost the node 80 000 frames before it ends.
+    pub messages_per_second: u32,
+}
+
+impl Default for HostileScenario {
+    /// The values a `[hostile]` table starts from: enabled, every kind.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kinds: HostileKind::ALL.to_vec(),
+            active_ms: RangeMs::new(6_000, 9_000),
+            quiet_ms: RangeMs::new(4_000, 6_000),
+            clients_per_kind: 1,
+            unresponsive_bound_ms: 3_000,
+            job_timeout_ms: 20_000,
+            messages_per_second: 2_000,
+        }
+    }
+}
+
+impl HostileScenario {
+    fn off() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.kinds.is_empty() {
+            bail!("hostile.kinds: name at least one kind, or set hostile = false");
+        }
+        if self.active_ms.min == 0 || self.active_ms.min > self.active_ms.max {
+            bail!("hostile.active_ms: min must be above 0 and at most max");
+        }
+        if self.quiet_ms.min > self.quiet_ms.max {
+            bail!("hostile.quiet_ms: min is above max");
+        }
+        if !(1..=HOSTILE_CLIENTS_PER_KIND_MAX).contains(&self.clients_per_kind) {
+            bail!("hostile.clients_per_kind: must be 1 to {HOSTILE_CLIENTS_PER_KIND_MAX}");
+        }
+        if self.unresponsive_bound_ms < 100 {
+            bail!("hostile.unresponsive_bound_ms: at least 100");
+        }
+        if self.job_timeout_ms < 1_000 {
+            bail!("hostile.job_timeout_ms: at least 1000");
+        }
+        if self.messages_per_second == 0 {
+            bail!("hostile.messages_per_second: above 0");
+        }
+        Ok(())
+    }
+}
+
+/// `hostile = true` / `hostile = false`, or a `[hostile]` table.
+fn hostile_setting<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HostileScenario, D::Error> {
+    struct Setting;
+    impl<'de> serde::de::Visitor<'de> for Setting {
+        type Value = HostileScenario;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("true, false or a [hostile] table")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<HostileScenario, E> {
+            Ok(HostileScenario {
+                enabled,
+                ..HostileScenario::default()
+            })
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> Result<HostileScenario, A::Error> {
+            HostileScenario::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    deserializer.deserialize_any(Setting)
+}
+
 /// A millisecond range `[min, max]` a value is drawn from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeMs {
@@ -198,6 +361,11 @@ pub struct Scenario {
     /// The cluster's heartbeat interval and failure timeout (`None`: the node defaults).
     pub heartbeat_interval_ms: Option<u64>,
     pub failure_timeout_ms: Option<u64>,
+    /// Every node's memory budget (`limits.memory_bytes_max`); a node whose resident set
+    /// exceeds it is a violation.
+    pub memory_bytes_max: u64,
+    #[serde(deserialize_with = "hostile_setting")]
+    pub hostile: HostileScenario,
 }
 
 impl Default for Scenario {
@@ -224,6 +392,8 @@ impl Default for Scenario {
             drain_timeout: Duration::from_secs(20),
             heartbeat_interval_ms: None,
             failure_timeout_ms: None,
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            hostile: HostileScenario::off(),
         }
     }
 }
@@ -278,7 +448,11 @@ impl Scenario {
                 bail!("{name}: min {} is above max {}", range.min, range.max);
             }
         }
-        Ok(())
+        // The node refuses less than 64 MiB.
+        if self.memory_bytes_max < 64 * 1024 * 1024 {
+            bail!("memory_bytes_max: at least 64 MiB (67108864)");
+        }
+        self.hostile.validate()
     }
 
     /// The failover bound that applies to a fault of `kind`.
@@ -348,5 +522,54 @@ mod tests {
         assert!(error.to_string().contains("nodez"), "{error}");
         assert!(Scenario::from_toml("concurrent_faults_max = 3\n").is_err());
         assert!(Scenario::from_toml("fault_gap_ms = { min = 9, max = 1 }\n").is_err());
+    }
+
+    #[test]
+    fn hostile_clients_are_a_flag_or_a_table() {
+        assert!(
+            !Scenario::from_toml("nodes = 3\n")
+                .expect("plain")
+                .hostile
+                .enabled
+        );
+        let flagged = Scenario::from_toml("hostile = true\n").expect("flag");
+        assert!(flagged.hostile.enabled);
+        assert_eq!(flagged.hostile.kinds, HostileKind::ALL);
+        let table = Scenario::from_toml(
+            "[hostile]\nkinds = [\"ping_flood\", \"huge_replay\"]\nactive_ms = { min = 1000, max = 2000 }\n",
+        )
+        .expect("table");
+        assert!(table.hostile.enabled);
+        assert_eq!(
+            table.hostile.kinds,
+            [HostileKind::PingFlood, HostileKind::HugeReplay]
+        );
+        assert_eq!(table.hostile.active_ms, RangeMs::new(1000, 2000));
+        let off = Scenario::from_toml("[hostile]\nenabled = false\n").expect("off");
+        assert!(!off.hostile.enabled);
+        let error = Scenario::from_toml("[hostile]\nkindz = []\n").expect_err("typo");
+        assert!(error.to_string().contains("kindz"), "{error}");
+        let error = Scenario::from_toml("[hostile]\nkinds = [\"meteor\"]\n").expect_err("kind");
+        assert!(error.to_string().contains("meteor"), "{error}");
+        assert!(Scenario::from_toml("[hostile]\nkinds = []\n").is_err());
+        assert!(Scenario::from_toml("memory_bytes_max = 1024\n").is_err());
+    }
+
+    #[test]
+    fn the_shipped_scenario_files_are_valid() {
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&directory).expect("chaos/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|extension| extension == "toml") {
+                if let Err(error) = Scenario::from_file(&path) {
+                    panic!("{}: {error:#}", path.display());
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3, "{checked} scenario files");
+        let hostile = Scenario::from_file(&directory.join("hostile.toml")).expect("hostile");
+        assert!(hostile.hostile.enabled && hostile.hostile.clients_per_kind == 2);
     }
 }

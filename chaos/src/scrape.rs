@@ -15,8 +15,11 @@ use crate::workload::Clock;
 pub const JOURNAL_CONFLICTS: &str = "actorhub_journal_conflicts_total";
 /// Retried asks answered from the journal instead of re-applied.
 pub const ENTITY_DUPLICATES: &str = "actorhub_entity_duplicates_total";
-/// Every counter the report totals.
-pub const COUNTERS: [&str; 2] = [JOURNAL_CONFLICTS, ENTITY_DUPLICATES];
+/// Members seen going down, by any node: outside a fault, a dropped link.
+pub const MEMBER_DOWNS: &str = "actorhub_membership_transitions_total{state=\"down\"}";
+/// Every counter the report totals. A name with `{label="value"}` sums only the samples
+/// carrying that label.
+pub const COUNTERS: [&str; 3] = [JOURNAL_CONFLICTS, ENTITY_DUPLICATES, MEMBER_DOWNS];
 /// Time between two scrapes of the same node.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -25,9 +28,11 @@ pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 pub struct CounterTotals {
     clock: Clock,
     highest: Mutex<BTreeMap<(String, String, u32), f64>>,
-    /// `(ms, counter, increase)` per scrape that saw a counter grow: to attribute increases to
-    /// faults (an increase is seen up to one scrape interval after it happened).
-    increases: Mutex<Vec<(u64, String, u64)>>,
+    /// `(ms, counter, node, increase)` per scrape that saw a counter grow: to attribute
+    /// increases to faults (an increase is seen up to one scrape interval after it happened).
+    increases: Mutex<Vec<(u64, String, String, u64)>>,
+    /// When the first scrape of every node ended: what it found predates the workload.
+    baseline_ms: Mutex<Option<u64>>,
 }
 
 impl CounterTotals {
@@ -36,6 +41,7 @@ impl CounterTotals {
             clock,
             highest: Mutex::default(),
             increases: Mutex::default(),
+            baseline_ms: Mutex::default(),
         }
     }
 
@@ -65,11 +71,15 @@ impl CounterTotals {
                         .increases
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
-                    increases.push((now_ms, counter.to_string(), increase));
+                    increases.push((now_ms, counter.to_string(), node.clone(), increase));
                     *entry = value;
                 }
             }
         }
+        self.baseline_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(self.clock.now_ms());
     }
 
     /// Scrapes until `stop` becomes true.
@@ -96,9 +106,27 @@ impl CounterTotals {
             .unwrap_or_else(PoisonError::into_inner);
         increases
             .iter()
-            .filter(|(at, name, _)| name == counter && (from_ms..=to_ms).contains(at))
-            .map(|(_, _, increase)| increase)
+            .filter(|(at, name, _, _)| name == counter && (from_ms..=to_ms).contains(at))
+            .map(|(_, _, _, increase)| increase)
             .sum()
+    }
+
+    /// Every increase of `counter` seen after the first scrape: `(ms, node, increase)`.
+    pub fn increases_after_baseline(&self, counter: &str) -> Vec<(u64, String, u64)> {
+        let baseline = self
+            .baseline_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or(0);
+        let increases = self
+            .increases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        increases
+            .iter()
+            .filter(|(at, name, _, _)| name == counter && *at > baseline)
+            .map(|(at, _, node, increase)| (*at, node.clone(), *increase))
+            .collect()
     }
 
     /// The run's total of `counter`, overall and per node.
@@ -114,13 +142,23 @@ impl CounterTotals {
     }
 }
 
-/// The sum of every sample of `name` (all label sets) in Prometheus text.
-pub fn sum_metric(text: &str, name: &str) -> f64 {
+/// The sum of every sample of `counter` in Prometheus text: all label sets of a bare name,
+/// or those carrying the label of `name{label="value"}`.
+pub fn sum_metric(text: &str, counter: &str) -> f64 {
+    let (name, label) = match counter.split_once('{') {
+        Some((name, label)) => (name, Some(label.trim_end_matches('}'))),
+        None => (counter, None),
+    };
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            line.strip_prefix(name).is_some_and(|rest| {
+                (rest.starts_with(' ') || rest.starts_with('{'))
+                    && label.is_none_or(|label| {
+                        rest.split_once(' ')
+                            .is_some_and(|(labels, _)| labels.contains(label))
+                    })
+            })
         })
         .filter_map(|line| line.rsplit(' ').next())
         .filter_map(|value| value.parse::<f64>().ok())
@@ -140,5 +178,7 @@ mod tests {
             4.0
         );
         assert_eq!(sum_metric("", JOURNAL_CONFLICTS), 0.0);
+        let transitions = "actorhub_membership_transitions_total{member=\"n2\",state=\"down\"} 2\nactorhub_membership_transitions_total{member=\"n2\",state=\"up\"} 3\nactorhub_membership_transitions_total{member=\"n3\",state=\"down\"} 1\n";
+        assert_eq!(sum_metric(transitions, MEMBER_DOWNS), 3.0);
     }
 }

@@ -1,5 +1,6 @@
 //! The timeline picture: acknowledged posts per second over the run, with each fault's
-//! interval (start to all up again) shaded in its kind's colour.
+//! interval (start to all up again) shaded in its kind's colour, and the hostile clients'
+//! phases as a grey band along the bottom.
 //!
 //! Drawn with `plotters` into an RGB buffer and encoded with `image`: no system library. Text
 //! needs a font file: the DejaVu Sans of Debian's `fonts-dejavu-core` is loaded at run time;
@@ -19,6 +20,9 @@ const WIDTH: u32 = 1400;
 const HEIGHT: u32 = 500;
 /// Beyond this many faults their labels would overlap: the legend names the kinds instead.
 const LABELLED_FAULTS_MAX: usize = 12;
+/// Height of the hostile phases' band, as a fraction of the chart's.
+const HOSTILE_BAND: f64 = 0.04;
+const HOSTILE_COLOUR: RGBColor = RGBColor(90, 90, 90);
 
 fn colour(kind: FaultKind) -> RGBColor {
     match kind {
@@ -42,11 +46,13 @@ fn load_font() -> bool {
     })
 }
 
-/// Writes the PNG; returns whether it has text (a font was found).
+/// Writes the PNG; returns whether it has text (a font was found). `hostile_phases` are
+/// `(start_ms, end_ms)`.
 pub fn draw(
     path: &Path,
     acks_per_second: &[u64],
     faults: &[FaultRecord],
+    hostile_phases: &[(u64, u64)],
     seed: u64,
 ) -> anyhow::Result<bool> {
     let with_text = load_font();
@@ -101,6 +107,17 @@ pub fn draw(
                     .map_err(|error| anyhow!("{error:?}"))?;
             }
         }
+        for (start, end) in hostile_phases {
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (*start as f64 / 1000.0, 0.0),
+                        (*end as f64 / 1000.0, y_max * HOSTILE_BAND),
+                    ],
+                    HOSTILE_COLOUR.mix(0.6).filled(),
+                )))
+                .map_err(|error| anyhow!("{error:?}"))?;
+        }
         let points = acks_per_second
             .iter()
             .enumerate()
@@ -132,6 +149,18 @@ pub fn draw(
                         Rectangle::new(
                             [(x, y - 6), (x + 20, y + 6)],
                             colour(kind).mix(0.4).filled(),
+                        )
+                    });
+            }
+            if !hostile_phases.is_empty() {
+                chart
+                    .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+                    .map_err(|error| anyhow!("{error:?}"))?
+                    .label("hostile clients")
+                    .legend(|(x, y)| {
+                        Rectangle::new(
+                            [(x, y - 3), (x + 20, y + 3)],
+                            HOSTILE_COLOUR.mix(0.6).filled(),
                         )
                     });
             }
@@ -188,7 +217,10 @@ mod tests {
                 .map(|second| 300 + (second as u64 * 37) % 120)
                 .collect();
             let path = directory.path().join(format!("timeline-{count}.png"));
-            draw(&path, &acks, &faults, 42).expect("drawn");
+            let hostile: Vec<(u64, u64)> = (0..count as u64)
+                .map(|index| (5_000 + index * 9_000, 9_000 + index * 9_000))
+                .collect();
+            draw(&path, &acks, &faults, &hostile, 42).expect("drawn");
             let bytes = std::fs::read(&path).expect("written");
             assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
             if let Some(keep) = std::env::var_os("CHAOS_KEEP_TIMELINE") {

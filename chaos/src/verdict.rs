@@ -1,6 +1,7 @@
 //! The cluster-level invariants, judged from the faults as they happened: the cluster came
-//! back all up after every heal, and every fault's rooms served again within the bound that
-//! `shared/DESIGN.md` sets for its kind.
+//! back all up after every heal, every fault's rooms served again within the bound that
+//! `shared/DESIGN.md` sets for its kind, and no node saw a member go down except during a fault
+//! (a link dropped by an oversized message, a stalled node, would show there).
 
 use crate::checker::{CounterExample, InvariantResult};
 use crate::records::FaultRecord;
@@ -37,6 +38,39 @@ pub fn all_up_result(
         faults.len() as u64 + 1,
         findings,
     )
+}
+
+/// How long after a fault's recovery a member-down transition still belongs to it: the
+/// scraper sees a counter up to one interval late, and a restarted node is scraped first once it
+/// is live.
+const MEMBER_DOWN_AFTERMATH_MS: u64 = 3 * crate::scrape::SCRAPE_INTERVAL.as_millis() as u64;
+
+/// No member-down transition outside a fault: `increases` are `(ms, observer, count)` of
+/// `actorhub_membership_transitions_total{state="down"}` as scraped.
+pub fn member_downs_result(
+    increases: &[(u64, String, u64)],
+    faults: &[FaultRecord],
+    run_end_ms: u64,
+) -> InvariantResult {
+    let in_fault = |at: u64| {
+        faults.iter().any(|fault| {
+            let end = fault.recovered_ms.or(fault.healed_ms).unwrap_or(run_end_ms)
+                + MEMBER_DOWN_AFTERMATH_MS;
+            (fault.started_ms..=end).contains(&at)
+        })
+    };
+    let findings = increases
+        .iter()
+        .filter(|(at, _, _)| !in_fault(*at))
+        .map(|(at, observer, count)| {
+            CounterExample::new(format!(
+                "{observer} saw {count} member(s) go down (scraped at {at} ms) with no fault active"
+            ))
+        })
+        .collect();
+    let total: u64 = increases.iter().map(|(_, _, count)| count).sum();
+    InvariantResult::from_findings("no_member_down_outside_faults", total, findings)
+        .with_note("checked: member-down transitions seen by any node during the run")
 }
 
 /// Each fault's rooms served again (first ack) within the bound of its kind.
@@ -149,5 +183,41 @@ mod tests {
         let mut unrecovered = fault(FaultKind::Kill, Some(10));
         unrecovered.recovered_ms = None;
         assert!(!all_up_result(&[unrecovered], &Ok(()), &scenario).passed);
+    }
+
+    #[test]
+    fn members_may_go_down_only_during_faults() {
+        let mut fault = FaultRecord {
+            index: 0,
+            lane: 0,
+            kind: FaultKind::Kill,
+            shape: None,
+            targets: vec!["n2".into()],
+            survivors: Vec::new(),
+            victim_rooms: Vec::new(),
+            started_ms: 1_000,
+            healed_ms: Some(4_000),
+            recovered_ms: Some(5_000),
+            detection_ms: None,
+            rehosted_ms: None,
+            first_served_ms: None,
+            journal_conflicts: 0,
+            notes: Vec::new(),
+        };
+        let during = [(1_200, "n1".to_string(), 1), (7_500, "n3".to_string(), 1)];
+        assert!(member_downs_result(&during, &[fault.clone()], 60_000).passed);
+        let outside = [(9_000, "n1".to_string(), 2)];
+        let result = member_downs_result(&outside, &[fault.clone()], 60_000);
+        assert!(!result.passed);
+        assert!(
+            result
+                .first_counterexample
+                .expect("example")
+                .detail
+                .starts_with("n1 saw 2")
+        );
+        fault.recovered_ms = None;
+        fault.healed_ms = None;
+        assert!(member_downs_result(&outside, &[fault], 60_000).passed);
     }
 }

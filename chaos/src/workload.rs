@@ -64,6 +64,13 @@ impl Clock {
     pub fn instant_of(&self, ms: u64) -> Instant {
         self.start + Duration::from_millis(ms)
     }
+
+    /// The clock's reading at `instant` (0 for an instant before the start).
+    pub fn ms_of(&self, instant: std::time::Instant) -> u64 {
+        Instant::from_std(instant)
+            .saturating_duration_since(self.start)
+            .as_millis() as u64
+    }
 }
 
 /// Live counters for the progress line.
@@ -75,6 +82,7 @@ pub struct Progress {
     pub faults_started: AtomicU64,
     pub jobs_accepted: AtomicU64,
     pub jobs_finished: AtomicU64,
+    pub hostile_actions: AtomicU64,
 }
 
 /// Signals from the run to its clients.
