@@ -42,7 +42,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use runtime::attempts::{Attempts, Quarantined};
-use runtime::config::ClusterConfig;
 use runtime::{Context, Entity, Runtime};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +51,7 @@ use self::index::{IndexCommand, JobIndex};
 use self::metrics as names;
 use self::pool::WorkerPool;
 use self::port::WorkerProgram;
+use crate::config::JobsSection;
 use crate::session::user_topic;
 
 /// How long the clean-up after a final state may keep asking the user's job index.
@@ -61,24 +61,31 @@ const CANCEL_WAIT: Duration = Duration::from_secs(10);
 /// Longest file name kept from an upload (in characters).
 pub const FILE_NAME_CHARS_MAX: usize = 200;
 
-/// What the node hands every job: its conversion pool (created on first use from `[jobs]`)
-/// and how to start converter workers.
+/// What the node hands every job: `[jobs]`, its conversion pool (created on first use from
+/// `[jobs]`) and how to start converter workers.
 #[derive(Clone, Debug, Default)]
 pub struct JobDeps {
+    settings: Arc<JobsSection>,
     pool: Arc<OnceLock<WorkerPool>>,
     program: WorkerProgram,
 }
 
 impl JobDeps {
-    pub fn new(program: WorkerProgram) -> Self {
+    pub fn new(settings: Arc<JobsSection>, program: WorkerProgram) -> Self {
         Self {
+            settings,
             pool: Arc::default(),
             program,
         }
     }
 
-    pub fn pool(&self, config: &ClusterConfig) -> &WorkerPool {
-        self.pool.get_or_init(|| WorkerPool::new(&config.jobs))
+    pub fn pool(&self) -> &WorkerPool {
+        self.pool.get_or_init(|| WorkerPool::new(&self.settings))
+    }
+
+    /// `[jobs]`, as every node must have it.
+    pub fn settings(&self) -> &JobsSection {
+        &self.settings
     }
 }
 
@@ -439,8 +446,8 @@ impl Entity for Job {
 }
 
 impl Job {
-    fn pool(&self, context: &Context<'_, Self>) -> WorkerPool {
-        self.deps.pool(context.runtime().config()).clone()
+    fn pool(&self) -> WorkerPool {
+        self.deps.pool().clone()
     }
 
     fn view(&self, state: &JobState, context: &Context<'_, Self>) -> Result<JobView, JobError> {
@@ -495,7 +502,7 @@ impl Job {
                 Err(JobError::AlreadyExists)
             };
         }
-        let pool = self.pool(context);
+        let pool = self.pool();
         if !pool.has_room() {
             return Err(JobError::QueueFull {
                 max: pool.queue_max(),
@@ -536,12 +543,13 @@ impl Job {
 
     fn start_worker(&mut self, info: &JobInfo, context: &mut Context<'_, Self>) {
         let runtime = context.runtime().clone();
-        let pool = self.pool(context);
+        let pool = self.pool();
         let job = context.key().to_string();
         let run = run::Run {
             runtime,
             pool: pool.clone(),
             program: self.deps.program.clone(),
+            settings: self.deps.settings.clone(),
             job: job.clone(),
             info: info.clone(),
         };
@@ -562,7 +570,7 @@ impl Job {
         if state.phase == Phase::Running && state.attempts.is_running(&attempt) {
             return true;
         }
-        let max_attempts = context.runtime().config().jobs.max_attempts;
+        let max_attempts = self.deps.settings.max_attempts;
         if let Err(quarantined) = state.attempts.admit(max_attempts) {
             tracing::warn!(job = %context.key(), attempts = quarantined.attempts, last = ?quarantined.last_failure, "job quarantined: its attempts all ended without a result");
             context.persist(JobEvent::Failed {
@@ -649,7 +657,7 @@ impl Job {
             attempt,
             reason: reason.clone(),
         });
-        let max_attempts = context.runtime().config().jobs.max_attempts;
+        let max_attempts = self.deps.settings.max_attempts;
         if let Err(mut quarantined) = state.attempts.admit(max_attempts) {
             // `state` does not hold the event persisted just above yet.
             quarantined.last_failure = Some(reason);
@@ -676,7 +684,7 @@ impl Job {
         context.persist(JobEvent::Deleted {
             at_ms: runtime::membership::unix_ms(),
         });
-        self.pool(context).cancel(context.key());
+        self.pool().cancel(context.key());
         Ok(JobReply::Ack)
     }
 
@@ -692,7 +700,7 @@ impl Job {
         let job = context.key().to_string();
         let owner = info.owner.clone();
         if state.deleted {
-            let pool = self.pool(context);
+            let pool = self.pool();
             tokio::spawn(async move { delete_everything(runtime, pool, job, owner).await });
         } else if !state.released {
             tokio::spawn(async move { release(runtime, job, owner).await });

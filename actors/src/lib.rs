@@ -1,6 +1,7 @@
 //! ActorHub's application actors: chat rooms, user accounts, conversion jobs (entities) and
 //! the per-connection user sessions. Built on `runtime`; knows nothing of HTTP.
 
+pub mod config;
 pub mod directory;
 pub mod job;
 pub mod mailer;
@@ -17,6 +18,8 @@ use runtime::NodeBuilder;
 pub struct AppDeps {
     /// This node's id.
     pub node_id: String,
+    /// `[users]`, `[jobs]` and `[sessions]` (the defaults in tests).
+    pub config: std::sync::Arc<config::AppConfig>,
     /// How converter workers are started (the default starts none: conversions fail).
     pub converters: job::port::WorkerProgram,
 }
@@ -27,8 +30,11 @@ pub fn register(builder: NodeBuilder, deps: &AppDeps) -> NodeBuilder {
     builder
         .register::<room::Room>(())
         .register::<directory::RoomDirectory>(())
-        .register::<user::User>(())
+        .register::<user::User>(user::Limits::from_config(&deps.config.users))
         .register::<user::index::UserIndex>(())
-        .register::<job::Job>(job::JobDeps::new(deps.converters.clone()))
+        .register::<job::Job>(job::JobDeps::new(
+            std::sync::Arc::new(deps.config.jobs.clone()),
+            deps.converters.clone(),
+        ))
         .register::<job::index::JobIndex>(())
 }

@@ -13,11 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{MailerKind, SmtpTls, UsersSection};
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use runtime::config::{MailerKind, SmtpTls, UsersSection};
 
 /// Longest an SMTP exchange may take before the mail counts as failed.
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);

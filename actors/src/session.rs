@@ -25,9 +25,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::config::SessionsSection;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
-use runtime::config::SessionsSection;
 use runtime::pubsub::{Publication, Subscription};
 use runtime::{Entity, Runtime, RuntimeError};
 

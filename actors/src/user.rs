@@ -26,7 +26,7 @@ pub mod validate;
 
 use std::collections::VecDeque;
 
-use runtime::config::UsersSection;
+use crate::config::UsersSection;
 use runtime::{Context, Entity};
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +263,12 @@ pub struct Limits {
     pub resend_interval_ms: u64,
 }
 
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_config(&UsersSection::default())
+    }
+}
+
 impl Limits {
     pub fn from_config(users: &UsersSection) -> Self {
         Self {
@@ -286,6 +292,8 @@ pub struct LoginAttempts {
 /// The `user` entity.
 #[derive(Debug, Default)]
 pub struct User {
+    /// The `[users]` rules, handed over by the node (`actors::register`).
+    limits: Limits,
     attempts: LoginAttempts,
 }
 
@@ -295,10 +303,13 @@ impl Entity for User {
     type Reply = UserResult;
     type Event = UserEvent;
     type State = UserState;
-    type Deps = ();
+    type Deps = Limits;
 
-    fn activate(_key: &str, _deps: &()) -> Self {
-        Self::default()
+    fn activate(_key: &str, limits: &Limits) -> Self {
+        Self {
+            limits: *limits,
+            attempts: LoginAttempts::default(),
+        }
     }
 
     fn apply(state: &mut UserState, _seq: u64, event: &UserEvent) {
@@ -311,8 +322,13 @@ impl Entity for User {
         command: UserCommand,
         context: &mut Context<'_, Self>,
     ) -> UserResult {
-        let limits = Limits::from_config(&context.runtime().config().users);
-        let (reply, events) = decide(state, &mut self.attempts, limits, context.key(), command);
+        let (reply, events) = decide(
+            state,
+            &mut self.attempts,
+            self.limits,
+            context.key(),
+            command,
+        );
         for event in events {
             context.persist(event);
         }

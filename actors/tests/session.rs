@@ -92,7 +92,7 @@ async fn session(node: &Node, user: &str) -> (ActorRef<SessionMsg>, Arc<Recordin
     let sink = RecordingSink::new();
     let runtime = node.runtime();
     let args = SessionArgs {
-        limits: runtime.config().sessions.clone(),
+        limits: actors::config::SessionsSection::default(),
         runtime,
         session_id: format!("s1-{user}"),
         user: user.into(),

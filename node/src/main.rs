@@ -69,7 +69,7 @@ fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
             };
-            if let Err(error) = config.node(&id) {
+            if let Err(error) = config.cluster.node(&id) {
                 return config_error(&anyhow::anyhow!(error));
             }
             run::init_tracing();
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(error) => return exit_with(Err(error.into())),
             };
-            exit_with(runtime.block_on(up::run(&path, &config)))
+            exit_with(runtime.block_on(up::run(&path, &config.cluster)))
         }
         Command::Token { config, user, ttl } => {
             let config = match config_file::load(&config) {

@@ -7,7 +7,8 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use ractor::{Actor, ActorCell};
 use runtime::NodeBuilder;
-use runtime::config::ClusterConfig;
+
+use crate::config_file::Config;
 use runtime::supervisor::{ChildSpec, Restart, Strategy, SupervisorActor, SupervisorSpec};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -69,7 +70,7 @@ fn converter_program() -> anyhow::Result<actors::job::port::WorkerProgram> {
     })
 }
 
-pub fn run(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
+pub fn run(config: Config, node_id: &str) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name(format!("{node_id}-worker"))
@@ -78,7 +79,13 @@ pub fn run(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     runtime.block_on(run_node(config, node_id))
 }
 
-async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
+async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
+    let Config {
+        cluster: config,
+        app,
+        web: web_settings,
+    } = config;
+    let app = Arc::new(app);
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -95,16 +102,17 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     });
 
     let http_addr = config.node(node_id)?.http_addr;
-    let shutdown_timeout = Duration::from_millis(config.web.shutdown_timeout_ms);
-    let secret =
-        config.web.jwt_secret.clone().context(
-            "`web.jwt_secret` is not set; set it in the config or in ACTORHUB_JWT_SECRET",
-        )?;
+    let shutdown_timeout = Duration::from_millis(web_settings.shutdown_timeout_ms);
+    let secret = web_settings
+        .jwt_secret
+        .clone()
+        .context("`web.jwt_secret` is not set; set it in the config or in ACTORHUB_JWT_SECRET")?;
 
-    let mailer = actors::mailer::from_config(&config.users, &config.node_data_dir(node_id))
+    let mailer = actors::mailer::from_config(&app.users, &config.node_data_dir(node_id))
         .context("cannot set up the mailer of `[users]`")?;
     let deps = actors::AppDeps {
         node_id: node_id.to_string(),
+        config: app.clone(),
         converters: converter_program().context("cannot set up the converter workers")?,
     };
     let builder = actors::register(NodeBuilder::new(config, node_id)?, &deps);
@@ -117,9 +125,13 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
     node.start_child(actors::job::port::supervisor_child_spec(node_id))
         .await
         .context("cannot start the converter ports supervisor")?;
-    node.start_child(actors::job::reviver::child_spec(node.runtime()))
-        .await
-        .context("cannot start the job reviver")?;
+    let revive_interval = Duration::from_millis(app.jobs.revive_interval_ms);
+    node.start_child(actors::job::reviver::child_spec(
+        node.runtime(),
+        revive_interval,
+    ))
+    .await
+    .context("cannot start the job reviver")?;
     let state = web::AppState {
         runtime: node.runtime(),
         metrics,
@@ -127,9 +139,12 @@ async fn run_node(config: ClusterConfig, node_id: &str) -> anyhow::Result<()> {
         connections: Arc::default(),
         accounts: actors::user::service::Accounts::new(
             node.runtime(),
+            Arc::new(app.users.clone()),
             mailer,
             format!("http://{http_addr}"),
         ),
+        app,
+        web: Arc::new(web_settings),
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = web::serve(http_addr, state, async move {

@@ -13,7 +13,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use runtime::config::ClusterConfig;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
@@ -33,9 +32,17 @@ pub struct ClusterOrigins {
 }
 
 impl ClusterOrigins {
-    pub fn from_config(config: &ClusterConfig) -> Self {
+    /// The origins of the nodes in the cluster's config and of `[users] public_url`.
+    pub fn of_cluster(state: &crate::AppState) -> Self {
+        Self::new(
+            &state.runtime.config().nodes,
+            state.app.users.public_url.as_deref(),
+        )
+    }
+
+    pub fn new(nodes: &[runtime::config::NodeConfig], public_url: Option<&str>) -> Self {
         let mut origins = BTreeSet::new();
-        for node in &config.nodes {
+        for node in nodes {
             let address = node.http_addr;
             if address.ip().is_unspecified() {
                 continue; // 0.0.0.0 is no origin a browser can have.
@@ -45,7 +52,7 @@ impl ClusterOrigins {
                 origins.insert(format!("http://localhost:{}", address.port()));
             }
         }
-        if let Some(origin) = config.users.public_url.as_deref().and_then(origin_of) {
+        if let Some(origin) = public_url.and_then(origin_of) {
             origins.insert(origin);
         }
         Self { origins }

@@ -20,6 +20,9 @@
 
 mod upload;
 
+use std::sync::Arc;
+
+use actors::config::JobsSection;
 use actors::job::convert::{Availability, Options, Target, catalogue, check_pair};
 use actors::job::format::{self, Format};
 use actors::job::index::{IndexCommand, IndexReply, JobIndex, LIST_MAX};
@@ -128,21 +131,25 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let auth = authenticated(state.tokens.clone());
     let runtime = state.runtime.clone();
     let with_runtime = warp::any().map(move || runtime.clone());
+    let settings = Arc::new(state.app.jobs.clone());
+    let with_settings = warp::any().map(move || settings.clone());
 
     let converters = warp::path!("api" / "converters")
         .and(warp::get())
-        .and(with_runtime.clone())
-        .map(|runtime: Runtime| converters(&runtime));
+        .and(with_settings.clone())
+        .map(|settings: Arc<JobsSection>| converters(&settings));
 
     let submit = warp::path!("api" / "jobs")
         .and(warp::post())
         .and(with_runtime.clone())
+        .and(with_settings)
         .and(auth.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .then(
             |runtime: Runtime,
+             settings: Arc<JobsSection>,
              claims: Claims,
              content_type: Option<String>,
              length: Option<u64>,
@@ -150,7 +157,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
                 if runtime.memory().under_pressure() {
                     return ApiError::short_of_memory().into_response();
                 }
-                let bytes_max = runtime.config().jobs.input_bytes_max;
+                let bytes_max = settings.input_bytes_max;
                 let Some(boundary) =
                     content_type.and_then(|value| multer::parse_boundary(value).ok())
                 else {
@@ -165,7 +172,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
                 };
                 let (body, rest) = crate::input::shared_body(body);
                 let form = parse_form(body, boundary, bytes_max);
-                match submit(runtime, claims, length, form).await {
+                match submit(runtime, &settings, claims, length, form).await {
                     Ok(response) => response,
                     Err(error) => {
                         // The parser stopped early: let a client still sending read the answer.
@@ -240,12 +247,12 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn availability(runtime: &Runtime) -> Availability {
-    Availability::detect(runtime.config().jobs.test_converters)
+fn availability(settings: &JobsSection) -> Availability {
+    Availability::detect(settings.test_converters)
 }
 
-fn converters(runtime: &Runtime) -> Response {
-    let pairs: Vec<PairBody> = catalogue(availability(runtime))
+fn converters(settings: &JobsSection) -> Response {
+    let pairs: Vec<PairBody> = catalogue(availability(settings))
         .into_iter()
         .map(|pair| PairBody {
             from: pair.from.name(),
@@ -283,11 +290,11 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 
 async fn submit(
     runtime: Runtime,
+    limits: &JobsSection,
     claims: Claims,
     length: Option<u64>,
     form: multer::Multipart<'static>,
 ) -> Result<Response, ApiError> {
-    let limits = runtime.config().jobs.clone();
     if length.is_some_and(|length| length > form_bytes_max(limits.input_bytes_max)) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -322,7 +329,7 @@ async fn submit(
             return Err(error);
         }
     };
-    let info = match job_info(&runtime, &claims, upload) {
+    let info = match job_info(limits, &claims, upload) {
         Ok(info) => info,
         Err(error) => {
             store::delete_quietly(&store, &store::input_path(&job)).await;
@@ -375,7 +382,7 @@ async fn submit(
 }
 
 /// Checks the form against the sniffed input and the converters of this node.
-fn job_info(runtime: &Runtime, claims: &Claims, upload: Upload) -> Result<JobInfo, ApiError> {
+fn job_info(settings: &JobsSection, claims: &Claims, upload: Upload) -> Result<JobInfo, ApiError> {
     let Some(file_name) = upload.file_name else {
         return Err(ApiError::bad_request(
             "missing_file",
@@ -392,7 +399,7 @@ fn job_info(runtime: &Runtime, claims: &Claims, upload: Upload) -> Result<JobInf
         return Err(unprocessable("empty_file", "the file is empty"));
     }
     let input_format = format::sniff(&upload.head, &upload.tail, upload.file_bytes, &file_name);
-    let availability = availability(runtime);
+    let availability = availability(settings);
     let supported = |format: Format| -> String {
         let targets: Vec<&str> = catalogue(availability)
             .into_iter()

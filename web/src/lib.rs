@@ -3,6 +3,7 @@
 //! this crate chooses HTTP status codes.
 
 pub mod auth;
+pub mod config;
 mod cors;
 pub mod error;
 mod inbound;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub connections: Arc<ws::Connections>,
     /// Account flows (sign-up, login, profile); see `users`.
     pub accounts: actors::user::service::Accounts,
+    /// `[users]`, `[jobs]` and `[sessions]`: the limits checked at this edge.
+    pub app: Arc<actors::config::AppConfig>,
+    /// `[web]`: token lifetime, shutdown grace.
+    pub web: Arc<config::WebSection>,
 }
 
 /// Serves the routes on `address` until `shutdown` resolves, then lets in-flight requests end.

@@ -14,7 +14,8 @@
 
 use std::sync::Arc;
 
-use runtime::config::{ClusterConfig, MailerKind};
+use actors::config::MailerKind;
+use runtime::config::ClusterConfig;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use warp::http::{HeaderValue, StatusCode, header};
@@ -130,14 +131,14 @@ struct PageConfig {
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let config = state.runtime.config();
     let index = Arc::new(Prepared::new("text/html; charset=utf-8", INDEX_HTML));
-    let security_headers = Arc::new(shell_headers(&ClusterOrigins::from_config(config)));
+    let security_headers = Arc::new(shell_headers(&ClusterOrigins::of_cluster(&state)));
     let files: Arc<Vec<(&'static str, Prepared)>> = Arc::new(
         STATIC_FILES
             .iter()
             .map(|file| (file.name, Prepared::new(file.content_type, file.bytes)))
             .collect(),
     );
-    let page_config = page_config(config, state.runtime.node_id());
+    let page_config = page_config(config, state.app.users.mailer, state.runtime.node_id());
 
     let shell = warp::path::end()
         .and(warp::get())
@@ -193,8 +194,8 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn page_config(config: &ClusterConfig, node: &str) -> PageConfig {
-    let (mailer, outbox_dir) = match config.users.mailer {
+fn page_config(config: &ClusterConfig, mailer: MailerKind, node: &str) -> PageConfig {
+    let (mailer, outbox_dir) = match mailer {
         MailerKind::Outbox => (
             "outbox",
             Some(

@@ -140,8 +140,5 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .unify()
         .boxed();
     // The page may talk to any node of its cluster (see `cors`).
-    crate::cors::allow_cluster_origins(
-        all,
-        crate::cors::ClusterOrigins::from_config(state.runtime.config()),
-    )
+    crate::cors::allow_cluster_origins(all, crate::cors::ClusterOrigins::of_cluster(&state))
 }

@@ -140,7 +140,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     let login = {
         let tokens = state.tokens.clone();
-        let ttl_s = state.runtime.config().web.token_ttl_s;
+        let ttl_s = state.web.token_ttl_s;
         warp::path!("api" / "users" / "login")
             .and(warp::post())
             .and(with_accounts.clone())

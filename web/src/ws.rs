@@ -134,7 +134,7 @@ pub fn route(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respon
                 if state.runtime.memory().under_pressure() {
                     return Err(warp::reject::custom(ApiError::short_of_memory()));
                 }
-                let limit = state.runtime.config().sessions.connections_max;
+                let limit = state.app.sessions.connections_max;
                 let open = state.connections.open.fetch_add(1, Ordering::Relaxed) + 1;
                 let guard = ConnectionGuard(state.connections.clone());
                 if open > limit {
@@ -294,7 +294,7 @@ async fn connection(
     state: AppState,
     _guard: ConnectionGuard,
 ) {
-    let limits = state.runtime.config().sessions.clone();
+    let limits = state.app.sessions.clone();
     let _ = stream.set_nodelay(true);
     let stream = Arc::new(stream);
     let outbound = Outbound::new(stream.clone(), limits.outbound_queue_max);

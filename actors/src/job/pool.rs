@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use runtime::config::JobsSection;
+use crate::config::JobsSection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::metrics as names;

@@ -37,8 +37,9 @@ pub fn reviver_name(node: &str) -> String {
     format!("actorhub.jobs.reviver.{node}")
 }
 
-/// The reviver as a permanent child of the node's root supervisor.
-pub fn child_spec(runtime: Runtime) -> ChildSpec {
+/// The reviver as a permanent child of the node's root supervisor; it also scans every
+/// `interval` (`jobs.revive_interval_ms`).
+pub fn child_spec(runtime: Runtime, interval: Duration) -> ChildSpec {
     let name = reviver_name(runtime.node_id());
     ChildSpec::new(
         name.clone(),
@@ -47,8 +48,9 @@ pub fn child_spec(runtime: Runtime) -> ChildSpec {
             let name = name.clone();
             let runtime = runtime.clone();
             async move {
+                let arguments = (runtime, interval);
                 let (actor, _) =
-                    Actor::spawn_linked(Some(name), JobReviverActor, runtime, supervisor).await?;
+                    Actor::spawn_linked(Some(name), JobReviverActor, arguments, supervisor).await?;
                 Ok(actor.get_cell())
             }
         },
@@ -76,12 +78,13 @@ pub struct JobReviverState {
 impl Actor for JobReviverActor {
     type Msg = JobReviverMsg;
     type State = JobReviverState;
-    type Arguments = Runtime;
+    /// The node's runtime and the time between two periodic scans.
+    type Arguments = (Runtime, Duration);
 
     async fn pre_start(
         &self,
         myself: ActorRef<JobReviverMsg>,
-        runtime: Runtime,
+        (runtime, interval): (Runtime, Duration),
     ) -> Result<JobReviverState, ActorProcessingErr> {
         let mut events = runtime.membership_events();
         let target = myself.clone();
@@ -95,7 +98,6 @@ impl Actor for JobReviverActor {
         });
         let mut views = runtime.watch_view();
         let target = myself.clone();
-        let interval = Duration::from_millis(runtime.config().jobs.revive_interval_ms);
         let periodic = tokio::spawn(async move {
             // The first scan waits for the view to settle: before, ownership is not final.
             let _ = views.wait_for(|view| view.settled).await;

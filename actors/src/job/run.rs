@@ -26,6 +26,7 @@ use super::port::protocol::{PROTOCOL_VERSION, Request};
 use super::port::sandbox::WorkerLimits;
 use super::port::{PortJob, PortOutcome, PrivateDirectory, WorkerProgram, convert_in_port};
 use super::{Job, JobCommand, JobInfo, JobReply, OutputInfo, output_file_name, store};
+use crate::config::JobsSection;
 use crate::job::format::Format;
 
 /// Least time between two progress messages of one run (progress is coalesced meanwhile).
@@ -41,6 +42,8 @@ pub(super) struct Run {
     pub runtime: Runtime,
     pub pool: WorkerPool,
     pub program: WorkerProgram,
+    /// `[jobs]`: the worker limits.
+    pub settings: Arc<JobsSection>,
     pub job: String,
     pub info: JobInfo,
 }
@@ -213,7 +216,7 @@ fn input_name(format: Format) -> String {
 /// Creates the private directory and streams the input into it (bounded by
 /// `jobs.input_bytes_max`), without holding the whole input in memory.
 async fn stage_input(run: &Run) -> Result<PrivateDirectory, Outcome> {
-    let config = &run.runtime.config().jobs;
+    let config = &run.settings;
     let directory = PrivateDirectory::create(&run.program.temp_root)
         .map_err(|error| Outcome::Retry(format!("cannot create a working directory: {error}")))?;
     let store = run.runtime.object_store();
@@ -254,7 +257,7 @@ async fn convert_and_store(
     directory: &PrivateDirectory,
     progress: watch::Sender<(u8, String)>,
 ) -> Outcome {
-    let config = &run.runtime.config().jobs;
+    let config = &run.settings;
     let Some(program) = run.program.program.clone() else {
         return Outcome::Failed("conversions are not available on this node".into());
     };

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::config::UsersSection;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use runtime::config::UsersSection;
 use tokio::sync::OnceCell;
 
 use super::blocking::{BlockingPool, PoolError};

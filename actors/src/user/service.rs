@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use crate::config::UsersSection;
 use bytes::Bytes;
-use runtime::config::UsersSection;
 use runtime::{Runtime, RuntimeError};
 use tokio::sync::Semaphore;
 
@@ -89,11 +89,16 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// `link_base` is used when `[users] public_url` is not set (the node's own address).
-    /// Must be called inside a tokio runtime (it prepares the dummy hash in the background).
-    pub fn new(runtime: Runtime, mailer: Arc<dyn Mailer>, link_base: String) -> Self {
+    /// `users` is `[users]`; `link_base` is used when its `public_url` is not set (the node's
+    /// own address). Must be called inside a tokio runtime (it prepares the dummy hash in the
+    /// background).
+    pub fn new(
+        runtime: Runtime,
+        users: Arc<UsersSection>,
+        mailer: Arc<dyn Mailer>,
+        link_base: String,
+    ) -> Self {
         names::describe();
-        let users = Arc::new(runtime.config().users.clone());
         let pool = BlockingPool::per_core();
         let link_base = users
             .public_url

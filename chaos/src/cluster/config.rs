@@ -111,7 +111,10 @@ mod tests {
         assert_eq!(config.cluster.failure_timeout_ms, 600);
         assert_eq!(config.entities.passivate_after_ms, 1_000);
         assert_eq!(config.cookie(), TEST_COOKIE);
-        assert_eq!(config.web.jwt_secret.as_deref(), Some(TEST_JWT_SECRET));
+        // `[web]` is the web crate's section: the node reads it, the runtime's config does not.
+        let text = builder.render_config(&nodes).expect("render");
+        let file: toml::Value = toml::from_str(&text).expect("toml");
+        assert_eq!(file["web"]["jwt_secret"].as_str(), Some(TEST_JWT_SECRET));
         assert_eq!(config.cluster.data_dir, PathBuf::from("/tmp/cluster/data"));
         assert_eq!(config.storage.url, "file:///tmp/cluster/data/objects");
     }
@@ -147,7 +150,7 @@ mod tests {
 
         let bad = ClusterBuilder::new("/nonexistent/node")
             .nodes(1)
-            .extra_toml("[bogus]\nx = 1\n");
+            .extra_toml("[entities]\nbogus = 1\n");
         let text = bad
             .render_config(&node_addresses(1).expect("addresses"))
             .expect("render");
