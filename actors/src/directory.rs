@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use runtime::{Context, Entity};
+use runtime::{Context, Entity, Request};
 use serde::{Deserialize, Serialize};
 
 use crate::room::RoomInfo;
@@ -19,6 +19,39 @@ pub struct RoomDirectory;
 pub enum DirectoryCommand {
     Add(RoomInfo),
     List,
+}
+
+/// Lists a room (idempotent: a room listed already stays as it is). Refused with the reason
+/// when the directory is full.
+#[derive(Debug, Clone)]
+pub struct Add(pub RoomInfo);
+
+/// Every listed room, by id.
+#[derive(Debug, Clone, Copy)]
+pub struct List;
+
+impl Request<RoomDirectory> for Add {
+    type Reply = Result<(), String>;
+
+    fn into_command(self) -> DirectoryCommand {
+        DirectoryCommand::Add(self.0)
+    }
+
+    fn from_reply(reply: Result<Vec<RoomInfo>, String>) -> Option<Self::Reply> {
+        Some(reply.map(drop))
+    }
+}
+
+impl Request<RoomDirectory> for List {
+    type Reply = Result<Vec<RoomInfo>, String>;
+
+    fn into_command(self) -> DirectoryCommand {
+        DirectoryCommand::List
+    }
+
+    fn from_reply(reply: Self::Reply) -> Option<Self::Reply> {
+        Some(reply)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

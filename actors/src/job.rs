@@ -34,6 +34,7 @@ pub mod index;
 pub mod metrics;
 pub mod pool;
 pub mod port;
+pub mod request;
 pub mod reviver;
 mod run;
 pub mod store;
@@ -47,7 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use self::convert::{Options, Target};
 use self::format::Format;
-use self::index::{IndexCommand, JobIndex};
+use self::index::JobIndex;
 use self::metrics as names;
 use self::pool::WorkerPool;
 use self::port::WorkerProgram;
@@ -730,7 +731,7 @@ async fn release(runtime: Runtime, job: String, owner: String) {
     let index = runtime.entity::<JobIndex>(owner);
     if let Err(error) = index
         .ask_with(
-            IndexCommand::Finished { job: job.clone() },
+            index::Finished { job: job.clone() },
             RELEASE_ASK_TIMEOUT,
             None,
         )
@@ -741,7 +742,7 @@ async fn release(runtime: Runtime, job: String, owner: String) {
     }
     if let Err(error) = runtime
         .entity::<Job>(job.clone())
-        .ask(JobCommand::Release)
+        .ask(request::Release)
         .await
     {
         tracing::warn!(%job, %error, "could not journal the release; the reviver retries");
@@ -759,7 +760,7 @@ async fn delete_everything(runtime: Runtime, pool: WorkerPool, job: String, owne
     let index = runtime.entity::<JobIndex>(owner);
     if let Err(error) = index
         .ask_with(
-            IndexCommand::Remove { job: job.clone() },
+            index::Remove { job: job.clone() },
             RELEASE_ASK_TIMEOUT,
             None,
         )

@@ -7,12 +7,16 @@
 //! broadcast goes once to each node that has members, and that node's pub/sub fans it out to
 //! its sessions. Members of nodes that are down are dropped at the next broadcast.
 
+mod request;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use runtime::{Context, Entity, EntityId, Runtime, RuntimeError};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ServerFrame;
+
+pub use self::request::{Create, History, Info, Join, Joined, Leave, Page, Post, Posted, Summary};
 
 /// Messages kept in the room's state for replay to rejoining members; older ones are read
 /// from the journal.
@@ -485,26 +489,19 @@ pub async fn history(
     before: Option<u64>,
     limit: usize,
 ) -> Result<Result<Vec<ChatMessage>, RoomError>, RuntimeError> {
-    let command = RoomCommand::History {
+    let page = History {
         after,
         before,
         limit,
     };
-    match runtime
-        .entity::<Room>(room.to_string())
-        .ask(command)
-        .await?
-    {
-        Ok(RoomReply::History {
+    match runtime.entity::<Room>(room.to_string()).ask(page).await? {
+        Ok(Page {
             messages,
             complete: true,
         }) => Ok(Ok(messages)),
-        Ok(RoomReply::History { .. }) => journal_history(runtime, room, after, before, limit)
+        Ok(Page { .. }) => journal_history(runtime, room, after, before, limit)
             .await
             .map(Ok),
-        Ok(other) => Err(RuntimeError::Unavailable(format!(
-            "unexpected reply from room {room}: {other:?}"
-        ))),
         Err(error) => Ok(Err(error)),
     }
 }

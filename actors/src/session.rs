@@ -33,7 +33,7 @@ use runtime::{Entity, Runtime, RuntimeError};
 
 use crate::metrics as names;
 use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
-use crate::room::{self, RenderedMessage, Room, RoomBroadcast, RoomCommand, RoomReply};
+use crate::room::{self, RenderedMessage, Room, RoomBroadcast, RoomError};
 
 /// Rooms one connection may have joined at once.
 pub const ROOMS_PER_SESSION_MAX: usize = 100;
@@ -114,18 +114,18 @@ pub enum SessionMsg {
     JoinDone {
         room: String,
         attempt: u64,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Joined, RoomError>, RuntimeError>,
     },
     PostDone {
         room: String,
         id: String,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Posted, RoomError>, RuntimeError>,
     },
     /// The next page of a join's replay (a replay larger than one answer comes in pages).
     ReplayPage {
         room: String,
         attempt: u64,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Page, RoomError>, RuntimeError>,
     },
     /// Live messages skipped some: the cursor is already joining again (`attempt`).
     Gap {
@@ -366,7 +366,7 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         let node = state.args.runtime.node_id().to_string();
         for room in state.rooms.keys() {
-            let leave = RoomCommand::Leave {
+            let leave = room::Leave {
                 node: node.clone(),
                 session: state.args.session_id.clone(),
             };
@@ -508,14 +508,14 @@ impl SessionState {
 
     fn send_join(&self, room: String, since: Option<u64>, attempt: u64) {
         let runtime = self.args.runtime.clone();
-        let command = RoomCommand::Join {
+        let join = room::Join {
             node: runtime.node_id().to_string(),
             session: self.args.session_id.clone(),
             since,
         };
         let myself = self.shared.myself.clone();
         let entity = runtime.entity::<Room>(room.clone());
-        entity.ask_then(command, move |result| {
+        entity.ask_then(join, move |result| {
             let _ = myself.cast(SessionMsg::JoinDone {
                 room,
                 attempt,
@@ -528,7 +528,7 @@ impl SessionState {
         &mut self,
         room: &str,
         attempt: u64,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Joined, RoomError>, RuntimeError>,
     ) {
         let shared = self.shared.clone();
         let mut cursors = shared.rooms();
@@ -548,7 +548,7 @@ impl SessionState {
         }
         let buffered = std::mem::take(buffered);
         let error = match result {
-            Ok(Ok(RoomReply::Joined {
+            Ok(Ok(room::Joined {
                 head,
                 missed,
                 gap_before,
@@ -594,10 +594,6 @@ impl SessionState {
                 drop(cursors);
                 return self.now_joined(room);
             }
-            Ok(Ok(other)) => {
-                tracing::error!(room, ?other, "unexpected reply to join");
-                ("internal", "unexpected reply from the room".to_string())
-            }
             Ok(Err(error)) => (error.code(), error.to_string()),
             Err(error) => (
                 "unavailable",
@@ -612,7 +608,7 @@ impl SessionState {
 
     /// Asks the room for the replay's next page, after `after`.
     fn request_replay_page(&self, room: &str, after: u64, attempt: u64) {
-        let command = RoomCommand::History {
+        let page = room::History {
             after,
             before: None,
             limit: room::HISTORY_PAGE_MAX,
@@ -620,7 +616,7 @@ impl SessionState {
         let myself = self.shared.myself.clone();
         let room = room.to_string();
         let entity = self.args.runtime.entity::<Room>(room.clone());
-        entity.ask_then(command, move |result| {
+        entity.ask_then(page, move |result| {
             let _ = myself.cast(SessionMsg::ReplayPage {
                 room,
                 attempt,
@@ -633,7 +629,7 @@ impl SessionState {
         &mut self,
         room: &str,
         attempt: u64,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Page, RoomError>, RuntimeError>,
     ) {
         let shared = self.shared.clone();
         let mut cursors = shared.rooms();
@@ -653,7 +649,7 @@ impl SessionState {
         }
         let replay_to = *replay_to;
         match result {
-            Ok(Ok(RoomReply::History {
+            Ok(Ok(room::Page {
                 messages,
                 complete: true,
             })) => {
@@ -714,7 +710,7 @@ impl SessionState {
             return self.error("not_joined", "you have not joined this room", Some(room));
         }
         self.shared.rooms().remove(room);
-        let leave = RoomCommand::Leave {
+        let leave = room::Leave {
             node: self.args.runtime.node_id().to_string(),
             session: self.args.session_id.clone(),
         };
@@ -777,7 +773,7 @@ impl SessionState {
         };
         entry.post_in_flight = true;
         let runtime = self.args.runtime.clone();
-        let command = RoomCommand::Post {
+        let post = room::Post {
             user: self.args.user.clone(),
             name: self.args.name.clone(),
             id: id.clone(),
@@ -787,7 +783,7 @@ impl SessionState {
         let myself = self.shared.myself.clone();
         let room = room.to_string();
         let entity = runtime.entity::<Room>(room.clone());
-        entity.ask_then(command, move |result| {
+        entity.ask_then(post, move |result| {
             let _ = myself.cast(SessionMsg::PostDone { room, id, result });
         });
     }
@@ -796,7 +792,7 @@ impl SessionState {
         &mut self,
         room: &str,
         id: &str,
-        result: Result<Result<RoomReply, room::RoomError>, RuntimeError>,
+        result: Result<Result<room::Posted, RoomError>, RuntimeError>,
     ) {
         let Some(entry) = self.rooms.get_mut(room) else {
             return;
@@ -807,12 +803,8 @@ impl SessionState {
         }
         let more = !entry.posts.is_empty();
         match result {
-            Ok(Ok(RoomReply::Posted { seq, .. })) => {
+            Ok(Ok(room::Posted { seq, .. })) => {
                 self.send(&ServerFrame::Ack { room, id, seq }.to_json())
-            }
-            Ok(Ok(other)) => {
-                tracing::error!(room, ?other, "unexpected reply to post");
-                self.error("internal", "unexpected reply from the room", Some(id));
             }
             Ok(Err(error)) => self.error(error.code(), &error.to_string(), Some(id)),
             Err(error) => self.error(

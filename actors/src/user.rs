@@ -20,6 +20,7 @@ pub mod index;
 pub mod metrics;
 pub mod password;
 pub mod photo;
+pub mod request;
 pub mod service;
 pub mod token;
 pub mod validate;

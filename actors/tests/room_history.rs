@@ -5,11 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use actors::room::{self, RECENT_MESSAGES_MAX, Room, RoomCommand, RoomReply};
+use actors::room::{self, RECENT_MESSAGES_MAX, Room};
 use runtime::EntityId;
 
-fn post(index: usize) -> RoomCommand {
-    RoomCommand::Post {
+fn post(index: usize) -> room::Post {
+    room::Post {
         user: "writer".into(),
         name: "Writer".into(),
         id: format!("m{index}"),
@@ -25,7 +25,7 @@ async fn history_pages_through_the_journal_in_order() {
     let runtime = node.runtime();
     let entity = runtime.entity::<Room>("long");
     let created = entity
-        .ask(RoomCommand::Create {
+        .ask(room::Create {
             name: "long".into(),
             by: "writer".into(),
             now_ms: 1,
@@ -39,7 +39,7 @@ async fn history_pages_through_the_journal_in_order() {
     let total = RECENT_MESSAGES_MAX + 300;
     for index in 0..sequential {
         let reply = entity.ask(post(index)).await.expect("asked");
-        assert!(matches!(reply, Ok(RoomReply::Posted { .. })), "{reply:?}");
+        assert!(matches!(reply, Ok(room::Posted { .. })), "{reply:?}");
     }
     let together: Vec<_> = (sequential..total)
         .map(|index| {
@@ -49,7 +49,7 @@ async fn history_pages_through_the_journal_in_order() {
         .collect();
     for ask in together {
         let reply = ask.await.expect("task").expect("asked");
-        assert!(matches!(reply, Ok(RoomReply::Posted { .. })), "{reply:?}");
+        assert!(matches!(reply, Ok(room::Posted { .. })), "{reply:?}");
     }
     // Compaction moves the node log's records into the room's segments.
     let room_entity = EntityId::new("room", "long");

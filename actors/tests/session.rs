@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actors::room::{Room, RoomCommand};
+use actors::room::Room;
 use actors::session::{CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg, SinkError};
 use ractor::{Actor, ActorRef};
 use runtime::Node;
@@ -117,7 +117,7 @@ async fn live_messages_reach_every_member_and_a_killed_session_closes_only_its_c
     let node = common::start_node("s1", directory.path()).await;
     node.runtime()
         .entity::<Room>("lobby")
-        .ask(RoomCommand::Create {
+        .ask(actors::room::Create {
             name: "Lobby".into(),
             by: "test".into(),
             now_ms: 0,

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::entity::{Context, Entity};
+use crate::entity::{Context, Entity, Request};
 
 /// A durable register: `Set` replaces the value, `Add` moves the counter, `Get` reads both.
 pub struct Register {
@@ -41,6 +41,19 @@ pub struct RegisterReply {
     pub seq: u64,
     /// The node that served the command.
     pub node: String,
+}
+
+/// The register's commands are its requests: each gets the register as it is after it.
+impl Request<Register> for RegisterCommand {
+    type Reply = Result<RegisterReply, String>;
+
+    fn into_command(self) -> RegisterCommand {
+        self
+    }
+
+    fn from_reply(reply: Result<RegisterReply, String>) -> Option<Self::Reply> {
+        Some(reply)
+    }
 }
 
 /// Longest value a register holds.

@@ -12,6 +12,7 @@ pub(crate) mod actor;
 pub mod host;
 mod reference;
 pub mod reply;
+pub mod request;
 pub mod shards;
 
 use std::future::Future;
@@ -168,3 +169,4 @@ pub type ReplyPort = RpcReplyPort<Wire<AskOutcome>>;
 
 pub use reference::EntityRef;
 pub use reply::{Reply, ReplyCallback};
+pub use request::Request;

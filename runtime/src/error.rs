@@ -31,6 +31,13 @@ pub enum RuntimeError {
     /// The entity refused the command (unknown kind, bad payload, overload).
     #[error("{entity} rejected the message: {reason}")]
     Rejected { entity: String, reason: String },
+    /// The entity answered a request with the reply of another command: a bug in the entity's
+    /// `handle`, or a peer of an incompatible build.
+    #[error("{entity} answered {request} with the reply of another command")]
+    UnexpectedReply {
+        entity: String,
+        request: &'static str,
+    },
     /// The runtime is shutting down or an actor it needs is gone.
     #[error("runtime unavailable: {0}")]
     Unavailable(String),

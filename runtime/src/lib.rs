@@ -22,12 +22,12 @@ pub mod supervision;
 
 // The paths other crates have used since before the folders: kept so they keep working.
 pub use cluster::{membership, placement};
-pub use entity::{host, reply, shards};
+pub use entity::{host, reply, request, shards};
 pub use journal::{local_store, storage};
 pub use supervision as supervisor;
 
 pub use cluster::membership::{MemberState, MemberStatus, MembershipEvent, View};
-pub use entity::{Context, Entity, EntityRef};
+pub use entity::{Context, Entity, EntityRef, Request};
 pub use error::{Result, RuntimeError};
 pub use id::{EntityId, MsgId};
 pub use node::{Node, NodeBuilder};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use runtime::{Context, Entity, Node, NodeBuilder, RuntimeError};
+use runtime::{Context, Entity, Node, NodeBuilder, Request, RuntimeError};
 use serde::{Deserialize, Serialize};
 
 /// Activations per key, shared with the test.
@@ -25,6 +25,19 @@ enum FragileCommand {
     /// Panics in the first incarnation only: after a restart the retry succeeds.
     AddButCrashFirst(i64),
     CrashAlways,
+}
+
+/// Every command is its own request: the answer is (value, incarnation).
+impl Request<Fragile> for FragileCommand {
+    type Reply = (i64, u32);
+
+    fn into_command(self) -> FragileCommand {
+        self
+    }
+
+    fn from_reply(reply: (i64, u32)) -> Option<(i64, u32)> {
+        Some(reply)
+    }
 }
 
 impl Entity for Fragile {

@@ -53,9 +53,13 @@ impl ApiError {
     pub fn from_runtime(error: runtime::RuntimeError) -> Self {
         use runtime::RuntimeError as E;
         match error {
-            E::Timeout { .. } | E::Unavailable(_) | E::Store(_) | E::JournalConflict { .. } => {
-                Self::unavailable(error.to_string())
-            }
+            // An entity answering with the reply of another command is a peer of another
+            // build during an upgrade, or a bug: retrying elsewhere may work.
+            E::Timeout { .. }
+            | E::Unavailable(_)
+            | E::Store(_)
+            | E::JournalConflict { .. }
+            | E::UnexpectedReply { .. } => Self::unavailable(error.to_string()),
             E::Rejected { .. } | E::Codec { .. } => {
                 Self::bad_request("rejected", error.to_string())
             }

@@ -25,10 +25,10 @@ use std::sync::Arc;
 use actors::config::JobsSection;
 use actors::job::convert::{Availability, Options, Target, catalogue, check_pair};
 use actors::job::format::{self, Format};
-use actors::job::index::{IndexCommand, IndexReply, JobIndex, LIST_MAX};
+use actors::job::index::{self, JobIndex, LIST_MAX, Reservation};
+use actors::job::request::{Delete, Status, Submit};
 use actors::job::{
-    FILE_NAME_CHARS_MAX, Job, JobCommand, JobError, JobInfo, JobReply, JobView, Phase,
-    download_url, store,
+    FILE_NAME_CHARS_MAX, Job, JobError, JobInfo, JobView, Phase, download_url, store,
 };
 use futures_util::StreamExt;
 use object_store::ObjectStoreExt;
@@ -304,22 +304,22 @@ async fn submit(
     }
     let job = store::new_job_id();
     let index = runtime.entity::<JobIndex>(claims.sub.clone());
-    let reserve = IndexCommand::Reserve {
+    let reserve = index::Reserve {
         job: job.clone(),
         now_ms: runtime::membership::unix_ms(),
         limit: limits.per_user_max,
     };
     match index.ask(reserve).await.map_err(ApiError::from_runtime)? {
-        IndexReply::TooMany { limit } => {
+        Reservation::TooMany { limit } => {
             return Err(too_many(
                 "too_many_jobs",
                 format!("you have {limit} unfinished jobs; wait for one to finish"),
             ));
         }
-        IndexReply::Ok | IndexReply::Jobs(_) => {}
+        Reservation::Granted => {}
     }
     let release_slot = || async {
-        let _ = index.ask(IndexCommand::Remove { job: job.clone() }).await;
+        let _ = index.ask(index::Remove { job: job.clone() }).await;
     };
     let store = runtime.object_store().clone();
     let upload = match read_form(&store, &job, form, limits.input_bytes_max).await {
@@ -346,12 +346,9 @@ async fn submit(
             "cannot record the job: {error}"
         )));
     }
-    let reply = runtime
-        .entity::<Job>(job.clone())
-        .ask(JobCommand::Submit(info))
-        .await;
+    let reply = runtime.entity::<Job>(job.clone()).ask(Submit(info)).await;
     let view = match reply {
-        Ok(Ok(JobReply::View(view))) => view,
+        Ok(Ok(view)) => view,
         Ok(Err(JobError::QueueFull { max })) => {
             store::delete_job_files(&store, &job).await;
             release_slot().await;
@@ -360,7 +357,7 @@ async fn submit(
                 format!("the conversion queue is full ({max} jobs); try again later"),
             ));
         }
-        Ok(Ok(_)) | Ok(Err(JobError::AlreadyExists | JobError::NotFound)) => {
+        Ok(Err(JobError::AlreadyExists | JobError::NotFound)) => {
             return Err(ApiError::unavailable(
                 "unexpected answer from the job; try again",
             ));
@@ -369,9 +366,9 @@ async fn submit(
         // job, or removes an orphan), and the reservation to its expiry.
         Err(error) => return Err(ApiError::from_runtime(error)),
     };
-    let _ = index.ask(IndexCommand::Confirm { job: job.clone() }).await;
+    let _ = index.ask(index::Confirm { job: job.clone() }).await;
     let mut response = warp::reply::with_status(
-        warp::reply::json(&JobBody::from(view.as_ref())),
+        warp::reply::json(&JobBody::from(&view)),
         StatusCode::ACCEPTED,
     )
     .into_response();
@@ -465,25 +462,21 @@ async fn owned_view(runtime: &Runtime, claims: &Claims, job: &str) -> Result<Job
     check_job_id(job)?;
     match runtime
         .entity::<Job>(job.to_string())
-        .ask(JobCommand::Status)
+        .ask(Status)
         .await
         .map_err(ApiError::from_runtime)?
     {
-        Ok(JobReply::View(view)) if view.owner == claims.sub => Ok(*view),
+        Ok(view) if view.owner == claims.sub => Ok(view),
         Ok(_) | Err(_) => Err(not_found()),
     }
 }
 
 async fn list(runtime: Runtime, claims: Claims, limit: usize) -> Result<Response, ApiError> {
     let index = runtime.entity::<JobIndex>(claims.sub.clone());
-    let entries = match index
-        .ask(IndexCommand::List { limit })
+    let entries = index
+        .ask(index::List { limit })
         .await
-        .map_err(ApiError::from_runtime)?
-    {
-        IndexReply::Jobs(entries) => entries,
-        IndexReply::Ok | IndexReply::TooMany { .. } => Vec::new(),
-    };
+        .map_err(ApiError::from_runtime)?;
     let views: Vec<JobView> = futures_util::stream::iter(entries)
         .map(|entry| {
             let runtime = runtime.clone();
@@ -604,7 +597,7 @@ fn stream_response(
 
 async fn delete(runtime: Runtime, claims: Claims, job: String) -> Result<Response, ApiError> {
     check_job_id(&job)?;
-    let command = JobCommand::Delete {
+    let command = Delete {
         owner: claims.sub.clone(),
     };
     match runtime

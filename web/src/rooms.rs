@@ -6,8 +6,8 @@
 //! room id in the path, and `after`/`before` (0 to [`SEQ_MAX`]) and `limit` (clamped to
 //! [`HISTORY_PAGE_MAX`]) in the query.
 
-use actors::directory::{DIRECTORY_KEY, DirectoryCommand, RoomDirectory};
-use actors::room::{self, HISTORY_PAGE_MAX, Room, RoomCommand, RoomError, RoomReply};
+use actors::directory::{self, DIRECTORY_KEY, RoomDirectory};
+use actors::room::{self, HISTORY_PAGE_MAX, Room, RoomError};
 use runtime::Runtime;
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -107,28 +107,20 @@ async fn create_room(
     body: CreateRoom,
 ) -> Result<warp::reply::Response, warp::Rejection> {
     let id = room_id(&body.name);
-    let command = RoomCommand::Create {
+    let create = room::Create {
         name: body.name,
         by: claims.sub,
         now_ms: runtime::membership::unix_ms(),
     };
-    let info = match runtime
+    let info = runtime
         .entity::<Room>(id)
-        .ask(command)
+        .ask(create)
         .await
         .map_err(reject_runtime)?
-    {
-        Ok(RoomReply::Created(info)) => info,
-        Ok(_) => {
-            return Err(warp::reject::custom(ApiError::unavailable(
-                "unexpected reply from the room",
-            )));
-        }
-        Err(error) => return Err(reject_room(error)),
-    };
+        .map_err(reject_room)?;
     runtime
         .entity::<RoomDirectory>(DIRECTORY_KEY)
-        .ask(DirectoryCommand::Add(info.clone()))
+        .ask(directory::Add(info.clone()))
         .await
         .map_err(reject_runtime)?
         .map_err(|message| {
@@ -148,7 +140,7 @@ async fn create_room(
 async fn list_rooms(runtime: Runtime) -> Result<warp::reply::Response, warp::Rejection> {
     let rooms = runtime
         .entity::<RoomDirectory>(DIRECTORY_KEY)
-        .ask(DirectoryCommand::List)
+        .ask(directory::List)
         .await
         .map_err(reject_runtime)?
         .map_err(|message| warp::reject::custom(ApiError::unavailable(message)))?;

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use runtime::{Context, Entity};
+use runtime::{Context, Entity, Request};
 use serde::{Deserialize, Serialize};
 
 /// Jobs remembered per user; the oldest finished ones are forgotten first.
@@ -211,6 +211,102 @@ impl Entity for JobIndex {
                     .collect();
                 IndexReply::Jobs(jobs)
             }
+        }
+    }
+}
+
+/// Takes a slot for `job` if the user has fewer than `limit` unfinished jobs.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub job: String,
+    pub now_ms: u64,
+    pub limit: usize,
+}
+
+/// Whether a reservation got a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    Granted,
+    /// The user has `limit` unfinished jobs already.
+    TooMany {
+        limit: usize,
+    },
+}
+
+/// The job was submitted: its slot counts until it finishes.
+#[derive(Debug, Clone)]
+pub struct Confirm {
+    pub job: String,
+}
+
+/// The job finished: its slot is free.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub job: String,
+}
+
+/// Forgets the job (deleted, or never submitted).
+#[derive(Debug, Clone)]
+pub struct Remove {
+    pub job: String,
+}
+
+/// The newest `limit` jobs, newest first.
+#[derive(Debug, Clone, Copy)]
+pub struct List {
+    pub limit: usize,
+}
+
+impl Request<JobIndex> for Reserve {
+    type Reply = Reservation;
+
+    fn into_command(self) -> IndexCommand {
+        IndexCommand::Reserve {
+            job: self.job,
+            now_ms: self.now_ms,
+            limit: self.limit,
+        }
+    }
+
+    fn from_reply(reply: IndexReply) -> Option<Reservation> {
+        match reply {
+            IndexReply::Ok => Some(Reservation::Granted),
+            IndexReply::TooMany { limit } => Some(Reservation::TooMany { limit }),
+            IndexReply::Jobs(_) => None,
+        }
+    }
+}
+
+/// The requests answered `Ok` and nothing else.
+macro_rules! acknowledged {
+    ($($request:ident => $variant:ident),* $(,)?) => {$(
+        impl Request<JobIndex> for $request {
+            type Reply = ();
+
+            fn into_command(self) -> IndexCommand {
+                IndexCommand::$variant { job: self.job }
+            }
+
+            fn from_reply(reply: IndexReply) -> Option<()> {
+                matches!(reply, IndexReply::Ok).then_some(())
+            }
+        }
+    )*};
+}
+
+acknowledged!(Confirm => Confirm, Finished => Finished, Remove => Remove);
+
+impl Request<JobIndex> for List {
+    type Reply = Vec<IndexEntry>;
+
+    fn into_command(self) -> IndexCommand {
+        IndexCommand::List { limit: self.limit }
+    }
+
+    fn from_reply(reply: IndexReply) -> Option<Vec<IndexEntry>> {
+        match reply {
+            IndexReply::Jobs(entries) => Some(entries),
+            IndexReply::Ok | IndexReply::TooMany { .. } => None,
         }
     }
 }

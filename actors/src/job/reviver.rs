@@ -23,7 +23,8 @@ use runtime::{Entity, Runtime};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::metrics as names;
-use super::{Job, JobCommand, JobError, store};
+use super::request::Resume;
+use super::{Job, JobError, store};
 
 /// Markers looked at per scan.
 pub const SCAN_MARKERS_MAX: usize = 10_000;
@@ -194,11 +195,7 @@ pub async fn scan(runtime: &Runtime) {
 }
 
 async fn resume(runtime: &Runtime, id: String, marker_age_ms: u64) {
-    match runtime
-        .entity::<Job>(id.clone())
-        .ask(JobCommand::Resume)
-        .await
-    {
+    match runtime.entity::<Job>(id.clone()).ask(Resume).await {
         Ok(Ok(_)) => {
             metrics::counter!(names::REVIVER_RESUMES_TOTAL, "outcome" => "resumed").increment(1)
         }

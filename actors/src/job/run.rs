@@ -25,7 +25,8 @@ use super::pool::{Task, WorkerPool};
 use super::port::protocol::{PROTOCOL_VERSION, Request};
 use super::port::sandbox::WorkerLimits;
 use super::port::{PortJob, PortOutcome, PrivateDirectory, WorkerProgram, convert_in_port};
-use super::{Job, JobCommand, JobInfo, JobReply, OutputInfo, output_file_name, store};
+use super::request::{AttemptFailed, Finish, Progress, Running};
+use super::{Job, JobInfo, OutputInfo, output_file_name, store};
 use crate::config::JobsSection;
 use crate::job::format::Format;
 
@@ -79,13 +80,13 @@ pub(super) async fn run(run: Run, task: Arc<Task>) {
         };
         let attempt = format!("{}-{}", run.runtime.node_id(), run.runtime.next_msg_id());
         match entity
-            .ask(JobCommand::Running {
+            .ask(Running {
                 attempt: attempt.clone(),
             })
             .await
         {
-            Ok(Ok(JobReply::Proceed(true))) => {}
-            Ok(_) => return,
+            Ok(Ok(true)) => {}
+            Ok(Ok(false) | Err(_)) => return,
             Err(error) => {
                 tracing::warn!(job = %run.job, %error, "could not claim the job; the reviver retries");
                 return;
@@ -98,13 +99,13 @@ pub(super) async fn run(run: Run, task: Arc<Task>) {
         match outcome {
             Outcome::Crashed(reason) => {
                 metrics::counter!(names::WORKER_CRASHES_TOTAL).increment(1);
-                let ended = JobCommand::AttemptFailed {
+                let ended = AttemptFailed {
                     attempt: attempt.clone(),
                     reason,
                 };
                 match entity.ask_with(ended, FINISH_ASK_TIMEOUT, None).await {
-                    Ok(Ok(JobReply::Proceed(true))) => continue,
-                    Ok(_) => return,
+                    Ok(Ok(true)) => continue,
+                    Ok(Ok(false) | Err(_)) => return,
                     Err(error) => {
                         tracing::warn!(job = %run.job, %error, "could not report a crashed attempt; the reviver retries");
                         return;
@@ -160,7 +161,7 @@ async fn finish(run: &Run, entity: &EntityRef<Job>, attempt: &str, outcome: Outc
             return;
         }
     };
-    let finish = JobCommand::Finish {
+    let finish = Finish {
         attempt: attempt.to_string(),
         outcome,
     };
@@ -179,7 +180,7 @@ async fn forward_progress(
 ) {
     let mut sent = 0u8;
     let send = |percent: u8, step: String| {
-        let _ = entity.tell(JobCommand::Progress {
+        let _ = entity.tell(Progress {
             attempt: attempt.clone(),
             percent,
             step,

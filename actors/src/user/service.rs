@@ -17,15 +17,18 @@ use runtime::{Runtime, RuntimeError};
 use tokio::sync::Semaphore;
 
 use super::blocking::{BlockingPool, PoolError};
-use super::index::{IndexCommand, IndexError, UserIndex};
+use super::index::{IndexError, UserIndex};
 use super::metrics as names;
 use super::password::{HashParams, Passwords};
 use super::photo::{self, PhotoError};
+use super::request::{
+    BeginLogin, Bind, Exists, FinishLogin, GetProfile, Lookup, ReissueVerification, SetPhoto,
+    UpdateProfile, Verify,
+};
 use super::token::{self, NewSecret};
 use super::validate::{self, InvalidInput};
 use super::{
-    AttemptOutcome, LoginTicket, PhotoInfo, Profile, SignUp, User, UserCommand, UserError,
-    UserReply, Verification,
+    AttemptOutcome, LoginTicket, PhotoInfo, Profile, SignUp, User, UserError, Verification,
 };
 use crate::mailer::{Mail, Mailer};
 
@@ -134,7 +137,7 @@ impl Accounts {
         });
         let (email, name) = checked.inspect_err(|_| count(names::SIGNUPS_TOTAL, "invalid"))?;
         // Answer a plain duplicate before paying for a hash; the entity still decides races.
-        if let UserReply::Exists(true) = self.ask_user(&email, UserCommand::Exists).await? {
+        if self.ask_user(&email, Exists).await? {
             count(names::SIGNUPS_TOTAL, "taken");
             return Err(UserError::EmailTaken.into());
         }
@@ -144,16 +147,16 @@ impl Accounts {
         let now_ms = unix_ms();
         // The id resolves before the account exists (see the `index` module).
         self.bind_id(&id, &email).await?;
-        let command = UserCommand::SignUp(SignUp {
+        let sign_up = SignUp {
             id,
             email: email.clone(),
             name,
             password_hash,
             verification: self.verification(&secret, now_ms),
             now_ms,
-        });
-        let profile = match self.ask_user(&email, command).await {
-            Ok(reply) => profile_of(reply)?,
+        };
+        let profile = match self.ask_user(&email, sign_up).await {
+            Ok(profile) => profile,
             Err(AccountError::User(UserError::EmailTaken)) => {
                 count(names::SIGNUPS_TOTAL, "taken");
                 return Err(UserError::EmailTaken.into());
@@ -172,13 +175,13 @@ impl Accounts {
         let email = validate::normalize_email(email)?;
         let secret = token::new_secret().map_err(AccountError::Internal)?;
         let now_ms = unix_ms();
-        let command = UserCommand::ReissueVerification {
+        let reissue = ReissueVerification {
             verification: self.verification(&secret, now_ms),
             now_ms,
         };
-        match self.ask_user(&email, command).await {
-            Ok(reply) => {
-                self.mail_verification(&profile_of(reply)?, &secret);
+        match self.ask_user(&email, reissue).await {
+            Ok(profile) => {
+                self.mail_verification(&profile, &secret);
                 Ok(())
             }
             Err(AccountError::User(UserError::NotFound | UserError::AlreadyVerified)) => Ok(()),
@@ -207,12 +210,12 @@ impl Accounts {
             .email_of(&user_id)
             .await?
             .ok_or(UserError::InvalidToken)?;
-        let command = UserCommand::Verify {
+        let verify = Verify {
             user_id,
             digest,
             now_ms: unix_ms(),
         };
-        profile_of(self.ask_user(&email, command).await?)
+        self.ask_user(&email, verify).await
     }
 
     /// Checks a password; the profile of a verified account on success.
@@ -235,13 +238,7 @@ impl Accounts {
             return Err(AccountError::BadCredentials);
         }
         let now_ms = unix_ms();
-        let ticket = match self
-            .ask_user(&email, UserCommand::BeginLogin { now_ms })
-            .await?
-        {
-            UserReply::Login(ticket) => ticket,
-            other => return Err(unexpected(&other)),
-        };
+        let ticket = self.ask_user(&email, BeginLogin { now_ms }).await?;
         let (password_hash, profile) = match ticket {
             LoginTicket::Proceed {
                 password_hash,
@@ -270,7 +267,7 @@ impl Accounts {
     fn finish_login_in_background(&self, email: String, outcome: AttemptOutcome, now_ms: u64) {
         let user = self.runtime.entity::<User>(email);
         tokio::spawn(async move {
-            if let Err(error) = user.ask(UserCommand::FinishLogin { outcome, now_ms }).await {
+            if let Err(error) = user.ask(FinishLogin { outcome, now_ms }).await {
                 tracing::warn!(%error, "could not record the end of a login attempt");
             }
         });
@@ -279,10 +276,10 @@ impl Accounts {
     /// The profile of the account with `user_id`.
     pub async fn profile(&self, user_id: &str) -> Result<Profile> {
         let email = self.email_of(user_id).await?.ok_or(UserError::NotFound)?;
-        let command = UserCommand::Profile {
+        let request = GetProfile {
             user_id: user_id.to_string(),
         };
-        profile_of(self.ask_user(&email, command).await?)
+        self.ask_user(&email, request).await
     }
 
     /// Changes the name and/or the bio (`None` keeps the current value).
@@ -299,12 +296,12 @@ impl Accounts {
             validate::normalize_bio(bio)?;
         }
         let email = self.email_of(user_id).await?.ok_or(UserError::NotFound)?;
-        let command = UserCommand::UpdateProfile {
+        let update = UpdateProfile {
             user_id: user_id.to_string(),
             name,
             bio,
         };
-        profile_of(self.ask_user(&email, command).await?)
+        self.ask_user(&email, update).await
     }
 
     /// Re-encodes `upload` and makes it the user's photo.
@@ -342,11 +339,11 @@ impl Accounts {
         };
         photo::store(self.runtime.object_store(), user_id, encoded.bytes).await?;
         let email = self.email_of(user_id).await?.ok_or(UserError::NotFound)?;
-        let command = UserCommand::SetPhoto {
+        let set = SetPhoto {
             user_id: user_id.to_string(),
             photo: info,
         };
-        profile_of(self.ask_user(&email, command).await?)
+        self.ask_user(&email, set).await
     }
 
     /// The stored photo of `user_id` and its content type.
@@ -377,20 +374,19 @@ impl Accounts {
         }
     }
 
-    async fn ask_user(&self, email: &str, command: UserCommand) -> Result<UserReply> {
-        Ok(self.runtime.entity::<User>(email).ask(command).await??)
+    /// Asks the account of `email`; a refusal comes back as [`AccountError::User`].
+    async fn ask_user<R, T>(&self, email: &str, request: R) -> Result<T>
+    where
+        R: runtime::Request<User, Reply = std::result::Result<T, UserError>>,
+    {
+        Ok(self.runtime.entity::<User>(email).ask(request).await??)
     }
 
     async fn bind_id(&self, user_id: &str, email: &str) -> Result<()> {
-        let command = IndexCommand::Bind {
+        let bind = Bind {
             email: email.to_string(),
         };
-        match self
-            .runtime
-            .entity::<UserIndex>(user_id)
-            .ask(command)
-            .await?
-        {
+        match self.runtime.entity::<UserIndex>(user_id).ask(bind).await? {
             Ok(_) => Ok(()),
             Err(IndexError::BoundElsewhere | IndexError::Invalid) => Err(AccountError::Internal(
                 "a fresh user id could not be bound".into(),
@@ -409,7 +405,7 @@ impl Accounts {
         let email = self
             .runtime
             .entity::<UserIndex>(user_id)
-            .ask(IndexCommand::Lookup)
+            .ask(Lookup)
             .await?
             .map_err(|error| AccountError::Internal(error.to_string()))?;
         if let Some(email) = &email {
@@ -463,23 +459,6 @@ impl Accounts {
             }
         });
     }
-}
-
-fn profile_of(reply: UserReply) -> Result<Profile> {
-    match reply {
-        UserReply::Profile(profile) => Ok(profile),
-        other => Err(unexpected(&other)),
-    }
-}
-
-fn unexpected(reply: &UserReply) -> AccountError {
-    let kind = match reply {
-        UserReply::Profile(_) => "profile",
-        UserReply::Exists(_) => "exists",
-        UserReply::Login(_) => "login",
-        UserReply::Done => "done",
-    };
-    AccountError::Internal(format!("unexpected `{kind}` reply from a user entity"))
 }
 
 fn count(name: &'static str, outcome: &'static str) {

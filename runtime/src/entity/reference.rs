@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::codec::{self, Wire};
 use crate::entity::host::HostMsg;
 use crate::entity::shards::{Delivery, ShardMsg};
-use crate::entity::{AskOutcome, Entity, Envelope, Reply, ReplyCallback};
+use crate::entity::{AskOutcome, Entity, Envelope, Reply, ReplyCallback, Request};
 use crate::error::{Result, RuntimeError};
 use crate::id::{EntityId, MsgId};
 use crate::metrics as names;
@@ -66,25 +66,36 @@ impl<E: Entity> EntityRef<E> {
         &self.id
     }
 
-    /// Asks with the configured default deadline.
-    pub async fn ask(&self, command: E::Command) -> Result<E::Reply> {
+    /// Asks with the configured default deadline; the answer is the request's own reply type.
+    pub async fn ask<R: Request<E>>(&self, request: R) -> Result<R::Reply> {
         let timeout = self.runtime.config().entities.ask_timeout_ms;
-        self.ask_with(command, Duration::from_millis(timeout), None)
+        self.ask_with(request, Duration::from_millis(timeout), None)
             .await
     }
 
     /// Asks with an explicit deadline and, for client retries, an explicit message id.
     /// Retries on another owner with the same message id until the deadline when the owner
     /// dies, does not answer, or is not the owner anymore.
-    pub async fn ask_with(
+    pub async fn ask_with<R: Request<E>>(
         &self,
-        command: E::Command,
+        request: R,
         timeout: Duration,
         msg_id: Option<MsgId>,
-    ) -> Result<E::Reply> {
+    ) -> Result<R::Reply> {
         let msg_id = msg_id.unwrap_or_else(|| self.runtime.next_msg_id());
-        self.ask_encoded(codec::encode(&command), msg_id, Instant::now(), timeout)
-            .await
+        let command = request.into_command();
+        let reply = self
+            .ask_encoded(codec::encode(&command), msg_id, Instant::now(), timeout)
+            .await?;
+        self.typed::<R>(reply)
+    }
+
+    /// The request's answer out of the entity's reply.
+    fn typed<R: Request<E>>(&self, reply: E::Reply) -> Result<R::Reply> {
+        R::from_reply(reply).ok_or_else(|| RuntimeError::UnexpectedReply {
+            entity: self.id.to_string(),
+            request: std::any::type_name::<R>(),
+        })
     }
 
     /// Asks with the default deadline and hands the answer to `done` instead of returning it.
@@ -96,10 +107,15 @@ impl<E: Entity> EntityRef<E> {
     /// with the same message id (so it takes effect at most once) and the same deadline.
     /// An entity that neither answers nor stops (its journal hangs) gets until the deadline:
     /// then `done` gets a timeout, from the node's deadline sweeper.
-    pub fn ask_then<F>(&self, command: E::Command, done: F)
+    pub fn ask_then<R, F>(&self, request: R, done: F)
     where
-        F: FnOnce(Result<E::Reply>) + Send + 'static,
+        R: Request<E>,
+        F: FnOnce(Result<R::Reply>) + Send + 'static,
     {
+        let asker = self.clone();
+        let done =
+            move |reply: Result<E::Reply>| done(reply.and_then(|reply| asker.typed::<R>(reply)));
+        let command = request.into_command();
         let started = Instant::now();
         let timeout = Duration::from_millis(self.runtime.config().entities.ask_timeout_ms);
         let msg_id = self.runtime.next_msg_id();
@@ -235,7 +251,8 @@ impl<E: Entity> EntityRef<E> {
     }
 
     /// Sends without waiting for an answer (at most once; use `ask` when it must arrive).
-    pub fn tell(&self, command: E::Command) -> Result<()> {
+    pub fn tell<R: Request<E>>(&self, request: R) -> Result<()> {
+        let command = request.into_command();
         let owner = self
             .runtime
             .owner_of(&self.id.kind, &self.id.key)
