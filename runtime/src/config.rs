@@ -73,6 +73,32 @@ pub struct ClusterSection {
     /// a few hundred); beyond it the connection is closed.
     #[serde(default = "defaults::preauth_bytes_max")]
     pub preauth_bytes_max: u64,
+    /// Mutual TLS between nodes; without it cluster traffic is plaintext (loopback only).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+    /// Peers to dial while none is up: `host:port`, or a DNS name resolving to several (a
+    /// Kubernetes headless service). `node run --join` adds to them.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Keep the members in a table in the shared store, so that nodes join and leave without
+    /// an edit to the others' configuration. Off: the `[[node]]` entries only.
+    #[serde(default = "defaults::member_table")]
+    pub member_table: bool,
+    /// How often the membership table is read.
+    #[serde(default = "defaults::member_table_poll_ms")]
+    pub member_table_poll_ms: u64,
+    /// A member down this long is dropped from the table (`[[node]]` entries stay peers).
+    #[serde(default = "defaults::member_remove_after_ms")]
+    pub member_remove_after_ms: u64,
+}
+
+/// `[cluster.tls]`: where this node's TLS material is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// A directory holding `ca.pem` and `<node id>.pem` / `<node id>.key`, as `node certs`
+    /// writes them (relative to the config file). `ACTORHUB_TLS_DIR` overrides it.
+    pub dir: PathBuf,
 }
 
 /// Room for ractor_cluster's own framing around a message we hand it.
@@ -271,6 +297,15 @@ mod defaults {
     pub fn preauth_bytes_max() -> u64 {
         64 * 1024
     }
+    pub fn member_table() -> bool {
+        true
+    }
+    pub fn member_table_poll_ms() -> u64 {
+        1_000
+    }
+    pub fn member_remove_after_ms() -> u64 {
+        60_000
+    }
     pub fn active_max() -> usize {
         50_000
     }
@@ -435,6 +470,11 @@ http_addr = "127.0.0.1:{http_port}"
     fn resolve_paths(&mut self, base: &Path) {
         if self.cluster.data_dir.is_relative() {
             self.cluster.data_dir = base.join(&self.cluster.data_dir);
+        }
+        if let Some(tls) = &mut self.cluster.tls
+            && tls.dir.is_relative()
+        {
+            tls.dir = base.join(&tls.dir);
         }
         if let Some(relative) = self.storage.url.strip_prefix("file:")
             && !relative.starts_with('/')

@@ -162,6 +162,24 @@ pub struct Envelope {
     pub msg_id: MsgId,
     pub payload: Vec<u8>,
     pub from: String,
+    /// Optional fields added by later protocols (trace context, ...); see `codec::Extensions`.
+    pub extensions: crate::codec::Extensions,
+}
+
+impl Envelope {
+    pub fn new(entity: EntityId, msg_id: MsgId, payload: Vec<u8>, from: String) -> Self {
+        #[allow(unused_mut)]
+        let mut extensions = crate::codec::Extensions::default();
+        #[cfg(feature = "wire-next")]
+        extensions.insert(crate::codec::tags::NEXT, &crate::codec::PROTOCOL);
+        Self {
+            entity,
+            msg_id,
+            payload,
+            from,
+            extensions,
+        }
+    }
 }
 
 /// Reply port type shared by the local and remote paths.

@@ -168,6 +168,7 @@ impl NodeBuilder {
             settled: false,
         };
         let (view_sender, view_receiver) = watch::channel(initial);
+        let table_objects = Arc::clone(&objects);
         let journal = crate::journal::NodeJournal::start(
             &me.id,
             log,
@@ -209,6 +210,16 @@ impl NodeBuilder {
         let core = CoreChildren {
             me: me.id.clone(),
             my_http_addr: me.http_addr,
+            my_cluster_addr: me.cluster_addr,
+            table: config
+                .cluster
+                .member_table
+                .then(|| crate::cluster::membership::TableArgs {
+                    objects: table_objects,
+                    poll_interval: Duration::from_millis(config.cluster.member_table_poll_ms),
+                    remove_after: Duration::from_millis(config.cluster.member_remove_after_ms),
+                }),
+            seeds: config.cluster.seeds.clone(),
             incarnation,
             peers,
             node_server: node_server.clone(),
@@ -274,6 +285,9 @@ impl NodeBuilder {
 struct CoreChildren {
     me: String,
     my_http_addr: std::net::SocketAddr,
+    my_cluster_addr: std::net::SocketAddr,
+    table: Option<crate::cluster::membership::TableArgs>,
+    seeds: Vec<String>,
     incarnation: u64,
     peers: Vec<PeerAddress>,
     node_server: ActorRef<NodeServerMessage>,
@@ -304,6 +318,9 @@ impl CoreChildren {
                         let args = MembershipArgs {
                             me: core.me.clone(),
                             my_http_addr: core.my_http_addr,
+                            my_cluster_addr: core.my_cluster_addr,
+                            table: core.table.clone(),
+                            seeds: core.seeds.clone(),
                             incarnation: core.incarnation,
                             peers: core.peers.clone(),
                             node_server: core.node_server.clone(),
@@ -417,6 +434,45 @@ impl Node {
     /// Resolves when the supervision tree has stopped on its own.
     pub async fn stopped(&mut self) {
         let _ = (&mut self.root_handle).await;
+    }
+
+    /// Graceful leave: tells the peers this node is leaving (its heartbeats say so), lets go of
+    /// its partitions (its entities finish their appends and passivate), and waits until the
+    /// peers have claimed every one of them, at most `deadline`. Returns whether they did: if
+    /// not, the rest fail over as after a crash once the node stops.
+    pub async fn leave(&self, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        let held: Vec<u32> = self
+            .runtime
+            .node_journal()
+            .owned()
+            .into_iter()
+            .map(|(partition, _)| partition)
+            .collect();
+        let membership: Option<ActorRef<MembershipMsg>> = ractor::registry::where_is(format!(
+            "actorhub.membership.{}",
+            self.runtime.node_id()
+        ))
+        .map(ActorRef::from);
+        let Some(membership) = membership else {
+            return false;
+        };
+        if membership.cast(MembershipMsg::Leave).is_err() {
+            return false;
+        }
+        let started = std::time::Instant::now();
+        let handed_off = self
+            .runtime
+            .node_journal()
+            .wait_taken_over(&held, until)
+            .await;
+        tracing::info!(
+            partitions = held.len(),
+            handed_off,
+            ms = started.elapsed().as_millis() as u64,
+            "left the cluster"
+        );
+        handed_off
     }
 
     /// Graceful stop: entities finish their appends and passivate, then the cluster links close.

@@ -20,7 +20,13 @@ async fn racing_writers_keep_one_linear_history() {
     let objects = directory.path().join("objects");
     let mut nodes = Vec::new();
     for id in ["wa", "wb"] {
-        let config = common::single_node_config(id, &directory.path().join("data"), &objects, "");
+        // No membership table: each stays alone, believing it owns every partition.
+        let config = common::single_node_config(
+            id,
+            &directory.path().join("data"),
+            &objects,
+            "member_table = false\n",
+        );
         nodes.push(
             NodeBuilder::new(config, id)
                 .expect("builder")

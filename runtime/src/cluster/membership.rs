@@ -41,6 +41,8 @@ pub const EVENTS_BUFFERED_MAX: usize = 1024;
 pub enum MemberState {
     Up,
     Down,
+    /// Connected, but handing its entities off before it stops: placement leaves it out.
+    Leaving,
 }
 
 impl MemberState {
@@ -48,6 +50,7 @@ impl MemberState {
         match self {
             MemberState::Up => "up",
             MemberState::Down => "down",
+            MemberState::Leaving => "leaving",
         }
     }
 }
@@ -62,6 +65,9 @@ pub struct MemberStatus {
     /// The member's incarnation (restart counter) as last heard; 0 if never heard.
     pub incarnation: u64,
     pub http_addr: SocketAddr,
+    /// The cluster protocol spoken with it: the lower of both sides' (this node's own for
+    /// itself; this node's until a heartbeat says otherwise).
+    pub protocol: u8,
 }
 
 /// What this node believes about the cluster. Placement is computed from it.
@@ -130,9 +136,25 @@ pub struct PeerAddress {
     pub http_addr: SocketAddr,
 }
 
+/// The membership table, for [`MembershipArgs`].
+#[derive(Clone)]
+pub struct TableArgs {
+    pub objects: std::sync::Arc<dyn crate::journal::objects::Objects>,
+    /// How often the table is read (and this node's entry checked).
+    pub poll_interval: Duration,
+    /// A member down this long is dropped from the table (static `[[node]]` entries stay).
+    pub remove_after: Duration,
+}
+
 pub struct MembershipArgs {
     pub me: String,
     pub my_http_addr: SocketAddr,
+    pub my_cluster_addr: SocketAddr,
+    /// The membership table in the shared store; `None` keeps the configured peers only.
+    pub table: Option<TableArgs>,
+    /// Addresses (`host:port`, a DNS name possibly resolving to several) dialed while no peer
+    /// is up.
+    pub seeds: Vec<String>,
     pub incarnation: u64,
     pub peers: Vec<PeerAddress>,
     pub node_server: ActorRef<NodeServerMessage>,
@@ -153,6 +175,10 @@ pub struct Heartbeat {
     pub pong: bool,
     /// The pinger's clock (µs since its start), echoed in the pong to measure RTT.
     pub sent_at_us: u64,
+    /// The sender is leaving the cluster (graceful shutdown): take its entities over.
+    pub leaving: bool,
+    /// The highest cluster protocol the sender speaks (see `codec`).
+    pub protocol: u8,
 }
 
 /// The remotable face of membership: receives heartbeats from peers.
@@ -214,6 +240,11 @@ pub enum MembershipMsg {
         result: Result<(), String>,
     },
     Heartbeat(Heartbeat),
+    /// The latest membership table.
+    Table(crate::cluster::table::MemberTable),
+    /// Leave the cluster: tell the peers, stop taking entities.
+    Leave,
+    SeedsDialed,
 }
 
 /// Forwards ractor_cluster's session events into the membership actor (callbacks must be cheap).
@@ -235,6 +266,10 @@ impl NodeEventSubscription for SessionEventForwarder {
 /// Per-peer bookkeeping. Only the membership actor touches it.
 struct Peer {
     address: PeerAddress,
+    /// From `[[node]]` (never dropped), or learned from the membership table.
+    configured: bool,
+    /// The highest protocol both sides speak (from its heartbeats).
+    protocol: u8,
     state: MemberState,
     since_ms: u64,
     incarnation: u64,
@@ -246,11 +281,36 @@ struct Peer {
     backoff: Duration,
 }
 
+impl Peer {
+    fn new(address: PeerAddress, configured: bool, now: Instant, backoff: Duration) -> Self {
+        Self {
+            address,
+            configured,
+            protocol: crate::codec::PROTOCOL,
+            state: MemberState::Down,
+            since_ms: unix_ms(),
+            incarnation: 0,
+            last_heard: now,
+            sessions: HashMap::new(),
+            dialing: false,
+            next_dial_at: now,
+            backoff,
+        }
+    }
+}
+
 pub struct MembershipState {
     me: String,
     my_http_addr: SocketAddr,
+    my_cluster_addr: SocketAddr,
     incarnation: u64,
     peers: Vec<Peer>,
+    /// The table was read at least once (before, this node might think itself alone).
+    table_read: bool,
+    seeds: Vec<String>,
+    seeds_dialing: bool,
+    next_seed_at: Instant,
+    leaving: bool,
     /// Sessions opened (either direction) whose handshake has not finished yet.
     handshaking: HashMap<ActorId, (Instant, ActorRef<NodeSessionMessage>)>,
     node_server: ActorRef<NodeServerMessage>,
@@ -265,6 +325,7 @@ pub struct MembershipState {
     epoch: u64,
     settled: bool,
     ticker: Option<JoinHandle<()>>,
+    table_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 pub struct MembershipActor;
@@ -288,24 +349,34 @@ impl Actor for MembershipActor {
         let peers = args
             .peers
             .into_iter()
-            .map(|address| Peer {
-                address,
-                state: MemberState::Down,
-                since_ms: unix_ms(),
-                incarnation: 0,
-                last_heard: now,
-                sessions: HashMap::new(),
-                dialing: false,
-                next_dial_at: now,
-                backoff: args.timings.backoff_min,
-            })
+            .map(|address| Peer::new(address, true, now, args.timings.backoff_min))
             .collect();
         let ticker = myself.send_interval(args.timings.heartbeat_interval, || MembershipMsg::Tick);
+        let table_task = args.table.clone().map(|table| {
+            spawn_table_keeper(
+                table,
+                myself.clone(),
+                args.view.subscribe(),
+                crate::cluster::table::TableMember {
+                    id: args.me.clone(),
+                    cluster_addr: args.my_cluster_addr,
+                    http_addr: args.my_http_addr,
+                    incarnation: args.incarnation,
+                    since_ms: unix_ms(),
+                },
+            )
+        });
         let mut state = MembershipState {
             me: args.me,
             my_http_addr: args.my_http_addr,
+            my_cluster_addr: args.my_cluster_addr,
             incarnation: args.incarnation,
             peers,
+            table_read: args.table.is_none(),
+            seeds: args.seeds,
+            seeds_dialing: false,
+            next_seed_at: now,
+            leaving: false,
             handshaking: HashMap::new(),
             node_server: args.node_server,
             dialer: args.dialer,
@@ -319,8 +390,9 @@ impl Actor for MembershipActor {
             epoch: 0,
             settled: false,
             ticker: Some(ticker),
+            table_task,
         };
-        state.settled = state.peers.is_empty();
+        state.settled = state.peers.is_empty() && state.table_read;
         state.publish();
         tracing::info!(node = %state.me, incarnation = state.incarnation, peers = state.peers.len(), "membership started");
         Ok(state)
@@ -333,6 +405,9 @@ impl Actor for MembershipActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(ticker) = state.ticker.take() {
             ticker.abort();
+        }
+        if let Some(task) = state.table_task.take() {
+            task.abort();
         }
         state
             .node_server
@@ -359,6 +434,9 @@ impl Actor for MembershipActor {
             MembershipMsg::SessionClosed(session) => state.session_closed(session),
             MembershipMsg::DialFinished { peer, result } => state.dial_finished(&peer, result),
             MembershipMsg::Heartbeat(beat) => state.heartbeat(beat),
+            MembershipMsg::Table(table) => state.table(table),
+            MembershipMsg::Leave => state.leave(),
+            MembershipMsg::SeedsDialed => state.seeds_dialing = false,
         }
         Ok(())
     }
@@ -382,7 +460,7 @@ impl MembershipState {
         }
         for index in 0..self.peers.len() {
             let silent_for = now.duration_since(self.peers[index].last_heard);
-            if self.peers[index].state == MemberState::Up
+            if self.peers[index].state != MemberState::Down
                 && silent_for > self.timings.failure_timeout
             {
                 let reason = format!("no heartbeat for {} ms", silent_for.as_millis());
@@ -396,7 +474,11 @@ impl MembershipState {
             }
         }
         self.expire_handshakes(now);
-        if !self.settled && now.duration_since(self.started) > 2 * self.timings.failure_timeout {
+        self.maybe_dial_seeds(myself, now);
+        if !self.settled
+            && self.table_read
+            && now.duration_since(self.started) > 2 * self.timings.failure_timeout
+        {
             self.settled = true;
             self.publish();
         }
@@ -417,7 +499,7 @@ impl MembershipState {
         tokio::spawn(async move {
             let result = match tokio::time::timeout(
                 timeout,
-                dialer.dial(&server, &peer_id, address),
+                dialer.dial(&server, Some(&peer_id), address),
             )
             .await
             {
@@ -490,8 +572,9 @@ impl MembershipState {
             .iter()
             .position(|peer| peer.address.id == peer_id)
         else {
-            // Same cookie, different config: refuse it rather than route entities to a stranger.
-            tracing::warn!(peer = %peer_id, addr = %session.peer_addr, "closing a session from a node that is not in cluster.toml");
+            // Not configured and not (yet) in the membership table: refuse it rather than route
+            // entities to a stranger; a joining node is in the table at its next dial.
+            tracing::debug!(peer = %peer_id, addr = %session.peer_addr, "closing a session from a node that is neither in cluster.toml nor in the membership table (yet)");
             metrics::counter!(names::SESSIONS_CLOSED_TOTAL, "reason" => "unknown peer")
                 .increment(1);
             session.actor.stop(Some("unknown node".into()));
@@ -514,7 +597,7 @@ impl MembershipState {
             return;
         };
         self.peers[index].sessions.remove(&session_id);
-        if self.peers[index].sessions.is_empty() && self.peers[index].state == MemberState::Up {
+        if self.peers[index].sessions.is_empty() && self.peers[index].state != MemberState::Down {
             self.mark_down(index, "connection closed");
         }
     }
@@ -541,13 +624,24 @@ impl MembershipState {
         } else {
             self.send_beat(index, true, beat.sent_at_us);
         }
+        let protocol = beat.protocol.min(crate::codec::PROTOCOL);
+        if self.peers[index].protocol != protocol {
+            self.peers[index].protocol = protocol;
+            self.publish();
+        }
+        if beat.leaving {
+            if self.peers[index].state != MemberState::Leaving {
+                self.transition(index, MemberState::Leaving, "it is leaving the cluster");
+            }
+            return;
+        }
         let peer = &self.peers[index];
         if peer.state == MemberState::Up && peer.incarnation != beat.incarnation {
             // It restarted faster than we could notice: its old entities are gone, so tell
             // subscribers it went down before saying it is up again.
             self.mark_down(index, "restarted with a new incarnation");
         }
-        if self.peers[index].state == MemberState::Down {
+        if self.peers[index].state != MemberState::Up {
             self.peers[index].incarnation = beat.incarnation;
             self.peers[index].backoff = self.timings.backoff_min;
             self.mark_up(index);
@@ -568,6 +662,8 @@ impl MembershipState {
             incarnation: self.incarnation,
             pong,
             sent_at_us,
+            leaving: self.leaving,
+            protocol: crate::codec::PROTOCOL,
         };
         let target: ActorRef<HeartbeatMsg> = target.into();
         if target.cast(HeartbeatMsg::Beat(Wire::new(beat))).is_ok() && !pong {
@@ -598,7 +694,10 @@ impl MembershipState {
 
     fn mark_up(&mut self, index: usize) {
         self.transition(index, MemberState::Up, "heartbeat received");
-        if !self.settled && self.peers.iter().all(|peer| peer.state == MemberState::Up) {
+        if !self.settled
+            && self.table_read
+            && self.peers.iter().all(|peer| peer.state == MemberState::Up)
+        {
             self.settled = true;
             self.publish();
         }
@@ -620,6 +719,9 @@ impl MembershipState {
             MemberState::Down => {
                 tracing::warn!(member = %member, incarnation, reason, "member down")
             }
+            MemberState::Leaving => {
+                tracing::info!(member = %member, incarnation, reason, "member leaving")
+            }
         }
         metrics::counter!(names::MEMBERSHIP_TRANSITIONS_TOTAL, "member" => member.clone(), "state" => state.as_str())
             .increment(1);
@@ -638,10 +740,15 @@ impl MembershipState {
         let mut members = Vec::with_capacity(self.peers.len() + 1);
         members.push(MemberStatus {
             id: self.me.clone(),
-            state: MemberState::Up,
+            state: if self.leaving {
+                MemberState::Leaving
+            } else {
+                MemberState::Up
+            },
             since_ms: self.started_ms,
             incarnation: self.incarnation,
             http_addr: self.my_http_addr,
+            protocol: crate::codec::PROTOCOL,
         });
         members.extend(self.peers.iter().map(|peer| MemberStatus {
             id: peer.address.id.clone(),
@@ -649,6 +756,7 @@ impl MembershipState {
             since_ms: peer.since_ms,
             incarnation: peer.incarnation,
             http_addr: peer.address.http_addr,
+            protocol: peer.protocol,
         }));
         let up = members
             .iter()
@@ -660,6 +768,124 @@ impl MembershipState {
             members,
             epoch: self.epoch,
             settled: self.settled,
+        });
+    }
+
+    /// The latest table: members it lists become peers (dialed, heartbeated); learned peers
+    /// it no longer lists, and that are down, leave the view.
+    fn table(&mut self, table: crate::cluster::table::MemberTable) {
+        let now = Instant::now();
+        let mut changed = false;
+        for member in &table.members {
+            if member.id == self.me {
+                continue;
+            }
+            match self.peers.iter_mut().find(|peer| peer.address.id == member.id) {
+                Some(peer) => {
+                    if !peer.configured
+                        && (peer.address.cluster_addr != member.cluster_addr
+                            || peer.address.http_addr != member.http_addr)
+                    {
+                        peer.address.cluster_addr = member.cluster_addr;
+                        peer.address.http_addr = member.http_addr;
+                        changed = true;
+                    }
+                }
+                None => {
+                    tracing::info!(member = %member.id, cluster_addr = %member.cluster_addr, "a new member joined the cluster");
+                    self.peers.push(Peer::new(
+                        PeerAddress {
+                            id: member.id.clone(),
+                            cluster_addr: member.cluster_addr,
+                            http_addr: member.http_addr,
+                        },
+                        false,
+                        now,
+                        self.timings.backoff_min,
+                    ));
+                    changed = true;
+                }
+            }
+        }
+        let before = self.peers.len();
+        self.peers.retain(|peer| {
+            peer.configured
+                || peer.state != MemberState::Down
+                || table.member(&peer.address.id).is_some()
+        });
+        changed |= self.peers.len() != before;
+        let first = !self.table_read;
+        self.table_read = true;
+        if first && !self.settled && self.peers.iter().all(|peer| peer.state == MemberState::Up) {
+            self.settled = true;
+            changed = true;
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Graceful leave: peers learn it from the next heartbeats and take the entities over;
+    /// this node's own view no longer places anything on it.
+    fn leave(&mut self) {
+        if self.leaving {
+            return;
+        }
+        tracing::info!(node = %self.me, "leaving the cluster: handing entities off");
+        self.leaving = true;
+        for index in 0..self.peers.len() {
+            if !self.peers[index].sessions.is_empty() {
+                self.send_beat(index, false, self.micros_since_start());
+            }
+        }
+        self.publish();
+    }
+
+    /// While no peer is up, dials the seeds (resolving names: a Kubernetes headless service
+    /// resolves to every pod) that are not a known peer's address.
+    fn maybe_dial_seeds(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
+        if self.seeds.is_empty()
+            || self.seeds_dialing
+            || now < self.next_seed_at
+            || self.peers.iter().any(|peer| peer.state == MemberState::Up)
+        {
+            return;
+        }
+        self.seeds_dialing = true;
+        self.next_seed_at = now + self.timings.backoff_max.min(Duration::from_secs(2));
+        let seeds = self.seeds.clone();
+        let known: HashSet<SocketAddr> = self
+            .peers
+            .iter()
+            .map(|peer| peer.address.cluster_addr)
+            .chain([self.my_cluster_addr])
+            .collect();
+        let dialer = self.dialer.clone();
+        let server = self.node_server.clone();
+        let timeout = self.timings.handshake_timeout;
+        let membership = myself.clone();
+        tokio::spawn(async move {
+            for seed in seeds {
+                let Ok(Ok(addresses)) =
+                    tokio::time::timeout(timeout, tokio::net::lookup_host(seed.as_str())).await
+                else {
+                    tracing::debug!(seed, "cannot resolve a seed");
+                    continue;
+                };
+                for address in addresses {
+                    if known.contains(&address) {
+                        continue;
+                    }
+                    if let Err(error) =
+                        tokio::time::timeout(timeout, dialer.dial(&server, None, address))
+                            .await
+                            .unwrap_or_else(|_| Err("timed out".into()))
+                    {
+                        tracing::debug!(%address, %error, "cannot dial a seed");
+                    }
+                }
+            }
+            let _ = membership.cast(MembershipMsg::SeedsDialed);
         });
     }
 
@@ -683,4 +909,70 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+/// Keeps this node's entry in the membership table current, drops members gone for longer
+/// than `remove_after` (configured ones are never dropped, as they are peers anyway), and
+/// hands every version read to the membership actor.
+fn spawn_table_keeper(
+    table: TableArgs,
+    membership: ActorRef<MembershipMsg>,
+    view: watch::Receiver<View>,
+    me: crate::cluster::table::TableMember,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let now_ms = unix_ms();
+            let (gone, leaving): (Vec<String>, bool) = {
+                let view = view.borrow();
+                let gone = view
+                    .members
+                    .iter()
+                    .filter(|member| {
+                        member.id != me.id
+                            && member.state == MemberState::Down
+                            && now_ms.saturating_sub(member.since_ms)
+                                > table.remove_after.as_millis() as u64
+                    })
+                    .map(|member| member.id.clone())
+                    .collect();
+                let leaving = view
+                    .member(&me.id)
+                    .is_some_and(|member| member.state == MemberState::Leaving);
+                (gone, leaving)
+            };
+            let outcome = crate::cluster::table::update(table.objects.as_ref(), |current| {
+                let mut changed = false;
+                let listed = current.member(&me.id).cloned();
+                if !leaving
+                    && listed.as_ref().is_none_or(|listed| {
+                        listed.incarnation != me.incarnation
+                            || listed.cluster_addr != me.cluster_addr
+                            || listed.http_addr != me.http_addr
+                    })
+                {
+                    current.members.retain(|member| member.id != me.id);
+                    current.members.push(me.clone());
+                    changed = true;
+                }
+                let before = current.members.len();
+                current.members.retain(|member| {
+                    !gone.contains(&member.id) && !(leaving && member.id == me.id)
+                });
+                changed || current.members.len() != before
+            })
+            .await;
+            match outcome {
+                Ok(current) => {
+                    if membership.cast(MembershipMsg::Table(current)).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the membership table; retrying")
+                }
+            }
+            tokio::time::sleep(table.poll_interval).await;
+        }
+    })
 }

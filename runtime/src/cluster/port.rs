@@ -212,38 +212,45 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    /// Connects to `peer` at `address` (its certificate must name it when TLS is on).
+    /// Connects to `peer` at `address` (its certificate must name it when TLS is on); with no
+    /// `peer` (a seed), to whichever node of the cluster answers there.
     pub async fn dial(
         &self,
         node_server: &ActorRef<NodeServerMessage>,
-        peer: &str,
+        peer: Option<&str>,
         address: SocketAddr,
     ) -> std::result::Result<(), String> {
+        let peer_name = peer.unwrap_or("seed");
         let stream = tokio::net::TcpStream::connect(address)
             .await
             .map_err(|error| format!("cannot connect to {address}: {error}"))?;
         let _ = stream.set_nodelay(true);
         let label = format!(
-            "{peer}@{address}#out{}",
+            "{peer_name}@{address}#out{}",
             self.pending.next_label.fetch_add(1, Ordering::Relaxed)
         );
         let transport = match &self.security.tls {
             None => Transport::Plain(stream),
             Some(tls) => {
-                let stream = tokio::time::timeout(
-                    self.security.handshake_timeout,
-                    tls.connect(stream, peer),
-                )
-                .await
-                .map_err(|_| format!("TLS handshake with {address} timed out"))?
-                .map_err(|error| format!("TLS handshake with {peer} at {address}: {error}"))?;
+                let handshake = async {
+                    match peer {
+                        Some(peer) => tls.connect(stream, peer).await,
+                        None => tls.connect_any(stream).await,
+                    }
+                };
+                let stream = tokio::time::timeout(self.security.handshake_timeout, handshake)
+                    .await
+                    .map_err(|_| format!("TLS handshake with {address} timed out"))?
+                    .map_err(|error| {
+                        format!("TLS handshake with {peer_name} at {address}: {error}")
+                    })?;
                 let certificate = stream
                     .get_ref()
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
                     .map(|certificate| certificate.clone().into_owned())
-                    .ok_or_else(|| format!("{peer} presented no certificate"))?;
+                    .ok_or_else(|| format!("{peer_name} presented no certificate"))?;
                 self.security.identities.insert(label.clone(), certificate);
                 Transport::TlsClient(Box::new(stream))
             }

@@ -26,6 +26,9 @@ use crate::error::{Result, RuntimeError};
 pub struct ClusterTls {
     acceptor: tokio_rustls::TlsAcceptor,
     connector: tokio_rustls::TlsConnector,
+    /// For seeds, whose node id is not known before the handshake: any certificate of the
+    /// CA; the id the peer then claims is checked against it (`Identities`).
+    any_node: tokio_rustls::TlsConnector,
 }
 
 impl std::fmt::Debug for ClusterTls {
@@ -86,12 +89,23 @@ impl ClusterTls {
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|error| tls_error("protocol versions", error))?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .map_err(|error| tls_error("the node's certificate or key", error))?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+            .build()
+            .map_err(|error| tls_error("server verifier", error))?;
+        let any_node = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| tls_error("protocol versions", error))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyNodeOfTheCa(webpki)))
             .with_client_auth_cert(chain, key)
             .map_err(|error| tls_error("the node's certificate or key", error))?;
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            any_node: tokio_rustls::TlsConnector::from(Arc::new(any_node)),
         })
     }
 
@@ -124,6 +138,69 @@ impl ClusterTls {
             std::io::Error::other(format!("{peer:?} is not a certificate name: {error}"))
         })?;
         self.connector.connect(name, stream).await
+    }
+}
+
+impl ClusterTls {
+    /// The client side of a handshake with a seed: any node certificate of the CA.
+    pub async fn connect_any(
+        &self,
+        stream: TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = ServerName::try_from("seed")
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        self.any_node.connect(name, stream).await
+    }
+}
+
+/// Verifies a server's chain against the CA and its signatures, but not its name: used to
+/// dial seeds, whose ids are not known yet; the membership actor then checks the id the peer
+/// claims against its certificate, as for every connection.
+#[derive(Debug)]
+struct AnyNodeOfTheCa(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyNodeOfTheCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            // The name is checked after the chain: a name mismatch means the chain is good.
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, certificate, signature)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        certificate: &CertificateDer<'_>,
+        signature: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, certificate, signature)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
     }
 }
 

@@ -191,12 +191,12 @@ impl<E: Entity> EntityRef<E> {
         timeout: Duration,
     ) -> Result<E::Reply> {
         let deadline = started + timeout;
-        let envelope = Envelope {
-            entity: self.id.clone(),
+        let envelope = Envelope::new(
+            self.id.clone(),
             msg_id,
             payload,
-            from: self.runtime.node_id().to_string(),
-        };
+            self.runtime.node_id().to_string(),
+        );
         let mut views = self.runtime.watch_view();
         let mut hint: Option<String> = None;
         let mut backoff = RETRY_BACKOFF_MIN;
@@ -272,14 +272,14 @@ impl<E: Entity> EntityRef<E> {
                 .map_err(|error| RuntimeError::Unavailable(error.to_string()));
         }
         let host = self.runtime.peer_host(&owner)?;
-        let envelope = Envelope {
-            entity: self.id.clone(),
-            msg_id: delivery
+        let envelope = Envelope::new(
+            self.id.clone(),
+            delivery
                 .msg_id
                 .unwrap_or_else(|| self.runtime.next_msg_id()),
-            payload: delivery.payload,
-            from: self.runtime.node_id().to_string(),
-        };
+            delivery.payload,
+            self.runtime.node_id().to_string(),
+        );
         self.check_fits(&envelope)?;
         host.cast(HostMsg::Tell(Wire::new(envelope)))
             .map_err(|error| RuntimeError::Unavailable(error.to_string()))
@@ -409,6 +409,7 @@ pub(crate) fn envelope_bytes(envelope: &Envelope) -> usize {
         + envelope.entity.kind.len()
         + envelope.entity.key.len()
         + envelope.from.len()
+        + envelope.extensions.bytes_len()
         + FIELDS_OVERHEAD_BYTES
 }
 

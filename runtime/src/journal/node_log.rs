@@ -460,6 +460,12 @@ impl NodeJournal {
         Ok((epoch, loaded))
     }
 
+    /// Waits until each of `partitions` has a newer claim by another node (graceful leave:
+    /// the new owners are taking them over), or `deadline`; returns whether all do.
+    pub async fn wait_taken_over(&self, partitions: &[u32], deadline: tokio::time::Instant) -> bool {
+        super::partitions::wait_taken_over(&self.shared, partitions, deadline).await
+    }
+
     /// Stops every task of the journal at once, as a crash would: nothing pending is
     /// flushed or answered.
     pub fn abort(&self) {

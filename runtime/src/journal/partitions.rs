@@ -385,6 +385,43 @@ async fn read_seal(shared: &Shared, partition: u32, epoch: u64) -> Result<Option
     }
 }
 
+/// Waits until every one of `partitions` has been claimed by another log than this node's
+/// (its new owner is taking it over), or `deadline`; returns whether they all were.
+pub(super) async fn wait_taken_over(
+    shared: &Shared,
+    partitions: &[u32],
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut waiting: Vec<u32> = partitions.to_vec();
+    while !waiting.is_empty() {
+        let checks: Vec<(u32, bool)> = futures_util::stream::iter(waiting.clone())
+            .map(|partition| async move {
+                let taken = latest_claim(shared, partition)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|claim| claim.log != shared.log);
+                (partition, taken)
+            })
+            .buffer_unordered(shared.settings.acquisitions_in_flight_max.max(1))
+            .collect()
+            .await;
+        waiting = checks
+            .into_iter()
+            .filter(|(_, taken)| !taken)
+            .map(|(partition, _)| partition)
+            .collect();
+        if waiting.is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// The latest claim of `partition`, if any.
 async fn latest_claim(shared: &Shared, partition: u32) -> Result<Option<Claim>> {
     let names = shared

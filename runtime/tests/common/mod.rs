@@ -7,6 +7,7 @@ use runtime::config::ClusterConfig;
 
 /// A config with the single node `id` whose object store is `objects` (shared if you pass the
 /// same directory to two nodes) and whose data lives under `data`.
+#[allow(dead_code)] // not every test file starts a single node
 pub fn single_node_config(id: &str, data: &Path, objects: &Path, extra: &str) -> ClusterConfig {
     ClusterConfig::single_node(id, data, objects, false, extra).expect("test config is valid")
 }
