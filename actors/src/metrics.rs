@@ -24,4 +24,10 @@ pub fn describe() {
         ROOM_REJOINS_TOTAL,
         "Rooms rejoined by sessions after their owner changed"
     );
+    // Exported from the start, at zero, for the dashboard and alerts (deploy/): a counter born
+    // at its first event hides that event from `increase()`.
+    metrics::gauge!(SESSIONS_ACTIVE).increment(0.0);
+    metrics::counter!(FRAMES_IN_TOTAL).increment(0);
+    metrics::counter!(FRAMES_OUT_TOTAL).increment(0);
+    metrics::counter!(SLOW_CLIENTS_TOTAL).increment(0);
 }

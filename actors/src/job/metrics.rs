@@ -39,4 +39,8 @@ pub fn describe() {
         "Unfinished jobs this node's reviver re-activated, by outcome."
     );
     metrics::describe_counter!(REVIVER_SCANS_TOTAL, "Scans of the unfinished-job markers.");
+    // Exported from the start, at zero, for the dashboard and alerts (deploy/): a counter born
+    // at its first event hides that event from `increase()`.
+    metrics::counter!(WORKER_CRASHES_TOTAL).increment(0);
+    metrics::gauge!(POOL_JOBS).increment(0.0);
 }
