@@ -3,6 +3,7 @@
 //!   nodes, in the shape the queries expect (summaries for quantiles, the label values alerts
 //!   select);
 //! - the image's healthcheck script answers for a live node and fails for a dead address;
+//! - the compose file's and the ConfigMap's cluster.toml load in the node, secrets from files;
 //! - the StatefulSet's exact command, arguments and environment, with the ConfigMap and the
 //!   Secrets as files, form a real 3-process cluster: three "pods" on 127.0.0.1-3 inside a
 //!   network namespace whose hosts file makes the headless Service's name resolve to all three
@@ -269,6 +270,45 @@ async fn the_image_healthcheck_passes_for_a_live_node_and_fails_otherwise() {
     cluster.kill("n1");
     let dead = run(address.to_string());
     assert!(!dead.success(), "healthcheck of a dead node succeeded");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The configs the containers mount
+
+#[test]
+fn the_compose_and_configmap_configs_are_accepted_by_the_node() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let cookie = directory.path().join("cookie");
+    let jwt_secret = directory.path().join("jwt-secret");
+    std::fs::write(&cookie, "deploy-test-cookie-7c2e").expect("cookie file");
+    std::fs::write(&jwt_secret, "deploy-test-jwt-secret-3f9a1d5b7e2c4a6b").expect("secret file");
+    let config_map = directory.path().join("configmap-cluster.toml");
+    std::fs::write(
+        &config_map,
+        yaml("k8s/configmap.yaml")["data"]["cluster.toml"]
+            .as_str()
+            .expect("the ConfigMap's cluster.toml"),
+    )
+    .expect("write the ConfigMap's cluster.toml");
+    for config in [deploy_dir().join("cluster.toml"), config_map] {
+        // `node token` loads and validates the whole config, secrets from files included,
+        // without starting a node.
+        let output = Command::new(env!("CARGO_BIN_EXE_node"))
+            .args(["token", "--user", "probe", "--config"])
+            .arg(&config)
+            .env_clear()
+            .env("PATH", IMAGE_PATH)
+            .env("ACTORHUB_COOKIE_FILE", &cookie)
+            .env("ACTORHUB_JWT_SECRET_FILE", &jwt_secret)
+            .output()
+            .expect("run node token");
+        assert!(
+            output.status.success(),
+            "the node rejects {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
