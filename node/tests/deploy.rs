@@ -33,6 +33,8 @@ use promql::{Exposition, deploy_queries, selectors};
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(20);
+/// A node's drain on SIGTERM, at most (the StatefulSet's terminationGracePeriodSeconds).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long three fresh processes may take to find each other and settle.
 const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -209,7 +211,7 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     // A graceful leave: n1 sees n2 `leaving`, then `down` once it is gone (the alert on
     // unexpected downs subtracts the leaves).
     cluster
-        .terminate("n2", WAIT)
+        .terminate("n2", DRAIN_TIMEOUT)
         .await
         .expect("n2 stops on SIGTERM");
     cluster
