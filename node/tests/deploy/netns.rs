@@ -39,6 +39,34 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Every namespace of this test is `<prefix><pid of the test process>`.
+const NAMESPACE_PREFIX: &str = "ahdeploy";
+
+/// Removes the namespaces (and hosts files) of earlier runs of this test whose process is
+/// gone (killed before its Drop ran), after SIGKILLing what still runs inside them: only such
+/// a run can have started processes there.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(NAMESPACE_PREFIX) else {
+            continue;
+        };
+        if !pid.chars().all(|c| c.is_ascii_digit()) || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        if let Ok(output) = Command::new("ip").args(["netns", "pids", &name]).output() {
+            for inside in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", inside]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&name));
+    }
+}
+
 /// A network namespace with `lo` up and its own hosts file, the processes started in it, and
 /// the files of its pods. Dropping it kills the processes (by pid) and removes the namespace,
 /// its hosts file and the files.
@@ -53,7 +81,8 @@ pub struct PodNetwork {
 impl PodNetwork {
     /// `hosts`: (name, addresses) lines of the namespace's /etc/hosts.
     pub fn create(hosts: &[(String, Vec<String>)]) -> PodNetwork {
-        let namespace = format!("ahdeploy{}", std::process::id());
+        remove_leftovers();
+        let namespace = format!("{NAMESPACE_PREFIX}{}", std::process::id());
         let netns_etc = PathBuf::from("/etc/netns").join(&namespace);
         let network = PodNetwork {
             namespace: namespace.clone(),
