@@ -1,7 +1,7 @@
-//! The application's sections of `cluster.toml`: `[users]`, `[jobs]` and `[sessions]`, their
-//! defaults and their validation (errors name the key). The `node` binary reads the file and
-//! the environment and hands these sections over; the runtime's own sections are in
-//! `runtime::config`, the web layer's in `web::config`.
+//! The application's sections of `cluster.toml`: `[users]`, `[jobs]`, `[sessions]` and
+//! `[rooms]`, their defaults and their validation (errors name the key). The `node` binary
+//! reads the file and the environment and hands these sections over; the runtime's own
+//! sections are in `runtime::config`, the web layer's in `web::config`.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,7 @@ pub struct AppConfig {
     pub users: UsersSection,
     pub jobs: JobsSection,
     pub sessions: SessionsSection,
+    pub rooms: RoomsSection,
 }
 
 impl AppConfig {
@@ -26,6 +27,26 @@ impl AppConfig {
         self.users.validate().map_err(InvalidConfig)?;
         self.jobs.validate().map_err(InvalidConfig)?;
         self.sessions.validate().map_err(InvalidConfig)?;
+        self.rooms.validate().map_err(InvalidConfig)?;
+        Ok(())
+    }
+}
+
+/// `[rooms]`: chat rooms. Only a test hook so far.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsSection {
+    /// For the failover tests only: a room creation waits this long between creating the room
+    /// and listing it in the directory, so that a test can kill the node there. 0 (the
+    /// default): no wait. Never in production.
+    pub test_pause_before_listing_ms: u64,
+}
+
+impl RoomsSection {
+    fn validate(&self) -> Result<(), String> {
+        if self.test_pause_before_listing_ms > 600_000 {
+            return Err("`rooms.test_pause_before_listing_ms`: at most 600000".into());
+        }
         Ok(())
     }
 }

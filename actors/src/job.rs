@@ -37,6 +37,7 @@ pub mod port;
 pub mod request;
 pub mod reviver;
 mod run;
+pub mod service;
 pub mod store;
 
 use std::sync::{Arc, OnceLock};
@@ -537,6 +538,17 @@ impl Job {
         let Some(info) = &state.info else { return };
         if !state.deleted && !state.phase.is_final() {
             self.start_worker(info, context);
+            // A submission whose node died before it confirmed the user's slot: confirm it
+            // now (a no-op once confirmed), so the slot counts until the job finishes.
+            let index = context.runtime().entity::<JobIndex>(info.owner.clone());
+            let confirm = index::Confirm {
+                job: context.key().to_string(),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = index.ask(confirm).await {
+                    tracing::debug!(%error, "could not confirm a job's slot; the reviver retries");
+                }
+            });
         } else {
             self.clean_up(state, context);
         }

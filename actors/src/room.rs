@@ -7,16 +7,20 @@
 //! broadcast goes once to each node that has members, and that node's pub/sub fans it out to
 //! its sessions. Members of nodes that are down are dropped at the next broadcast.
 
+mod history;
+pub mod lister;
 mod request;
+pub mod service;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use runtime::{Context, Entity, EntityId, Runtime, RuntimeError};
+use runtime::{Context, Entity, Runtime};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::ServerFrame;
 
 pub use self::request::{Create, History, Info, Join, Joined, Leave, Page, Post, Posted, Summary};
+pub use self::service::{Rooms, RoomsError};
 
 /// Messages kept in the room's state for replay to rejoining members; older ones are read
 /// from the journal.
@@ -478,79 +482,6 @@ fn validate_name(name: &str) -> Result<String, RoomError> {
         ));
     }
     Ok(name.to_string())
-}
-
-/// Messages with `after < seq < before`, oldest first, at most `limit`: from the room's memory
-/// when it still holds them, otherwise from its journal.
-pub async fn history(
-    runtime: &Runtime,
-    room: &str,
-    after: u64,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Result<Vec<ChatMessage>, RoomError>, RuntimeError> {
-    let page = History {
-        after,
-        before,
-        limit,
-    };
-    match runtime.entity::<Room>(room.to_string()).ask(page).await? {
-        Ok(Page {
-            messages,
-            complete: true,
-        }) => Ok(Ok(messages)),
-        Ok(Page { .. }) => journal_history(runtime, room, after, before, limit)
-            .await
-            .map(Ok),
-        Err(error) => Ok(Err(error)),
-    }
-}
-
-/// Reads messages `after < seq < before` from the room's journal, oldest first.
-async fn journal_history(
-    runtime: &Runtime,
-    room: &str,
-    after: u64,
-    before: Option<u64>,
-    limit: usize,
-) -> Result<Vec<ChatMessage>, RuntimeError> {
-    let entity = EntityId::new(Room::KIND, room);
-    let journal = runtime.journal();
-    // Journal seq 1 is the room's creation, so message seq n is journal seq n + 1 (or later):
-    // start at the segment holding the first wanted message and follow the chain from there,
-    // so a page costs what it returns, however long the room's history.
-    let span_max = runtime.config().entities.batch_events_max as u64;
-    let Some(mut start) = journal
-        .segment_holding(&entity, after.saturating_add(2), span_max)
-        .await?
-    else {
-        return Ok(Vec::new());
-    };
-    let limit = limit.clamp(1, HISTORY_PAGE_MAX);
-    let bytes_max = page_bytes_max(runtime);
-    let mut page_bytes = 0;
-    let mut messages = Vec::new();
-    while let Some(records) = journal.read_records(&entity, start).await? {
-        for record in records {
-            start += record.events.len() as u64;
-            for bytes in &record.events {
-                let event: RoomEvent = runtime::codec::decode(bytes, "room event")?;
-                if let RoomEvent::Posted(message) = event
-                    && message.seq > after
-                {
-                    if before.is_some_and(|before| message.seq >= before) {
-                        return Ok(messages);
-                    }
-                    page_bytes += message_bytes(&message);
-                    messages.push(message);
-                    if messages.len() >= limit || page_bytes >= bytes_max {
-                        return Ok(messages);
-                    }
-                }
-            }
-        }
-    }
-    Ok(messages)
 }
 
 #[cfg(test)]

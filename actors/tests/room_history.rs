@@ -92,12 +92,13 @@ async fn history_pages_through_the_journal_in_order() {
         total + 1
     );
 
+    let rooms = room::Rooms::new(runtime.clone(), Default::default());
     let mut seqs = Vec::new();
     loop {
         let after = seqs.last().copied().unwrap_or(0);
-        let page = room::history(&runtime, "long", after, None, room::HISTORY_PAGE_MAX)
+        let page = rooms
+            .history("long", after, None, room::HISTORY_PAGE_MAX)
             .await
-            .expect("asked")
             .expect("history");
         if page.is_empty() {
             break;
@@ -108,9 +109,9 @@ async fn history_pages_through_the_journal_in_order() {
     let expected: Vec<u64> = (1..=total as u64).collect();
     assert_eq!(seqs, expected, "every message once, in order");
 
-    let bounded = room::history(&runtime, "long", 10, Some(150), room::HISTORY_PAGE_MAX)
+    let bounded = rooms
+        .history("long", 10, Some(150), room::HISTORY_PAGE_MAX)
         .await
-        .expect("asked")
         .expect("history");
     let bounded: Vec<u64> = bounded.iter().map(|message| message.seq).collect();
     assert_eq!(

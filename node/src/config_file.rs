@@ -3,13 +3,13 @@
 //!
 //! The file is assembled from the sections each crate owns: the runtime's (`[cluster]`,
 //! `[entities]`, `[storage]`, `[limits]`, `[journal]`, `[[node]]`), the application's
-//! (`[users]`, `[jobs]`, `[sessions]`: `actors::config`) and the web layer's (`[web]`:
-//! `web::config`). [`FileConfig`] lists them all, so a key that no crate owns is an error
-//! naming it. Each crate then validates its own sections.
+//! (`[users]`, `[jobs]`, `[sessions]`, `[rooms]`: `actors::config`) and the web layer's
+//! (`[web]`: `web::config`). [`FileConfig`] lists them all, so a key that no crate owns is an
+//! error naming it. Each crate then validates its own sections.
 
 use std::path::Path;
 
-use actors::config::{AppConfig, JobsSection, SessionsSection, UsersSection};
+use actors::config::{AppConfig, JobsSection, RoomsSection, SessionsSection, UsersSection};
 use anyhow::Context;
 use runtime::config::{
     ClusterConfig, ClusterSection, ConfigOverrides, EntitySection, JournalSection, LimitsSection,
@@ -39,6 +39,8 @@ struct FileConfig {
     users: UsersSection,
     #[serde(default)]
     jobs: JobsSection,
+    #[serde(default)]
+    rooms: RoomsSection,
     #[serde(rename = "node")]
     nodes: Vec<NodeConfig>,
 }
@@ -113,6 +115,7 @@ pub fn parse(
         sessions,
         users,
         jobs,
+        rooms,
         nodes,
     } = file;
     let overrides = ConfigOverrides {
@@ -134,6 +137,7 @@ pub fn parse(
         users,
         jobs,
         sessions,
+        rooms,
     };
     app.validate().map_err(|error| invalid(origin, error))?;
     let mut web = web;

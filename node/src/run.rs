@@ -132,6 +132,9 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     ))
     .await
     .context("cannot start the job reviver")?;
+    node.start_child(actors::room::lister::child_spec(node.runtime()))
+        .await
+        .context("cannot start the room lister")?;
     let state = web::AppState {
         runtime: node.runtime(),
         metrics,
@@ -143,6 +146,8 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
             mailer,
             format!("http://{http_addr}"),
         ),
+        rooms: actors::room::Rooms::new(node.runtime(), app.rooms.clone()),
+        jobs: actors::job::service::Jobs::new(node.runtime(), Arc::new(app.jobs.clone())),
         app,
         web: Arc::new(web_settings),
     };

@@ -598,3 +598,105 @@ async fn killing_a_room_owner_under_traffic_loses_and_duplicates_nothing_acknowl
     }
     let _ = started;
 }
+
+/// The rooms listed by `node`.
+async fn listed_rooms(cluster: &TestCluster, node: &str) -> Vec<String> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/api/rooms", cluster.http_url(node)))
+        .bearer_auth(test_token("auditor"))
+        .send()
+        .await
+        .expect("list rooms");
+    assert_eq!(response.status(), 200, "list rooms");
+    let body: Value = response.json().await.expect("json");
+    body["rooms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|room| room["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The ids of the rooms created and maybe not listed (their markers in the shared store).
+fn unlisted_markers(cluster: &TestCluster) -> Vec<String> {
+    let folder = cluster.dir().join("data/objects/rooms/unlisted");
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        // `<name>#<n>` is a write in progress.
+        .filter(|name| !name.contains('#'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_whose_creator_node_dies_before_listing_it_is_listed_anyway() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // Every creation pauses between creating the room and listing it: n1 dies there.
+    let cluster = cluster_with(&[("rooms", "test_pause_before_listing_ms", 600_000)]).await;
+    let creator = {
+        let url = format!("{}/api/rooms", cluster.http_url("n1"));
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(test_token("room-maker"))
+                .json(&json!({ "name": "Interrupted" }))
+                .send()
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let room = loop {
+        if let Some(room) = unlisted_markers(&cluster).pop() {
+            break room;
+        }
+        assert!(Instant::now() < deadline, "no creation started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The room exists (its history answers) once the first step is done.
+    let history_url = format!("{}/api/rooms/{room}/messages", cluster.http_url("n2"));
+    loop {
+        let status = reqwest::Client::new()
+            .get(&history_url)
+            .bearer_auth(test_token("auditor"))
+            .send()
+            .await
+            .expect("history")
+            .status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 404, "history of {room} while it is created");
+        assert!(Instant::now() < deadline, "the room was never created");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !listed_rooms(&cluster, "n2").await.contains(&room),
+        "the creation is paused before the listing"
+    );
+
+    cluster.kill("n1");
+    let answer = creator.await.expect("task");
+    assert!(
+        answer
+            .as_ref()
+            .map_or(true, |response| response.status() != 201),
+        "the creator died before answering: {answer:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listed_rooms(&cluster, "n2").await.contains(&room) {
+        assert!(
+            Instant::now() < deadline,
+            "{room} is not listed after its creator died\n{}",
+            cluster.diagnostics().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed_rooms(&cluster, "n3").await.contains(&room));
+    while unlisted_markers(&cluster).contains(&room) {
+        assert!(Instant::now() < deadline, "the marker of {room} stays");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

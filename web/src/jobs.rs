@@ -1,5 +1,5 @@
-//! Conversion job routes. The job itself is the `job` entity (`actors::job`); this module reads
-//! uploads with limits, checks who asks, and turns the entity's answers into HTTP.
+//! Conversion job routes. The flows are `actors::job::service::Jobs`'s (the job itself is the
+//! `job` entity); this module reads uploads with limits and maps the answers to HTTP.
 //!
 //! | route | success |
 //! |---|---|
@@ -20,18 +20,10 @@
 
 mod upload;
 
-use std::sync::Arc;
-
-use actors::config::JobsSection;
-use actors::job::convert::{Availability, Options, Target, catalogue, check_pair};
-use actors::job::format::{self, Format};
-use actors::job::index::{self, JobIndex, LIST_MAX, Reservation};
-use actors::job::request::{Delete, Status, Submit};
-use actors::job::{
-    FILE_NAME_CHARS_MAX, Job, JobError, JobInfo, JobView, Phase, download_url, store,
-};
+use actors::job::index::LIST_MAX;
+use actors::job::service::{Jobs, JobsError, Output, SubmitError};
+use actors::job::{JobView, Phase, download_url, store};
 use futures_util::StreamExt;
-use object_store::ObjectStoreExt;
 use runtime::Runtime;
 use serde::Serialize;
 use warp::http::{HeaderValue, StatusCode};
@@ -42,15 +34,13 @@ use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
 use crate::input::Query;
 
-use self::upload::{Upload, form_bytes_max, parse_form, read_form};
+use self::upload::{form_bytes_max, parse_form, read_form};
 
 /// Query parameters of the job list (`token` is read by `authenticated`, so that links can
 /// carry it).
 const LIST_PARAMETERS: [&str; 2] = ["limit", "token"];
 /// Jobs listed when the query does not say.
 const LIST_DEFAULT: usize = 50;
-/// Status requests in flight at once for one listing.
-const LIST_CONCURRENCY_MAX: usize = 8;
 /// Chunks of a download buffered between the object store and the socket.
 const DOWNLOAD_CHUNKS_BUFFERED: usize = 4;
 
@@ -129,27 +119,27 @@ impl<'a> From<&'a JobView> for JobBody<'a> {
 
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let auth = authenticated(state.tokens.clone());
+    let jobs = state.jobs.clone();
+    let with_jobs = warp::any().map(move || jobs.clone());
     let runtime = state.runtime.clone();
     let with_runtime = warp::any().map(move || runtime.clone());
-    let settings = Arc::new(state.app.jobs.clone());
-    let with_settings = warp::any().map(move || settings.clone());
 
     let converters = warp::path!("api" / "converters")
         .and(warp::get())
-        .and(with_settings.clone())
-        .map(|settings: Arc<JobsSection>| converters(&settings));
+        .and(with_jobs.clone())
+        .map(|jobs: Jobs| converters(&jobs));
 
     let submit = warp::path!("api" / "jobs")
         .and(warp::post())
-        .and(with_runtime.clone())
-        .and(with_settings)
+        .and(with_jobs.clone())
+        .and(with_runtime)
         .and(auth.clone())
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
         .then(
-            |runtime: Runtime,
-             settings: Arc<JobsSection>,
+            |jobs: Jobs,
+             runtime: Runtime,
              claims: Claims,
              content_type: Option<String>,
              length: Option<u64>,
@@ -157,7 +147,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
                 if runtime.memory().under_pressure() {
                     return ApiError::short_of_memory().into_response();
                 }
-                let bytes_max = settings.input_bytes_max;
+                let bytes_max = jobs.settings().input_bytes_max;
                 let Some(boundary) =
                     content_type.and_then(|value| multer::parse_boundary(value).ok())
                 else {
@@ -172,7 +162,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
                 };
                 let (body, rest) = crate::input::shared_body(body);
                 let form = parse_form(body, boundary, bytes_max);
-                match submit(runtime, &settings, claims, length, form).await {
+                match submit(&jobs, &runtime, claims, length, form).await {
                     Ok(response) => response,
                     Err(error) => {
                         // The parser stopped early: let a client still sending read the answer.
@@ -185,29 +175,35 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     let list = warp::path!("api" / "jobs")
         .and(warp::get())
-        .and(with_runtime.clone())
+        .and(with_jobs.clone())
         .and(auth.clone())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .then(
-            |runtime: Runtime, claims: Claims, query: String| async move {
-                let limit = match Query::parse(&query, &LIST_PARAMETERS)
-                    .and_then(|query| query.limit("limit", LIST_DEFAULT, LIST_MAX))
-                {
-                    Ok(limit) => limit,
-                    Err(error) => return error.into_response(),
-                };
-                list(runtime, claims, limit)
-                    .await
-                    .unwrap_or_else(ApiError::into_response)
-            },
-        );
+        .then(|jobs: Jobs, claims: Claims, query: String| async move {
+            let limit = match Query::parse(&query, &LIST_PARAMETERS)
+                .and_then(|query| query.limit("limit", LIST_DEFAULT, LIST_MAX))
+            {
+                Ok(limit) => limit,
+                Err(error) => return error.into_response(),
+            };
+            match jobs.list(&claims.sub, limit).await {
+                Ok(views) => {
+                    let bodies: Vec<JobBody<'_>> = views.iter().map(JobBody::from).collect();
+                    warp::reply::json(&serde_json::json!({ "jobs": bodies })).into_response()
+                }
+                Err(error) => api_error(error).into_response(),
+            }
+        });
 
     let status = warp::path!("api" / "jobs" / String)
         .and(warp::get())
-        .and(with_runtime.clone())
+        .and(with_jobs.clone())
         .and(auth.clone())
-        .then(|job: String, runtime: Runtime, claims: Claims| async move {
-            match owned_view(&runtime, &claims, &job).await {
+        .then(|job: String, jobs: Jobs, claims: Claims| async move {
+            let view = async {
+                check_job_id(&job)?;
+                jobs.status(&claims.sub, &job).await.map_err(api_error)
+            };
+            match view.await {
                 Ok(view) => warp::reply::json(&JobBody::from(&view)).into_response(),
                 Err(error) => error.into_response(),
             }
@@ -215,22 +211,29 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     let download = warp::path!("api" / "jobs" / String / "download")
         .and(warp::get())
-        .and(with_runtime.clone())
+        .and(with_jobs.clone())
         .and(auth.clone())
-        .then(|job: String, runtime: Runtime, claims: Claims| async move {
-            download(runtime, claims, job)
+        .then(|job: String, jobs: Jobs, claims: Claims| async move {
+            download(&jobs, &claims, &job)
                 .await
                 .unwrap_or_else(ApiError::into_response)
         });
 
     let delete = warp::path!("api" / "jobs" / String)
         .and(warp::delete())
-        .and(with_runtime)
+        .and(with_jobs)
         .and(auth)
-        .then(|job: String, runtime: Runtime, claims: Claims| async move {
-            delete(runtime, claims, job)
-                .await
-                .unwrap_or_else(ApiError::into_response)
+        .then(|job: String, jobs: Jobs, claims: Claims| async move {
+            let deleted = async {
+                check_job_id(&job)?;
+                jobs.delete(&claims.sub, &job).await.map_err(api_error)
+            };
+            match deleted.await {
+                Ok(()) => {
+                    warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response()
+                }
+                Err(error) => error.into_response(),
+            }
         });
 
     converters
@@ -247,12 +250,9 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
-fn availability(settings: &JobsSection) -> Availability {
-    Availability::detect(settings.test_converters)
-}
-
-fn converters(settings: &JobsSection) -> Response {
-    let pairs: Vec<PairBody> = catalogue(availability(settings))
+fn converters(jobs: &Jobs) -> Response {
+    let pairs: Vec<PairBody> = jobs
+        .converters()
         .into_iter()
         .map(|pair| PairBody {
             from: pair.from.name(),
@@ -262,10 +262,6 @@ fn converters(settings: &JobsSection) -> Response {
         })
         .collect();
     warp::reply::json(&serde_json::json!({ "converters": pairs })).into_response()
-}
-
-fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such job")
 }
 
 /// 400 for a path segment that cannot be a job id (checked before any entity is asked).
@@ -280,8 +276,27 @@ fn check_job_id(job: &str) -> Result<(), ApiError> {
     }
 }
 
-fn too_many(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+/// A job flow's failure as an HTTP error.
+fn api_error(error: JobsError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        JobsError::TooManyJobs { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_jobs", message)
+        }
+        JobsError::QueueFull { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+        }
+        JobsError::MissingFile => ApiError::bad_request("missing_file", message),
+        JobsError::MissingTarget => ApiError::bad_request("missing_target", message),
+        JobsError::EmptyFile => unprocessable("empty_file", message),
+        JobsError::UnsupportedConversion(_) => unprocessable("unsupported_conversion", message),
+        JobsError::InvalidOptions(_) => unprocessable("invalid_options", message),
+        JobsError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
+        JobsError::NotReady { .. } => ApiError::new(StatusCode::CONFLICT, "not_ready", message),
+        JobsError::Gone => ApiError::new(StatusCode::GONE, "gone", message),
+        JobsError::Store(_) | JobsError::Unexpected => ApiError::unavailable(message),
+        JobsError::Runtime(error) => ApiError::from_runtime(error),
+    }
 }
 
 fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -289,246 +304,51 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 async fn submit(
-    runtime: Runtime,
-    limits: &JobsSection,
+    jobs: &Jobs,
+    runtime: &Runtime,
     claims: Claims,
     length: Option<u64>,
     form: multer::Multipart<'static>,
 ) -> Result<Response, ApiError> {
-    if length.is_some_and(|length| length > form_bytes_max(limits.input_bytes_max)) {
+    let bytes_max = jobs.settings().input_bytes_max;
+    if length.is_some_and(|length| length > form_bytes_max(bytes_max)) {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            format!("the file is larger than {} bytes", limits.input_bytes_max),
+            format!("the file is larger than {bytes_max} bytes"),
         ));
     }
-    let job = store::new_job_id();
-    let index = runtime.entity::<JobIndex>(claims.sub.clone());
-    let reserve = index::Reserve {
-        job: job.clone(),
-        now_ms: runtime::membership::unix_ms(),
-        limit: limits.per_user_max,
-    };
-    match index.ask(reserve).await.map_err(ApiError::from_runtime)? {
-        Reservation::TooMany { limit } => {
-            return Err(too_many(
-                "too_many_jobs",
-                format!("you have {limit} unfinished jobs; wait for one to finish"),
-            ));
-        }
-        Reservation::Granted => {}
-    }
-    let release_slot = || async {
-        let _ = index.ask(index::Remove { job: job.clone() }).await;
-    };
     let store = runtime.object_store().clone();
-    let upload = match read_form(&store, &job, form, limits.input_bytes_max).await {
-        Ok(upload) => upload,
-        Err(error) => {
-            release_slot().await;
-            return Err(error);
-        }
+    let upload = |job: String| async move { read_form(&store, &job, form, bytes_max).await };
+    let view = match jobs.submit(&claims.sub, upload).await {
+        Ok(view) => view,
+        Err(SubmitError::Upload(error)) => return Err(error),
+        Err(SubmitError::Jobs(error)) => return Err(api_error(error)),
     };
-    let info = match job_info(limits, &claims, upload) {
-        Ok(info) => info,
-        Err(error) => {
-            store::delete_quietly(&store, &store::input_path(&job)).await;
-            release_slot().await;
-            return Err(error);
-        }
-    };
-    // The marker goes first: if this node dies between here and the submit, the reviver
-    // finds it and cleans up.
-    if let Err(error) = store::put_marker(&store, &job, &claims.sub).await {
-        store::delete_quietly(&store, &store::input_path(&job)).await;
-        release_slot().await;
-        return Err(ApiError::unavailable(format!(
-            "cannot record the job: {error}"
-        )));
-    }
-    let reply = runtime.entity::<Job>(job.clone()).ask(Submit(info)).await;
-    let view = match reply {
-        Ok(Ok(view)) => view,
-        Ok(Err(JobError::QueueFull { max })) => {
-            store::delete_job_files(&store, &job).await;
-            release_slot().await;
-            return Err(too_many(
-                "queue_full",
-                format!("the conversion queue is full ({max} jobs); try again later"),
-            ));
-        }
-        Ok(Err(JobError::AlreadyExists | JobError::NotFound)) => {
-            return Err(ApiError::unavailable(
-                "unexpected answer from the job; try again",
-            ));
-        }
-        // The submit may or may not have landed: leave the files to the reviver (it runs the
-        // job, or removes an orphan), and the reservation to its expiry.
-        Err(error) => return Err(ApiError::from_runtime(error)),
-    };
-    let _ = index.ask(index::Confirm { job: job.clone() }).await;
     let mut response = warp::reply::with_status(
         warp::reply::json(&JobBody::from(&view)),
         StatusCode::ACCEPTED,
     )
     .into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/jobs/{job}")) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/jobs/{}", view.id)) {
         response.headers_mut().insert("location", location);
     }
     Ok(response)
 }
 
-/// Checks the form against the sniffed input and the converters of this node.
-fn job_info(settings: &JobsSection, claims: &Claims, upload: Upload) -> Result<JobInfo, ApiError> {
-    let Some(file_name) = upload.file_name else {
-        return Err(ApiError::bad_request(
-            "missing_file",
-            "the form needs a `file` part",
-        ));
-    };
-    let Some(target_name) = upload.target else {
-        return Err(ApiError::bad_request(
-            "missing_target",
-            "the form needs a `target` field, e.g. jpeg or pdf",
-        ));
-    };
-    if upload.file_bytes == 0 {
-        return Err(unprocessable("empty_file", "the file is empty"));
-    }
-    let input_format = format::sniff(&upload.head, &upload.tail, upload.file_bytes, &file_name);
-    let availability = availability(settings);
-    let supported = |format: Format| -> String {
-        let targets: Vec<&str> = catalogue(availability)
-            .into_iter()
-            .filter(|pair| pair.from == format && pair.available)
-            .map(|pair| pair.to.name())
-            .collect();
-        if targets.is_empty() {
-            "nothing".to_string()
-        } else {
-            targets.join(", ")
-        }
-    };
-    let Some(target) = Target::from_name(&target_name) else {
-        let message = format!(
-            "unknown target {target_name:?}; this {input_format} file converts to: {}",
-            supported(input_format)
-        );
-        return Err(unprocessable("unsupported_conversion", message));
-    };
-    if check_pair(input_format, target, availability).is_err() {
-        let message = format!(
-            "cannot convert {input_format} to {target}; this {input_format} file converts to: {}",
-            supported(input_format)
-        );
-        return Err(unprocessable("unsupported_conversion", message));
-    }
-    let options = Options {
-        width: upload.width,
-        height: upload.height,
-        duration_ms: upload.duration_ms,
-    };
-    options
-        .validate(input_format, target)
-        .map_err(|message| unprocessable("invalid_options", message))?;
-    Ok(JobInfo {
-        owner: claims.sub.clone(),
-        input_name: clean_file_name(&file_name),
-        input_format,
-        input_bytes: upload.file_bytes,
-        target,
-        options,
-        created_ms: runtime::membership::unix_ms(),
-    })
-}
-
-/// The base name of a client's file name, without control characters, bounded.
-fn clean_file_name(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let cleaned: String = base
-        .chars()
-        .filter(|character| !character.is_control())
-        .take(FILE_NAME_CHARS_MAX)
-        .collect();
-    if cleaned.trim().is_empty() {
-        "upload".to_string()
-    } else {
-        cleaned
-    }
-}
-
-/// The job, if it exists and belongs to the caller (404 otherwise, whichever it is).
-async fn owned_view(runtime: &Runtime, claims: &Claims, job: &str) -> Result<JobView, ApiError> {
+async fn download(jobs: &Jobs, claims: &Claims, job: &str) -> Result<Response, ApiError> {
     check_job_id(job)?;
-    match runtime
-        .entity::<Job>(job.to_string())
-        .ask(Status)
-        .await
-        .map_err(ApiError::from_runtime)?
-    {
-        Ok(view) if view.owner == claims.sub => Ok(view),
-        Ok(_) | Err(_) => Err(not_found()),
-    }
-}
-
-async fn list(runtime: Runtime, claims: Claims, limit: usize) -> Result<Response, ApiError> {
-    let index = runtime.entity::<JobIndex>(claims.sub.clone());
-    let entries = index
-        .ask(index::List { limit })
-        .await
-        .map_err(ApiError::from_runtime)?;
-    let views: Vec<JobView> = futures_util::stream::iter(entries)
-        .map(|entry| {
-            let runtime = runtime.clone();
-            let claims = claims.clone();
-            async move { owned_view(&runtime, &claims, &entry.job).await.ok() }
-        })
-        .buffered(LIST_CONCURRENCY_MAX)
-        .filter_map(|view| async move { view })
-        .collect()
-        .await;
-    let bodies: Vec<JobBody<'_>> = views.iter().map(JobBody::from).collect();
-    Ok(warp::reply::json(&serde_json::json!({ "jobs": bodies })).into_response())
-}
-
-async fn download(runtime: Runtime, claims: Claims, job: String) -> Result<Response, ApiError> {
-    let view = owned_view(&runtime, &claims, &job).await?;
-    let output = match (view.phase, &view.output) {
-        (Phase::Done, Some(output)) => output.clone(),
-        (phase, _) => {
-            let message = format!(
-                "the job is {}; its output is ready once it is done",
-                phase.as_str()
-            );
-            return Err(ApiError::new(StatusCode::CONFLICT, "not_ready", message));
-        }
-    };
-    let path = object_store::path::Path::from(output.path.as_str());
-    let object = match runtime.object_store().get(&path).await {
-        Ok(object) => object,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(ApiError::new(
-                StatusCode::GONE,
-                "gone",
-                "the output file is gone",
-            ));
-        }
-        Err(error) => {
-            return Err(ApiError::unavailable(format!(
-                "cannot read the output: {error}"
-            )));
-        }
-    };
-    let mut response = stream_response(object.into_stream());
+    let Output { info, chunks } = jobs.output(&claims.sub, job).await.map_err(api_error)?;
+    let mut response = stream_response(chunks);
     let headers = response.headers_mut();
     headers.insert(
         "content-type",
-        HeaderValue::from_static(output.format.content_type()),
+        HeaderValue::from_static(info.format.content_type()),
     );
-    if let Ok(length) = HeaderValue::from_str(&output.bytes.to_string()) {
+    if let Ok(length) = HeaderValue::from_str(&info.bytes.to_string()) {
         headers.insert("content-length", length);
     }
-    if let Ok(disposition) = HeaderValue::from_str(&content_disposition(&output.file_name)) {
+    if let Ok(disposition) = HeaderValue::from_str(&content_disposition(&info.file_name)) {
         headers.insert("content-disposition", disposition);
     }
     headers.insert(
@@ -595,35 +415,9 @@ fn stream_response(
     warp::reply::stream(stream).into_response()
 }
 
-async fn delete(runtime: Runtime, claims: Claims, job: String) -> Result<Response, ApiError> {
-    check_job_id(&job)?;
-    let command = Delete {
-        owner: claims.sub.clone(),
-    };
-    match runtime
-        .entity::<Job>(job)
-        .ask(command)
-        .await
-        .map_err(ApiError::from_runtime)?
-    {
-        Ok(_) => {
-            Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response())
-        }
-        Err(_) => Err(not_found()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn file_names_are_cleaned() {
-        assert_eq!(clean_file_name("../../etc/passwd"), "passwd");
-        assert_eq!(clean_file_name("C:\\Users\\me\\photo.png"), "photo.png");
-        assert_eq!(clean_file_name("a\u{0}b\n.png"), "ab.png");
-        assert_eq!(clean_file_name("   "), "upload");
-    }
 
     #[test]
     fn content_disposition_has_a_safe_fallback_and_the_exact_name() {

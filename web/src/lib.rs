@@ -34,6 +34,10 @@ pub struct AppState {
     pub connections: Arc<ws::Connections>,
     /// Account flows (sign-up, login, profile); see `users`.
     pub accounts: actors::user::service::Accounts,
+    /// Room flows (create and list, history); see `rooms`.
+    pub rooms: actors::room::Rooms,
+    /// Conversion job flows (submit, status, list, output, delete); see `jobs`.
+    pub jobs: actors::job::service::Jobs,
     /// `[users]`, `[jobs]` and `[sessions]`: the limits checked at this edge.
     pub app: Arc<actors::config::AppConfig>,
     /// `[web]`: token lifetime, shutdown grace.

@@ -18,6 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use warp::http::StatusCode;
 
 use actors::job::format::{SNIFF_HEAD_BYTES, SNIFF_TAIL_BYTES};
+use actors::job::service::Upload;
 use actors::job::store;
 
 use crate::error::ApiError;
@@ -32,19 +33,6 @@ pub const FORM_OVERHEAD_BYTES_MAX: u64 = 64 * 1024;
 const FIELD_NAMES: &str = "file, target, width, height, duration_ms";
 /// Upload parts sent to the object store at once (each up to the store's chunk size).
 const STORE_WRITES_IN_FLIGHT_MAX: usize = 2;
-
-/// The form, once read. The file is in the object store.
-#[derive(Debug, Default)]
-pub struct Upload {
-    pub file_name: Option<String>,
-    pub file_bytes: u64,
-    pub head: Vec<u8>,
-    pub tail: Vec<u8>,
-    pub target: Option<String>,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub duration_ms: Option<u64>,
-}
 
 fn too_large(bytes_max: u64) -> ApiError {
     ApiError::new(
