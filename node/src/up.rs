@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use runtime::config::{ClusterConfig, NodeConfig};
+use rustix::process::{Pid, Signal as ProcessSignal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
@@ -201,14 +202,14 @@ impl NodeChild {
         print_status(&self.label, &message);
     }
 
-    /// Sends `signal_number` to the child unless it has been reaped (its pid could then belong
-    /// to another process).
-    fn signal(&self, signal_number: libc::c_int) {
+    /// Sends `signal` to the child unless it has been reaped (its pid could then belong to
+    /// another process).
+    fn signal(&self, signal: ProcessSignal) {
         if self.has_exited() {
             return;
         }
         let Some(pid) = self.process.id() else { return };
-        if let Err(error) = send_signal(pid, signal_number) {
+        if let Err(error) = send_signal(pid, signal) {
             print_status(&self.label, &format!("cannot signal pid {pid}: {error}"));
         }
     }
@@ -275,7 +276,7 @@ async fn poll_children(children: &mut [NodeChild], ticker: &mut Interval) {
 async fn stop_all(children: &mut [NodeChild], signals: &mut ShutdownSignals) {
     for child in children.iter_mut() {
         child.check_exit();
-        child.signal(libc::SIGTERM);
+        child.signal(ProcessSignal::TERM);
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     let mut forced = false;
@@ -471,17 +472,13 @@ fn reachable_addr(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Sends `signal_number` to `pid`, which must be one of our unreaped children.
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, signal_number: libc::c_int) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) only takes two integers and touches no memory of this process.
-    let result = unsafe { libc::kill(pid, signal_number) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// Sends `signal` to `pid`, which must be one of our unreaped children.
+fn send_signal(pid: u32, signal: ProcessSignal) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other("pid out of range"))?;
+    rustix::process::kill_process(pid, signal).map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -9,21 +9,27 @@
 //! never allowed (the page sends its token in `Authorization`, not in cookies), there is no
 //! wildcard, and a request from any other origin gets no CORS headers at all (its browser then
 //! refuses to show it the response). Same-origin requests need none of this and are unchanged.
+//! The CORS protocol itself (preflights, the allowed methods and headers) is `warp::cors()`'s.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::http::{HeaderValue, Method, header};
 use warp::reply::Response;
+use warp::{Filter, Reply};
 
 /// How long a browser may cache a preflight answer.
-const PREFLIGHT_MAX_AGE_S: &str = "600";
-const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
-const ALLOWED_HEADERS: &str = "authorization, content-type";
+const PREFLIGHT_MAX_AGE_S: u32 = 600;
+const ALLOWED_METHODS: [Method; 5] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+const ALLOWED_HEADERS: [&str; 2] = ["authorization", "content-type"];
 /// Response headers the page reads on cross-origin answers.
-const EXPOSED_HEADERS: &str = "location, retry-after";
+const EXPOSED_HEADERS: [&str; 2] = ["location", "retry-after"];
 
 /// The origins of the cluster's own nodes.
 #[derive(Debug, Clone, Default)]
@@ -58,10 +64,6 @@ impl ClusterOrigins {
         Self { origins }
     }
 
-    pub fn allows(&self, origin: &str) -> bool {
-        self.origins.contains(origin)
-    }
-
     /// The allowed origins, e.g. for a Content-Security-Policy.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.origins.iter().map(String::as_str)
@@ -75,73 +77,51 @@ fn origin_of(url: &str) -> Option<String> {
     if authority.is_empty() || !matches!(scheme, "http" | "https") {
         return None;
     }
+    // Only a valid authority makes an origin a browser can send (and that warp accepts).
+    authority.parse::<warp::http::uri::Authority>().ok()?;
     Some(format!("{scheme}://{authority}").to_ascii_lowercase())
 }
 
-/// Wraps every route: answers preflights from cluster origins, and adds
-/// `Access-Control-Allow-Origin` for them to every response. Never rejects.
+/// Wraps every route with `warp::cors()` limited to the cluster's origins: it answers their
+/// preflights and adds `Access-Control-Allow-Origin` for them to every response. A request from
+/// any other origin is answered without CORS headers (its browser then hides the answer), as
+/// a same-origin request is: never refused here.
 pub fn allow_cluster_origins(
     routes: BoxedFilter<(Response,)>,
     origins: ClusterOrigins,
 ) -> BoxedFilter<(Response,)> {
-    let origins = Arc::new(origins);
-    let preflight = {
-        let origins = origins.clone();
-        warp::options()
-            .and(warp::header::<String>("origin"))
-            .and(warp::header::<String>("access-control-request-method"))
-            .and_then(move |origin: String, _method: String| {
-                let allowed = origins.allows(&origin);
-                async move {
-                    if allowed {
-                        Ok(preflight_response(&origin))
-                    } else {
-                        Err(warp::reject::not_found())
-                    }
-                }
-            })
-    };
-    let simple = warp::header::optional::<String>("origin").and(routes).map(
-        move |origin: Option<String>, mut response: Response| {
-            if let Some(origin) = origin {
-                let headers = response.headers_mut();
-                headers.append(header::VARY, HeaderValue::from_static("origin"));
-                if origins.allows(&origin)
-                    && let Ok(value) = HeaderValue::from_str(&origin)
-                {
-                    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-                    headers.insert(
-                        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                        HeaderValue::from_static(EXPOSED_HEADERS),
-                    );
-                }
+    let cors = warp::cors()
+        .allow_origins(origins.iter())
+        .allow_methods(ALLOWED_METHODS)
+        .allow_headers(ALLOWED_HEADERS)
+        .expose_headers(EXPOSED_HEADERS)
+        .max_age(PREFLIGHT_MAX_AGE_S);
+    // warp's filter rejects a request from an origin it does not allow (and a preflight asking
+    // for another method or header): the routes then answer it as they would anyone.
+    let shared = routes
+        .clone()
+        .with(cors)
+        .map(Reply::into_response)
+        .or(routes)
+        .unify();
+    // The answer depends on the origin: caches must keep one per origin.
+    warp::header::optional::<String>("origin")
+        .and(shared)
+        .map(|origin: Option<String>, mut response: Response| {
+            if origin.is_some() {
+                response
+                    .headers_mut()
+                    .append(header::VARY, HeaderValue::from_static("origin"));
             }
             response
-        },
-    );
-    preflight.or(simple).unify().boxed()
-}
-
-fn preflight_response(origin: &str) -> Response {
-    let mut response = Response::new(Vec::<u8>::new().into());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(origin) {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-    }
-    for (name, value) in [
-        (header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS),
-        (header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS),
-        (header::ACCESS_CONTROL_MAX_AGE, PREFLIGHT_MAX_AGE_S),
-        (header::VARY, "origin"),
-    ] {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
-    response
+        })
+        .boxed()
 }
 
 #[cfg(test)]
 mod tests {
+    use warp::http::StatusCode;
+
     use super::*;
 
     #[test]
@@ -156,6 +136,14 @@ mod tests {
         );
         assert_eq!(origin_of("ftp://example.com"), None);
         assert_eq!(origin_of("example.com"), None);
+    }
+
+    #[test]
+    fn invalid_public_urls_give_no_origin() {
+        assert_eq!(origin_of("http://bad host/"), None);
+        assert_eq!(origin_of("https://"), None);
+        let origins = ClusterOrigins::new(&[], Some("http://bad host"));
+        assert_eq!(origins.iter().count(), 0);
     }
 
     fn wrapped() -> BoxedFilter<(Response,)> {
@@ -219,10 +207,24 @@ mod tests {
                 )
         };
         let allowed = preflight("http://127.0.0.1:8102").reply(&filter).await;
-        assert_eq!(allowed.status(), StatusCode::NO_CONTENT);
+        assert!(allowed.status().is_success(), "{}", allowed.status());
         assert_eq!(
-            allowed.headers().get(header::ACCESS_CONTROL_ALLOW_HEADERS),
-            Some(&HeaderValue::from_static(ALLOWED_HEADERS))
+            allowed.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN),
+            Some(&HeaderValue::from_static("http://127.0.0.1:8102"))
+        );
+        let headers = allowed
+            .headers()
+            .get(header::ACCESS_CONTROL_ALLOW_HEADERS)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        for name in ALLOWED_HEADERS {
+            assert!(headers.contains(name), "{headers}");
+        }
+        assert!(
+            allowed
+                .headers()
+                .get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS)
+                .is_none()
         );
         let foreign = preflight("http://evil.example").reply(&filter).await;
         assert!(

@@ -87,7 +87,10 @@ async fn accept_loop<S>(
     S::Future: Send + 'static,
 {
     // Connections watch `stopping`; each holds a clone of `alive`, so `ended` yields `None`
-    // once the last one has finished.
+    // once the last one has finished. (hyper-util's `GracefulShutdown` does this for the
+    // connections it knows, but not for an upgradeable HTTP/1 connection, which the WebSocket
+    // gateway needs; its `auto` connection would do, at the price of sniffing for HTTP/2 with
+    // no deadline before the header timeout starts, and of serving h2c.)
     let (stopping, _) = tokio::sync::watch::channel(false);
     let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);

@@ -263,11 +263,10 @@ enum Unnamed {
 }
 
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::Result<(), Unnamed> {
+    use rustix::fs::{AtFlags, CWD, linkat};
+    use rustix::io::Errno;
     use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     let parent = destination.parent().unwrap_or(std::path::Path::new("."));
     let open = || {
@@ -294,29 +293,14 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
         Err(error) => return Err(classify(error)),
     };
     file.write_all(bytes).map_err(Unnamed::Io)?;
-    let name = std::ffi::CString::new(destination.as_os_str().as_bytes())
-        .map_err(|error| Unnamed::Io(error.into()))?;
-    // SAFETY: `file` stays open for the call, `c""` and `name` are NUL-terminated strings that
-    // outlive it; linkat only reads them.
-    let linked = unsafe {
-        libc::linkat(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if linked == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        Some(libc::EEXIST) => Err(Unnamed::Exists),
+    // Names the open file (`AT_EMPTY_PATH`: the descriptor itself is the source).
+    match linkat(&file, "", CWD, destination, AtFlags::EMPTY_PATH) {
+        Ok(()) => Ok(()),
+        Err(Errno::EXIST) => Err(Unnamed::Exists),
         // Without CAP_DAC_READ_SEARCH (before Linux 6.10) linkat says ENOENT for the
         // descriptor; the directory itself exists, as the unnamed file was made in it.
-        Some(libc::ENOENT) => Err(Unnamed::Refused(error)),
-        _ => Err(classify(error)),
+        Err(Errno::NOENT) => Err(Unnamed::Refused(Errno::NOENT.into())),
+        Err(errno) => Err(classify(errno.into())),
     }
 }
 
@@ -364,29 +348,14 @@ fn open_staging(
 
 /// Renames `from` to `to` unless `to` exists (`AlreadyExists` then).
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn publish_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let from_c = std::ffi::CString::new(from.as_os_str().as_bytes())?;
-    let to_c = std::ffi::CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both pointers are NUL-terminated strings that live until the call returns.
-    let result = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if result == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
         // The filesystem cannot rename without replacing: publish as object_store does.
-        Some(libc::EINVAL) | Some(libc::ENOSYS) => link_then_unlink(from, to),
-        _ => Err(error),
+        Err(Errno::INVAL | Errno::NOSYS) => link_then_unlink(from, to),
+        Err(errno) => Err(errno.into()),
     }
 }
 
@@ -535,17 +504,8 @@ fn flush_loop(root: &std::fs::File, shared: &FlushShared) {
 }
 
 #[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
 fn syncfs(root: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs(2) takes an open descriptor, which `root` keeps open for the call, and
-    // touches no memory of this process.
-    let result = unsafe { libc::syncfs(root.as_raw_fd()) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    rustix::fs::syncfs(root).map_err(std::io::Error::from)
 }
 
 /// Only Linux has syncfs; [`open`] lets object_store fsync each write elsewhere.
