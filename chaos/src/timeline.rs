@@ -66,7 +66,13 @@ pub fn draw(
         builder.margin(15);
         if with_text {
             builder
-                .caption(format!("seed {seed}: acknowledged posts per second; faults shaded (start to all up)"), ("sans-serif", 20))
+                .caption(
+                    format!(
+                        "seed {seed}: acknowledged posts per second; faults shaded (start to all up){}",
+                        if hostile_phases.is_empty() { "" } else { ", hostile phases in grey" }
+                    ),
+                    ("sans-serif", 20),
+                )
                 .x_label_area_size(40)
                 .y_label_area_size(60);
         }
