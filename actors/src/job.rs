@@ -588,7 +588,7 @@ impl Job {
             tracing::warn!(job = %context.key(), attempts = quarantined.attempts, last = ?quarantined.last_failure, "job quarantined: its attempts all ended without a result");
             context.persist(JobEvent::Failed {
                 reason: quarantine_reason(&quarantined),
-                at_ms: runtime::membership::unix_ms(),
+                at_ms: runtime::clock::unix_ms(),
             });
             return false;
         }
@@ -600,7 +600,7 @@ impl Job {
         context.persist(JobEvent::Started {
             attempt,
             node: context.runtime().node_id().to_string(),
-            at_ms: runtime::membership::unix_ms(),
+            at_ms: runtime::clock::unix_ms(),
         });
         true
     }
@@ -642,7 +642,7 @@ impl Job {
             tracing::debug!(job = %context.key(), attempt, "finish of a job already final; ignored");
             return;
         }
-        let at_ms = runtime::membership::unix_ms();
+        let at_ms = runtime::clock::unix_ms();
         match outcome {
             Ok(output) => context.persist(JobEvent::Succeeded { output, at_ms }),
             Err(reason) => context.persist(JobEvent::Failed { reason, at_ms }),
@@ -677,7 +677,7 @@ impl Job {
             tracing::warn!(job = %context.key(), attempts = quarantined.attempts, "job quarantined: its attempts all ended without a result");
             context.persist(JobEvent::Failed {
                 reason: quarantine_reason(&quarantined),
-                at_ms: runtime::membership::unix_ms(),
+                at_ms: runtime::clock::unix_ms(),
             });
             return false;
         }
@@ -695,7 +695,7 @@ impl Job {
             _ => return Err(JobError::NotFound),
         }
         context.persist(JobEvent::Deleted {
-            at_ms: runtime::membership::unix_ms(),
+            at_ms: runtime::clock::unix_ms(),
         });
         self.pool().cancel(context.key());
         Ok(JobReply::Ack)

@@ -13,11 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{MailerKind, SmtpTls, UsersSection};
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use runtime::clock::unix_ms;
+
+use crate::config::{MailerKind, SmtpTls, UsersSection};
 
 /// Longest an SMTP exchange may take before the mail counts as failed.
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -246,12 +248,6 @@ impl Mailer for SmtpMailer {
     fn send(&self, mail: Mail) -> MailFuture<'_> {
         Box::pin(self.deliver(mail))
     }
-}
-
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis())
 }
 
 #[cfg(test)]

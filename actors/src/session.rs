@@ -25,12 +25,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::SessionsSection;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
 use runtime::pubsub::{Publication, Subscription};
 use runtime::{Entity, Runtime, RuntimeError};
 
+use crate::config::SessionsSection;
 use crate::metrics as names;
 use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use crate::room::{self, RenderedMessage, Room, RoomBroadcast, RoomError};
@@ -778,7 +778,7 @@ impl SessionState {
             name: self.args.name.clone(),
             id: id.clone(),
             text,
-            now_ms: runtime::membership::unix_ms(),
+            now_ms: runtime::clock::unix_ms(),
         };
         let myself = self.shared.myself.clone();
         let room = room.to_string();

@@ -27,12 +27,12 @@ pub mod validate;
 
 use std::collections::VecDeque;
 
-use crate::config::UsersSection;
 use runtime::{Context, Entity};
 use serde::{Deserialize, Serialize};
 
 use self::token::TokenDigest;
 use self::validate::InvalidInput;
+use crate::config::UsersSection;
 
 /// Failed logins kept per account (the window rule looks at fewer).
 pub const LOGIN_FAILURES_KEPT_MAX: usize = 64;

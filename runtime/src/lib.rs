@@ -6,6 +6,7 @@
 
 pub mod attempts;
 pub mod builtin;
+pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod config;

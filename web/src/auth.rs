@@ -134,10 +134,9 @@ impl TokenKeys {
     }
 }
 
+/// Now, in the seconds tokens count in (`runtime::clock`).
 pub fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+    runtime::clock::unix_s()
 }
 
 /// Extracts the verified claims from `Authorization: Bearer <token>` or, for WebSocket

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::config::JobsSection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::metrics as names;
+use crate::config::JobsSection;
 
 /// One job's run on this node.
 #[derive(Debug)]

@@ -176,7 +176,7 @@ pub async fn scan(runtime: &Runtime) {
         .filter_map(|meta| async move { meta.ok() })
         .collect()
         .await;
-    let now_ms = runtime::membership::unix_ms();
+    let now_ms = runtime::clock::unix_ms();
     let mine: Vec<(String, u64)> = markers
         .into_iter()
         .filter_map(|meta| {

@@ -143,7 +143,7 @@ impl Jobs {
         let index = self.runtime.entity::<JobIndex>(owner.to_string());
         let reserve = index::Reserve {
             job: job.clone(),
-            now_ms: runtime::membership::unix_ms(),
+            now_ms: runtime::clock::unix_ms(),
             limit: self.settings.per_user_max,
         };
         if let Reservation::TooMany { limit } = index.ask(reserve).await? {
@@ -247,7 +247,7 @@ impl Jobs {
             input_bytes: upload.file_bytes,
             target,
             options,
-            created_ms: runtime::membership::unix_ms(),
+            created_ms: runtime::clock::unix_ms(),
         })
     }
 

@@ -69,7 +69,7 @@ impl Rooms {
         let create = Create {
             name: name.to_string(),
             by: by.to_string(),
-            now_ms: runtime::membership::unix_ms(),
+            now_ms: runtime::clock::unix_ms(),
         };
         let info = match self.runtime.entity::<Room>(id.clone()).ask(create).await {
             Ok(Ok(info)) => info,

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use crate::config::UsersSection;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use tokio::sync::OnceCell;
 
 use super::blocking::{BlockingPool, PoolError};
+use crate::config::UsersSection;
 
 /// Random bytes of each salt (the PHC recommendation is at least 16).
 pub const SALT_BYTES: usize = 16;

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::config::UsersSection;
 use bytes::Bytes;
+use runtime::clock::unix_ms;
 use runtime::{Runtime, RuntimeError};
 use tokio::sync::Semaphore;
 
@@ -30,6 +30,7 @@ use super::validate::{self, InvalidInput};
 use super::{
     AttemptOutcome, LoginTicket, PhotoInfo, Profile, SignUp, User, UserError, Verification,
 };
+use crate::config::UsersSection;
 use crate::mailer::{Mail, Mailer};
 
 /// id → email resolutions remembered per node (bindings never change, so they never go stale).
@@ -463,10 +464,4 @@ impl Accounts {
 
 fn count(name: &'static str, outcome: &'static str) {
     metrics::counter!(name, "outcome" => outcome).increment(1);
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }

@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef};
@@ -29,6 +29,7 @@ use ractor_cluster::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
+use crate::clock::unix_ms;
 use crate::codec::Wire;
 use crate::metrics as names;
 
@@ -905,11 +906,6 @@ pub fn up_set(view: &View) -> HashSet<String> {
     view.up_members().map(str::to_string).collect()
 }
 
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as u64)
-}
 
 /// Keeps this node's entry in the membership table current, drops members gone for longer
 /// than `remove_after` (configured ones are never dropped, as they are peers anyway), and
