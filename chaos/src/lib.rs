@@ -9,6 +9,7 @@
 //!   injects process faults (kill, pause, terminate).
 //! - [`corpus`]: the hostile inputs for converters (bombs, huge ranges, deep nesting,
 //!   truncated and garbage files), shared by the converter tests and the hostile clients.
+//! - [`s3`]: a local S3-compatible server (moto) for tests and runs on S3.
 //! - [`client`]: a real WebSocket chat client speaking the protocol, for tests and workloads.
 //! - The harness: [`scenario`] (what to run), [`schedule`] (the seeded faults), [`netns`]
 //!   (namespaces, bridge, nft partitions), [`workload`] and [`jobs`] (the honest clients),
@@ -34,6 +35,7 @@ pub mod records;
 pub mod report;
 pub mod rooms;
 pub mod run;
+pub mod s3;
 pub mod scenario;
 pub mod schedule;
 pub mod scrape;

@@ -111,12 +111,18 @@ async fn a_v1_store_opens_serves_and_continues() {
         .post(ROOM, "golden-8", "message 8 from the node log")
         .await
         .expect("post");
-    let (ack, _) = client.until("ack", Duration::from_secs(10)).await.expect("ack");
+    let (ack, _) = client
+        .until("ack", Duration::from_secs(10))
+        .await
+        .expect("ack");
     assert_eq!(ack["seq"], 8);
     client.close().await;
 
     // Both formats, read by a node that starts on them.
-    cluster.terminate("n1", Duration::from_secs(10)).await.expect("stop");
+    cluster
+        .terminate("n1", Duration::from_secs(10))
+        .await
+        .expect("stop");
     cluster.restart("n1").await.expect("restart");
     cluster
         .wait_ready("n1", Duration::from_secs(20))
@@ -131,7 +137,10 @@ async fn a_v1_store_opens_serves_and_continues() {
         if now == expected {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "history after restart: {now:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "history after restart: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

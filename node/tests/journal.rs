@@ -85,7 +85,10 @@ async fn chat_fails_over_on_s3_without_losing_or_repeating_a_message() {
     let mut post = async |talker: &mut ChatClient, acked: &mut BTreeMap<String, u64>| {
         let id = format!("m{next}");
         next += 1;
-        talker.post(&room, &id, &format!("text {id}")).await.expect("post");
+        talker
+            .post(&room, &id, &format!("text {id}"))
+            .await
+            .expect("post");
         let deadline = Instant::now() + WAIT;
         loop {
             let frame = talker
@@ -100,7 +103,10 @@ async fn chat_fails_over_on_s3_without_losing_or_repeating_a_message() {
                 }
                 // Not stored: the same id again (the room drops duplicates).
                 Some("error") if frame["ref"] == id.as_str() => {
-                    talker.post(&room, &id, &format!("text {id}")).await.expect("repost");
+                    talker
+                        .post(&room, &id, &format!("text {id}"))
+                        .await
+                        .expect("repost");
                 }
                 _ => {}
             }
@@ -112,7 +118,10 @@ async fn chat_fails_over_on_s3_without_losing_or_repeating_a_message() {
     cluster.kill(owner);
     let killed = Instant::now();
     post(&mut talker, &mut acked).await;
-    eprintln!("first ack after the owner's kill, on S3: {:?}", killed.elapsed());
+    eprintln!(
+        "first ack after the owner's kill, on S3: {:?}",
+        killed.elapsed()
+    );
     for _ in 0..30 {
         post(&mut talker, &mut acked).await;
     }
@@ -125,13 +134,24 @@ async fn chat_fails_over_on_s3_without_losing_or_repeating_a_message() {
     let mut seen = HashMap::new();
     for message in &messages {
         let id = message["id"].as_str().expect("id").to_string();
-        assert!(seen.insert(id.clone(), message["seq"].as_u64().expect("seq")).is_none(), "{id} twice");
+        assert!(
+            seen.insert(id.clone(), message["seq"].as_u64().expect("seq"))
+                .is_none(),
+            "{id} twice"
+        );
     }
     for (id, seq) in &acked {
         assert_eq!(seen.get(id), Some(seq), "acknowledged {id} at {seq}");
     }
-    let seqs: Vec<u64> = messages.iter().map(|message| message["seq"].as_u64().unwrap_or(0)).collect();
-    assert_eq!(seqs, (1..=messages.len() as u64).collect::<Vec<_>>(), "one linear history");
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|message| message["seq"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=messages.len() as u64).collect::<Vec<_>>(),
+        "one linear history"
+    );
 }
 
 fn count_objects(directory: &Path) -> usize {
@@ -193,7 +213,10 @@ async fn the_object_count_stays_flat_under_steady_chat() {
                 let mut sent = 0u64;
                 // About 20 posts a second per room, each acknowledged before the next.
                 while started.elapsed() < duration {
-                    client.post(&room, &format!("p{sent}"), "steady").await.expect("post");
+                    client
+                        .post(&room, &format!("p{sent}"), "steady")
+                        .await
+                        .expect("post");
                     client.until("ack", WAIT).await.expect("ack");
                     sent += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -214,8 +237,16 @@ async fn the_object_count_stays_flat_under_steady_chat() {
     eprintln!("{posts} posts in {minutes} min; objects over time (s, count): {samples:?}");
     // After a warm-up third, the count must not keep growing with the posts.
     let third = samples.len() / 3;
-    let middle = samples[third..2 * third].iter().map(|(_, count)| *count).max().unwrap_or(0);
-    let last = samples[2 * third..].iter().map(|(_, count)| *count).max().unwrap_or(0);
+    let middle = samples[third..2 * third]
+        .iter()
+        .map(|(_, count)| *count)
+        .max()
+        .unwrap_or(0);
+    let last = samples[2 * third..]
+        .iter()
+        .map(|(_, count)| *count)
+        .max()
+        .unwrap_or(0);
     assert!(
         last <= middle + middle / 10 + 20,
         "objects keep growing: {middle} then {last} ({samples:?})"
