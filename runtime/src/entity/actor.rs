@@ -439,6 +439,14 @@ impl<E: Entity> EntityState<E> {
             let mut encoded = Vec::with_capacity(events.len());
             for event in events {
                 let seq = self.next_seq;
+                // The open batch holds consecutive seqs from its first: the journal writes
+                // them at exactly these numbers.
+                assert_eq!(
+                    seq,
+                    self.open.first_seq + self.open.events.len() as u64,
+                    "{}: an event outside the open batch's sequence",
+                    self.id
+                );
                 self.next_seq += 1;
                 E::apply(&mut self.state, seq, &event);
                 encoded.push(codec::encode(&event));
@@ -468,6 +476,14 @@ impl<E: Entity> EntityState<E> {
         }
         let records = batch.records.clone();
         let first_seq = batch.first_seq;
+        // One append in flight at a time, each starting right after what is durable: the node
+        // log accepts an append only at the entity's head.
+        assert_eq!(
+            first_seq,
+            self.durable_head + 1,
+            "{}: a batch must start right after the durable head",
+            self.id
+        );
         self.inflight = Some(batch);
         let reply_to = myself.clone();
         self.runtime.node_journal().append(
@@ -553,7 +569,22 @@ impl<E: Entity> EntityState<E> {
             ..
         } = batch;
         let appended = events.len() as u64;
+        if let (Some((first, _)), Some((last, _))) = (events.first(), events.last()) {
+            assert!(
+                *first == self.durable_head + 1 && *last == self.durable_head + appended,
+                "{}: durable events {first}..={last} do not continue the durable head {}",
+                self.id,
+                self.durable_head
+            );
+        }
         self.durable_head += appended;
+        assert!(
+            self.durable_head < self.next_seq,
+            "{}: durable head {} at or beyond the next seq {}",
+            self.id,
+            self.durable_head,
+            self.next_seq
+        );
         let mut context = context_for(
             &self.id,
             &self.runtime,

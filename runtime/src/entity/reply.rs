@@ -119,11 +119,11 @@ impl Drop for ReplyCallback {
 /// How often the sweeper looks whether its node is gone, when it has nothing to wait for.
 const SWEEPER_IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// The deadlines of a node's callbacks, in the order they were set, and the task that runs
-/// overdue ones with `None`. Every caller uses the node's ask timeout, so that order is the
-/// deadlines' order, and the task only ever waits for the front. An answered callback leaves
-/// a dead entry (a weak reference), dropped when the task reaches it: the queue holds at most
-/// the callbacks of one ask timeout.
+/// The deadlines of a node's callbacks, in deadline order, and the task that runs overdue ones
+/// with `None`; the task only ever waits for the front. Every caller uses the node's ask
+/// timeout, so a new deadline belongs at the back (or a few entries before it, when callers on
+/// several threads race). An answered callback leaves a dead entry (a weak reference), dropped
+/// when the task reaches it: the queue holds at most the callbacks of one ask timeout.
 #[derive(Default)]
 pub struct Deadlines {
     queue: Mutex<VecDeque<(Instant, Weak<Slot>)>>,
@@ -141,7 +141,12 @@ impl Deadlines {
     fn watch(&self, deadline: Instant, slot: &Arc<Slot>) {
         let was_empty = {
             let mut queue = self.queue();
-            queue.push_back((deadline, Arc::downgrade(slot)));
+            // After every deadline at or before this one: the back, in all but a race.
+            let at = queue
+                .iter()
+                .rposition(|(queued, _)| *queued <= deadline)
+                .map_or(0, |index| index + 1);
+            queue.insert(at, (deadline, Arc::downgrade(slot)));
             queue.len() == 1
         };
         if was_empty {
@@ -171,7 +176,13 @@ impl Deadlines {
                 Some(_) if *deadline > now => return (overdue, Some(*deadline)),
                 Some(slot) => overdue.extend(slot.take()),
             }
+            let deadline = *deadline;
             queue.pop_front();
+            // The sweeper waits for the front only: a later entry due earlier would run late.
+            assert!(
+                queue.front().is_none_or(|(next, _)| *next >= deadline),
+                "reply deadlines out of order"
+            );
         }
         (overdue, None)
     }
@@ -252,5 +263,23 @@ mod tests {
             deadlines.queue().is_empty(),
             "answered, dropped and overdue entries are gone"
         );
+    }
+
+    #[test]
+    fn a_deadline_set_late_by_a_racing_caller_still_runs_first() {
+        // No sweeper: `overdue` is called by hand.
+        let deadlines = Deadlines::default();
+        let now = Instant::now();
+        let (later_seen, later) = recorder();
+        let (earlier_seen, earlier) = recorder();
+        let _later = ReplyCallback::new(&deadlines, now + Duration::from_millis(20), later);
+        let _earlier = ReplyCallback::new(&deadlines, now + Duration::from_millis(10), earlier);
+        let (due, next) = deadlines.overdue(now + Duration::from_millis(15));
+        for function in due {
+            function(None);
+        }
+        assert_eq!(*earlier_seen.lock().expect("lock"), vec![None]);
+        assert!(later_seen.lock().expect("lock").is_empty());
+        assert_eq!(next, Some(now + Duration::from_millis(20)));
     }
 }
