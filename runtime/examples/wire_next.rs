@@ -40,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let all_up = {
             let view = views.borrow_and_update();
-            view.members.iter().all(|member| member.state == MemberState::Up)
+            view.members
+                .iter()
+                .all(|member| member.state == MemberState::Up)
         };
         if all_up {
             break;
@@ -48,7 +50,12 @@ async fn main() -> anyhow::Result<()> {
         views.changed().await?;
     }
     // The protocol of a pair is settled by the peer's first heartbeat, which made it up.
-    for member in runtime.view().members.iter().filter(|member| member.id != id) {
+    for member in runtime
+        .view()
+        .members
+        .iter()
+        .filter(|member| member.id != id)
+    {
         println!("peer {} protocol {}", member.id, member.protocol);
     }
     for index in 0..asks {

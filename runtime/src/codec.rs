@@ -221,7 +221,13 @@ mod tests {
         };
         let bytes = encode_versioned(PROTOCOL + 1, &next);
         let read: Sample = decode_wire(&bytes, "sample").expect("a newer message decodes");
-        assert_eq!(read, Sample { name: "room".into(), values: vec![7] });
+        assert_eq!(
+            read,
+            Sample {
+                name: "room".into(),
+                values: vec![7]
+            }
+        );
         // Messages of this protocol must be exact; an older, unsupported one names the fix.
         assert!(decode_wire::<Sample>(&encode_versioned(PROTOCOL, &next), "sample").is_err());
         let old = decode_wire::<Sample>(&encode_versioned(PROTOCOL_MIN - 1, &next), "sample");
@@ -236,7 +242,10 @@ mod tests {
         extensions.insert(tags::TRACE_PARENT, "00-123-456-01");
         let bytes = encode(&extensions);
         let read: Extensions = decode(&bytes, "extensions").expect("decodes");
-        assert_eq!(read.get::<String>(tags::TRACE_PARENT).as_deref(), Some("00-123-456-01"));
+        assert_eq!(
+            read.get::<String>(tags::TRACE_PARENT).as_deref(),
+            Some("00-123-456-01")
+        );
         assert_eq!(read.get::<u64>(0x7777), Some(42));
         assert_eq!(read.get::<u64>(tags::NEXT), None);
         // A value of the wrong shape under a known tag reads as absent, not as an error.

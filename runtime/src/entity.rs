@@ -130,6 +130,7 @@ impl<E: Entity> Context<'_, E> {
                 msg_id: None,
                 payload: codec::encode(&command),
                 reply: None,
+                span: tracing::Span::none(),
             };
             // The entity may have stopped meanwhile; its next activation re-derives the work.
             let _ = myself.cast(crate::entity::actor::EntityMsg::Deliver(delivery));

@@ -20,6 +20,7 @@ pub mod node;
 pub mod pubsub;
 mod runtime;
 pub mod supervision;
+pub mod trace;
 
 // The paths other crates have used since before the folders: kept so they keep working.
 pub use cluster::{membership, placement};

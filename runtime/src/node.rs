@@ -449,11 +449,9 @@ impl Node {
             .into_iter()
             .map(|(partition, _)| partition)
             .collect();
-        let membership: Option<ActorRef<MembershipMsg>> = ractor::registry::where_is(format!(
-            "actorhub.membership.{}",
-            self.runtime.node_id()
-        ))
-        .map(ActorRef::from);
+        let membership: Option<ActorRef<MembershipMsg>> =
+            ractor::registry::where_is(format!("actorhub.membership.{}", self.runtime.node_id()))
+                .map(ActorRef::from);
         let Some(membership) = membership else {
             return false;
         };

@@ -187,6 +187,8 @@ impl Runtime {
         topic: &str,
         payload: Vec<u8>,
     ) {
+        let span = tracing::debug_span!("pubsub.publish", otel.kind = "producer", topic);
+        let _entered = span.enter();
         let publication = Arc::new(Publication::new(topic, payload));
         let bytes = publication.payload.len() + publication.topic.len();
         let fits = bytes <= self.config().cluster.message_bytes_max();

@@ -71,11 +71,12 @@ async fn peers_are_who_their_certificates_say() {
     // The impostor keeps dialing for a while; it never comes up at n1.
     let watch_until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < watch_until {
-        let state = runtime
-            .view()
-            .member("n3")
-            .map(|member| member.state);
-        assert_eq!(state, Some(MemberState::Down), "a node claiming another's name is refused");
+        let state = runtime.view().member("n3").map(|member| member.state);
+        assert_eq!(
+            state,
+            Some(MemberState::Down),
+            "a node claiming another's name is refused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!n3.runtime().view().is_up("n1"));

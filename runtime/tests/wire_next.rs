@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use runtime::NodeBuilder;
 use runtime::builtin::{Register, RegisterCommand};
 use runtime::config::{ClusterConfig, ConfigOverrides};
-use runtime::NodeBuilder;
 
 const ASKS: usize = 30;
 
@@ -116,7 +116,11 @@ async fn a_next_protocol_node_serves_beside_this_one() {
         .await,
         "n1 sees n2 and the next-protocol n3 up"
     );
-    let n3 = runtime.view().member("n3").cloned().expect("n3 is a member");
+    let n3 = runtime
+        .view()
+        .member("n3")
+        .cloned()
+        .expect("n3 is a member");
     assert_eq!(n3.protocol, 2, "n1 and n3 speak the lower protocol");
 
     // This build asks; some registers live on n3.
@@ -133,22 +137,38 @@ async fn a_next_protocol_node_serves_beside_this_one() {
             served_by_next += 1;
         }
     }
-    assert!(served_by_next > 0, "n3 owns some of {ASKS} registers and serves them");
+    assert!(
+        served_by_next > 0,
+        "n3 owns some of {ASKS} registers and serves them"
+    );
 
     // The next-protocol node asks; some registers live here.
     let lines = tokio::time::timeout(Duration::from_secs(60), report)
         .await
         .expect("the next-protocol node reports within a minute")
         .expect("reader");
-    assert_eq!(lines.first().map(String::as_str), Some("protocol 3"), "{lines:?}");
-    assert!(lines.contains(&"peer n1 protocol 2".to_string()), "{lines:?}");
-    assert!(lines.contains(&"peer n2 protocol 2".to_string()), "{lines:?}");
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("protocol 3"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"peer n1 protocol 2".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"peer n2 protocol 2".to_string()),
+        "{lines:?}"
+    );
     assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
     let served_here = lines
         .iter()
         .filter(|line| line.ends_with("served-by n1") || line.ends_with("served-by n2"))
         .count();
-    assert!(served_here > 0, "n1 and n2 serve some of n3's asks: {lines:?}");
+    assert!(
+        served_here > 0,
+        "n1 and n2 serve some of n3's asks: {lines:?}"
+    );
     // Every one of n3's adds is durable and visible from this build.
     for index in 0..ASKS {
         let reply = runtime
@@ -162,7 +182,10 @@ async fn a_next_protocol_node_serves_beside_this_one() {
 
     drop(next.0.stdin.take());
     let status = next.0.wait().expect("child exit");
-    assert!(status.success(), "the next-protocol node stops cleanly: {status}");
+    assert!(
+        status.success(),
+        "the next-protocol node stops cleanly: {status}"
+    );
     n2.shutdown(Duration::from_secs(5)).await;
     n1.shutdown(Duration::from_secs(5)).await;
 }

@@ -9,7 +9,7 @@
 //! ```
 //! Prints one line per path: conversions per second, p50 and p99 per conversion.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -117,7 +117,7 @@ async fn through_port(program: PathBuf, input: Vec<u8>, index: usize) -> anyhow:
 }
 
 async fn ports(
-    program: &PathBuf,
+    program: &Path,
     input: &[u8],
     iterations: usize,
     at_once: usize,
@@ -132,7 +132,7 @@ async fn ports(
                 break;
             }
             handles.push(tokio::spawn(through_port(
-                program.clone(),
+                program.to_path_buf(),
                 input.to_vec(),
                 index,
             )));

@@ -73,9 +73,12 @@ async fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     for round in 0..options.kills {
         let owner = placement::owner("room", &room, NODES).context("owner")?;
-        let survivor = NODES.into_iter().find(|node| *node != owner).context("a survivor")?;
-        let mut client = ChatClient::connect(&cluster.http_url(survivor), &test_token("prober"))
-            .await?;
+        let survivor = NODES
+            .into_iter()
+            .find(|node| *node != owner)
+            .context("a survivor")?;
+        let mut client =
+            ChatClient::connect(&cluster.http_url(survivor), &test_token("prober")).await?;
         client.join_and_wait(&room, None).await?;
         post_and_ack(&mut client, &room, &format!("before-{round}")).await?;
         cluster.kill(owner);
@@ -88,7 +91,8 @@ async fn main() -> anyhow::Result<()> {
         cluster.restart(owner).await?;
         cluster.wait_all_up(WAIT).await?;
         // The room goes back to its owner; wait until it serves there again.
-        let mut client = ChatClient::connect(&cluster.http_url(owner), &test_token("prober")).await?;
+        let mut client =
+            ChatClient::connect(&cluster.http_url(owner), &test_token("prober")).await?;
         client.join_and_wait(&room, None).await?;
         post_and_ack(&mut client, &room, &format!("back-{round}")).await?;
         client.close().await;
@@ -139,12 +143,15 @@ async fn fill(cluster: &TestCluster, room: &str, messages: usize) -> anyhow::Res
         let text = text.clone();
         let count = messages / CLIENTS + usize::from(index < messages % CLIENTS);
         tasks.push(tokio::spawn(async move {
-            let mut client = ChatClient::connect(&url, &test_token(&format!("filler{index}"))).await?;
+            let mut client =
+                ChatClient::connect(&url, &test_token(&format!("filler{index}"))).await?;
             client.join_and_wait(&room, None).await?;
             let (mut sent, mut acked) = (0, 0);
             while acked < count {
                 while sent < count && sent - acked < IN_FLIGHT_MAX {
-                    client.post(&room, &format!("f{index}-{sent}"), &text).await?;
+                    client
+                        .post(&room, &format!("f{index}-{sent}"), &text)
+                        .await?;
                     sent += 1;
                 }
                 let frame = client.next(WAIT).await?.context("closed")?;

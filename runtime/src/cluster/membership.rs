@@ -498,18 +498,16 @@ impl MembershipState {
         let membership = myself.clone();
         let dialer = self.dialer.clone();
         tokio::spawn(async move {
-            let result = match tokio::time::timeout(
-                timeout,
-                dialer.dial(&server, Some(&peer_id), address),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(format!(
-                    "connect timed out after {} ms",
-                    timeout.as_millis()
-                )),
-            };
+            let result =
+                match tokio::time::timeout(timeout, dialer.dial(&server, Some(&peer_id), address))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(format!(
+                        "connect timed out after {} ms",
+                        timeout.as_millis()
+                    )),
+                };
             let _ = membership.cast(MembershipMsg::DialFinished {
                 peer: peer_id,
                 result,
@@ -781,7 +779,11 @@ impl MembershipState {
             if member.id == self.me {
                 continue;
             }
-            match self.peers.iter_mut().find(|peer| peer.address.id == member.id) {
+            match self
+                .peers
+                .iter_mut()
+                .find(|peer| peer.address.id == member.id)
+            {
                 Some(peer) => {
                     if !peer.configured
                         && (peer.address.cluster_addr != member.cluster_addr
@@ -906,7 +908,6 @@ pub fn up_set(view: &View) -> HashSet<String> {
     view.up_members().map(str::to_string).collect()
 }
 
-
 /// Keeps this node's entry in the membership table current, drops members gone for longer
 /// than `remove_after` (configured ones are never dropped, as they are peers anyway), and
 /// hands every version read to the membership actor.
@@ -952,9 +953,9 @@ fn spawn_table_keeper(
                     changed = true;
                 }
                 let before = current.members.len();
-                current.members.retain(|member| {
-                    !gone.contains(&member.id) && !(leaving && member.id == me.id)
-                });
+                current
+                    .members
+                    .retain(|member| !(gone.contains(&member.id) || leaving && member.id == me.id));
                 changed || current.members.len() != before
             })
             .await;

@@ -72,6 +72,8 @@ struct Entry {
     ports: Vec<Reply>,
     /// Events the command persisted (0 for a read queued behind an append).
     events: usize,
+    /// The command's `entity.command` span: it ends when the command is answered.
+    span: tracing::Span,
 }
 
 struct Batch<E: Entity> {
@@ -80,6 +82,8 @@ struct Batch<E: Entity> {
     /// Encoded events per entry with events (parallel to the records to write).
     records: Vec<Record>,
     events: Vec<(u64, E::Event)>,
+    /// Its `journal.append` span while in flight: it ends when the batch is durable.
+    span: tracing::Span,
 }
 
 impl<E: Entity> Batch<E> {
@@ -89,7 +93,16 @@ impl<E: Entity> Batch<E> {
             entries: Vec::new(),
             records: Vec::new(),
             events: Vec::new(),
+            span: tracing::Span::none(),
         }
+    }
+
+    /// The span of its first traced command: the parent of what the batch does once durable.
+    fn lead_span(&self) -> Option<&tracing::Span> {
+        self.entries
+            .iter()
+            .map(|entry| &entry.span)
+            .find(|span| !span.is_disabled())
     }
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -366,6 +379,7 @@ impl<E: Entity> EntityState<E> {
     }
 
     fn process(&mut self, myself: &ActorRef<EntityMsg>, mut delivery: Delivery) {
+        let span = std::mem::replace(&mut delivery.span, tracing::Span::none());
         metrics::counter!(names::ENTITY_MESSAGES_TOTAL, "kind" => E::KIND).increment(1);
         if let Some(msg_id) = delivery.msg_id {
             if let Some(reply) = self.recent.get(&msg_id) {
@@ -399,7 +413,8 @@ impl<E: Entity> EntityState<E> {
             self.durable_head,
             true,
         );
-        let reply = self.entity.handle(&self.state, command, &mut context);
+        // What the entity does (its logs, its own asks) belongs to the command's trace.
+        let reply = span.in_scope(|| self.entity.handle(&self.state, command, &mut context));
         let Context {
             events, passivate, ..
         } = context;
@@ -412,6 +427,7 @@ impl<E: Entity> EntityState<E> {
             reply,
             ports: delivery.reply.into_iter().collect(),
             events: events.len(),
+            span,
         };
         if events.is_empty() && self.inflight.is_none() && self.open.is_empty() {
             // Read-only and nothing pending before it: answer now.
@@ -476,6 +492,12 @@ impl<E: Entity> EntityState<E> {
         }
         let records = batch.records.clone();
         let first_seq = batch.first_seq;
+        let mut batch = batch;
+        batch.span = crate::trace::append_span(
+            &self.id,
+            records.len(),
+            batch.entries.iter().map(|entry| &entry.span),
+        );
         // One append in flight at a time, each starting right after what is durable: the node
         // log accepts an append only at the entity's head.
         assert_eq!(
@@ -524,6 +546,7 @@ impl<E: Entity> EntityState<E> {
             entries: self.open.entries.drain(..commands).collect(),
             records: self.open.records.drain(..records).collect(),
             events: self.open.events.drain(..events).collect(),
+            span: tracing::Span::none(),
         };
         self.open.first_seq = rest_first_seq;
         taken
@@ -562,12 +585,20 @@ impl<E: Entity> EntityState<E> {
     }
 
     fn batch_durable(&mut self, myself: &ActorRef<EntityMsg>, batch: Batch<E>) {
+        // The append is durable: its span ends; what follows (broadcasts) belongs to the
+        // batch's first traced command.
+        let lead_span = batch
+            .lead_span()
+            .cloned()
+            .unwrap_or_else(tracing::Span::none);
         let Batch {
             events,
             entries,
             records,
+            span: append_span,
             ..
         } = batch;
+        drop(append_span);
         let appended = events.len() as u64;
         if let (Some((first, _)), Some((last, _))) = (events.first(), events.last()) {
             assert!(
@@ -593,7 +624,7 @@ impl<E: Entity> EntityState<E> {
             self.durable_head,
             false,
         );
-        self.entity.on_durable(&self.state, &events, &mut context);
+        lead_span.in_scope(|| self.entity.on_durable(&self.state, &events, &mut context));
         let passivate = context.passivate;
         for record in records {
             if let Some(msg_id) = record.msg_id {

@@ -88,10 +88,12 @@ impl Actor for HostActor {
             }
         };
         let bytes_max = runtime.config().cluster.message_bytes_max();
+        let span = crate::trace::received_command_span(&envelope);
         let delivery = Delivery {
             msg_id: Some(envelope.msg_id),
             payload: envelope.payload,
             reply: reply.map(|port| Reply::Peer { port, bytes_max }),
+            span,
         };
         match runtime.shards() {
             Ok(shards) => {

@@ -5,6 +5,8 @@
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
+use tracing::{Instrument, Span};
+
 use crate::codec::{self, Wire};
 use crate::entity::host::HostMsg;
 use crate::entity::shards::{Delivery, ShardMsg};
@@ -13,6 +15,7 @@ use crate::error::{Result, RuntimeError};
 use crate::id::{EntityId, MsgId};
 use crate::metrics as names;
 use crate::runtime::Runtime;
+use crate::trace;
 
 /// A location-transparent handle to one entity. Cheap to clone and to create.
 pub struct EntityRef<E: Entity> {
@@ -84,8 +87,16 @@ impl<E: Entity> EntityRef<E> {
     ) -> Result<R::Reply> {
         let msg_id = msg_id.unwrap_or_else(|| self.runtime.next_msg_id());
         let command = request.into_command();
+        let span = trace::ask_span(&self.id, msg_id);
         let reply = self
-            .ask_encoded(codec::encode(&command), msg_id, Instant::now(), timeout)
+            .ask_encoded(
+                codec::encode(&command),
+                msg_id,
+                Instant::now(),
+                timeout,
+                &span,
+            )
+            .instrument(span.clone())
             .await?;
         self.typed::<R>(reply)
     }
@@ -120,6 +131,8 @@ impl<E: Entity> EntityRef<E> {
         let timeout = Duration::from_millis(self.runtime.config().entities.ask_timeout_ms);
         let msg_id = self.runtime.next_msg_id();
         let payload = codec::encode(&command);
+        // The ask's span lives until `done` runs (it moves with it).
+        let span = trace::ask_span(&self.id, msg_id);
         let local = self
             .runtime
             .owner_of(&self.id.kind, &self.id.key)
@@ -127,11 +140,12 @@ impl<E: Entity> EntityRef<E> {
             == Some(self.runtime.node_id());
         let shards = match self.runtime.shards() {
             Ok(shards) if local => shards,
-            _ => return self.spawn_ask(payload, msg_id, started, timeout, done),
+            _ => return self.spawn_ask(payload, msg_id, started, timeout, span, done),
         };
         let this = self.clone();
         let retry_payload = payload.clone();
         let deadline = started + timeout;
+        let command_span = trace::command_span(&span, &self.id);
         let callback = ReplyCallback::new(self.runtime.deadlines(), deadline, move |outcome| {
             match outcome {
                 Some(AskOutcome::Reply(bytes)) => {
@@ -148,7 +162,7 @@ impl<E: Entity> EntityRef<E> {
                     last_error: "the entity on this node did not answer".into(),
                 })),
                 // Not the owner anymore, unavailable, or dropped unanswered: the full path.
-                _ => this.spawn_ask(retry_payload, msg_id, started, timeout, done),
+                _ => this.spawn_ask(retry_payload, msg_id, started, timeout, span, done),
             }
         });
         // If the cast fails, the delivery (and with it the callback) is dropped: fallback.
@@ -158,6 +172,7 @@ impl<E: Entity> EntityRef<E> {
                 msg_id: Some(msg_id),
                 payload,
                 reply: Some(Reply::Callback(callback)),
+                span: command_span,
             },
         });
     }
@@ -168,6 +183,7 @@ impl<E: Entity> EntityRef<E> {
         msg_id: MsgId,
         started: Instant,
         timeout: Duration,
+        span: Span,
         done: F,
     ) where
         F: FnOnce(Result<E::Reply>) + Send + 'static,
@@ -178,9 +194,16 @@ impl<E: Entity> EntityRef<E> {
             )));
         };
         let this = self.clone();
-        handle.spawn(async move {
-            done(this.ask_encoded(payload, msg_id, started, timeout).await);
-        });
+        let instrumented = span.clone();
+        handle.spawn(
+            async move {
+                done(
+                    this.ask_encoded(payload, msg_id, started, timeout, &span)
+                        .await,
+                );
+            }
+            .instrument(instrumented),
+        );
     }
 
     async fn ask_encoded(
@@ -189,14 +212,16 @@ impl<E: Entity> EntityRef<E> {
         msg_id: MsgId,
         started: Instant,
         timeout: Duration,
+        span: &Span,
     ) -> Result<E::Reply> {
         let deadline = started + timeout;
-        let envelope = Envelope::new(
+        let mut envelope = Envelope::new(
             self.id.clone(),
             msg_id,
             payload,
             self.runtime.node_id().to_string(),
         );
+        trace::inject(&mut envelope.extensions, span);
         let mut views = self.runtime.watch_view();
         let mut hint: Option<String> = None;
         let mut backoff = RETRY_BACKOFF_MIN;
@@ -217,7 +242,7 @@ impl<E: Entity> EntityRef<E> {
                 let _ = tokio::time::timeout(deadline - now, views.changed()).await;
                 continue;
             };
-            match self.attempt(&target, &envelope, deadline).await {
+            match self.attempt(&target, &envelope, deadline, span).await {
                 Ok(bytes) => {
                     metrics::histogram!(names::ASK_SECONDS).record(started.elapsed().as_secs_f64());
                     return codec::decode(&bytes, "entity reply");
@@ -257,10 +282,12 @@ impl<E: Entity> EntityRef<E> {
             .runtime
             .owner_of(&self.id.kind, &self.id.key)
             .ok_or_else(|| RuntimeError::Unavailable("no member is up".into()))?;
+        let span = trace::tell_span(&self.id);
         let delivery = Delivery {
             msg_id: Some(self.runtime.next_msg_id()),
             payload: codec::encode(&command),
             reply: None,
+            span: trace::command_span(&span, &self.id),
         };
         if owner == self.runtime.node_id() {
             let shards = self.runtime.shards()?;
@@ -272,7 +299,7 @@ impl<E: Entity> EntityRef<E> {
                 .map_err(|error| RuntimeError::Unavailable(error.to_string()));
         }
         let host = self.runtime.peer_host(&owner)?;
-        let envelope = Envelope::new(
+        let mut envelope = Envelope::new(
             self.id.clone(),
             delivery
                 .msg_id
@@ -280,6 +307,7 @@ impl<E: Entity> EntityRef<E> {
             delivery.payload,
             self.runtime.node_id().to_string(),
         );
+        trace::inject(&mut envelope.extensions, &span);
         self.check_fits(&envelope)?;
         host.cast(HostMsg::Tell(Wire::new(envelope)))
             .map_err(|error| RuntimeError::Unavailable(error.to_string()))
@@ -290,12 +318,13 @@ impl<E: Entity> EntityRef<E> {
         target: &str,
         envelope: &Envelope,
         deadline: Instant,
+        span: &Span,
     ) -> std::result::Result<Vec<u8>, AttemptError> {
         let attempt_timeout =
             Duration::from_millis(self.runtime.config().entities.attempt_timeout_ms);
         let timeout = attempt_timeout.min(deadline.saturating_duration_since(Instant::now()));
         let outcome = if target == self.runtime.node_id() {
-            self.attempt_local(envelope, timeout).await?
+            self.attempt_local(envelope, timeout, span).await?
         } else {
             self.attempt_remote(target, envelope, timeout).await?
         };
@@ -314,6 +343,7 @@ impl<E: Entity> EntityRef<E> {
         &self,
         envelope: &Envelope,
         timeout: Duration,
+        span: &Span,
     ) -> std::result::Result<AskOutcome, AttemptError> {
         let shards = self
             .runtime
@@ -324,6 +354,7 @@ impl<E: Entity> EntityRef<E> {
             msg_id: Some(envelope.msg_id),
             payload: envelope.payload.clone(),
             reply: Some(Reply::Port(sender.into())),
+            span: trace::command_span(span, &self.id),
         };
         shards
             .cast(ShardMsg::Deliver {

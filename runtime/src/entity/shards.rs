@@ -32,6 +32,9 @@ pub struct Delivery {
     pub msg_id: Option<MsgId>,
     pub payload: Vec<u8>,
     pub reply: Option<Reply>,
+    /// The command's `entity.command` span (see `crate::trace`), kept until it is answered;
+    /// `Span::none()` when not traced.
+    pub span: tracing::Span,
 }
 
 #[derive(RactorMessage)]

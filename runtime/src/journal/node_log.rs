@@ -462,7 +462,11 @@ impl NodeJournal {
 
     /// Waits until each of `partitions` has a newer claim by another node (graceful leave:
     /// the new owners are taking them over), or `deadline`; returns whether all do.
-    pub async fn wait_taken_over(&self, partitions: &[u32], deadline: tokio::time::Instant) -> bool {
+    pub async fn wait_taken_over(
+        &self,
+        partitions: &[u32],
+        deadline: tokio::time::Instant,
+    ) -> bool {
         super::partitions::wait_taken_over(&self.shared, partitions, deadline).await
     }
 

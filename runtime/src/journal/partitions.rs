@@ -559,11 +559,14 @@ async fn read_ranges(
     Ok(tail)
 }
 
+/// Log objects read, by (log, object number).
+type ObjectsRead = HashMap<(String, u64), Arc<LogObject>>;
+
 /// Log objects read during one wave of takeovers: a dead node's objects hold many
 /// partitions, and each is read once, not once per partition.
 #[derive(Clone, Default)]
 pub(super) struct ObjectCache {
-    objects: Arc<tokio::sync::Mutex<HashMap<(String, u64), Arc<LogObject>>>>,
+    objects: Arc<tokio::sync::Mutex<ObjectsRead>>,
     /// One listing per log per wave: the objects that exist (any made after it are beyond every
     /// seal of this wave, and any deleted since are compacted).
     listings: Arc<tokio::sync::Mutex<HashMap<String, Arc<Vec<u64>>>>>,

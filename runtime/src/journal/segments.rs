@@ -467,21 +467,30 @@ fn entity_root(entity: &EntityId) -> String {
     format!("journal/{}/{}", entity.kind, path_safe_key(&entity.key))
 }
 
+/// Longest name part an entity key becomes: one path component of a local directory is at
+/// most 255 bytes (`NAME_MAX`), and a longer one fails every write and listing of the entity.
+const KEY_PART_BYTES_MAX: usize = 254;
+
+/// The name part of an entity key, at most [`KEY_PART_BYTES_MAX`] bytes, whatever the key: the
+/// key itself when it is plain (letters, digits, `_`, `-`, at most 128 bytes), else `x.` and
+/// its hex (every key stored before long keys were hashed keeps its place), else, when that
+/// would be too long, `h.` and the hex of its SHA-256. The three forms cannot collide: a plain
+/// key has no `.`, and `x.` and `h.` differ.
 fn path_safe_key(key: &str) -> String {
+    use sha2::Digest;
     let plain = !key.is_empty()
         && key.len() <= 128
         && key
             .bytes()
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
     if plain {
-        key.to_string()
+        return key.to_string();
+    }
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|byte| format!("{byte:02x}")).collect() };
+    if 2 + key.len() * 2 <= KEY_PART_BYTES_MAX {
+        format!("x.{}", hex(key.as_bytes()))
     } else {
-        let mut encoded = String::with_capacity(2 + key.len() * 2);
-        encoded.push_str("x.");
-        for byte in key.bytes() {
-            encoded.push_str(&format!("{byte:02x}"));
-        }
-        encoded
+        format!("h.{}", hex(&sha2::Sha256::digest(key.as_bytes())))
     }
 }
 
@@ -650,6 +659,30 @@ mod tests {
         assert_eq!(path_safe_key("lobby"), "lobby");
         assert_eq!(path_safe_key("a/b"), "x.612f62");
         assert_eq!(path_safe_key(".."), "x.2e2e");
+    }
+
+    #[test]
+    fn long_keys_become_bounded_names() {
+        // The longest key kept in hex, as before; one byte more is hashed.
+        let kept = "@".repeat(126);
+        assert_eq!(path_safe_key(&kept), format!("x.{}", "40".repeat(126)));
+        let email = format!("{}@example.com", "a".repeat(188));
+        for key in [
+            email.as_str(),
+            &"/".repeat(128),
+            &"é".repeat(5000),
+            &"@".repeat(127),
+        ] {
+            let name = path_safe_key(key);
+            assert!(name.starts_with("h.") && name.len() == 66, "{name}");
+        }
+        assert_ne!(
+            path_safe_key(&"/".repeat(128)),
+            path_safe_key(&"/".repeat(129))
+        );
+        let plain = "p".repeat(128);
+        assert_eq!(path_safe_key(&plain), plain);
+        assert!(path_safe_key(&"p".repeat(129)).starts_with("x."));
     }
 
     #[test]

@@ -138,14 +138,16 @@ impl NodeObjects {
 
 impl Objects for NodeObjects {
     fn create(&self, path: String, bytes: Vec<u8>) -> BoxFuture<'_, Result<Created>> {
-        Box::pin(self.request(format!("create {path}"), move |objects| {
-            if objects.contains_key(&path) {
-                Created::Exists
-            } else {
-                objects.insert(path, bytes);
-                Created::Yes
-            }
-        }))
+        Box::pin(self.request(
+            format!("create {path}"),
+            move |objects| match objects.entry(path) {
+                std::collections::btree_map::Entry::Occupied(_) => Created::Exists,
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    entry.insert(bytes);
+                    Created::Yes
+                }
+            },
+        ))
     }
 
     fn get(&self, path: String) -> BoxFuture<'_, Result<Option<Bytes>>> {
@@ -462,7 +464,7 @@ async fn simulate(seed: u64) {
     let live_logs: Arc<Mutex<BTreeSet<String>>> = Arc::default();
     let acks = Acks::default();
     let names: Vec<String> = (0..NODES).map(|index| format!("n{index}")).collect();
-    let mut incarnations = vec![1u64; NODES];
+    let mut incarnations = [1u64; NODES];
     let mut nodes: Vec<Option<SimNode>> = names
         .iter()
         .map(|name| Some(start_node(&store, name, 1, &live_logs)))
