@@ -2,6 +2,8 @@
 # Writes the secrets of a deployment into DIR, keeping any that already exist:
 #   DIR/cookie         the cluster cookie (random)         -> ACTORHUB_COOKIE_FILE
 #   DIR/jwt-secret     the session-token key (random)      -> ACTORHUB_JWT_SECRET_FILE
+#   DIR/admin-token    the operator routes' bearer token   -> ACTORHUB_ADMIN_TOKEN_FILE
+#                      (/metrics, /api/cluster, /api/admin/*; `node status`, `node drain`)
 #   DIR/tls/           ca.pem and <id>.pem / <id>.key per node id, from `node certs`
 #   DIR/ca.key         the cluster CA's key: keep it, out of the nodes' reach (it signs
 #                      certificates for new node ids)
@@ -16,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -lt 2 ]; then
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 fi
 dir="$1"
@@ -31,7 +33,7 @@ chmod 0700 "$dir"
 random_secret() {
   head -c 48 /dev/urandom | base64 | tr -d '\n/+='
 }
-for name in cookie jwt-secret; do
+for name in cookie jwt-secret admin-token; do
   if [ -s "$dir/$name" ]; then
     echo "keeping $dir/$name"
   else
@@ -59,4 +61,4 @@ else
 fi
 # The containers run as uid 10001, not as you: the files must be readable by it. DIR itself
 # stays 0700, so other users of this machine cannot reach them.
-chmod 0644 "$dir/cookie" "$dir/jwt-secret" "$dir"/tls/*
+chmod 0644 "$dir/cookie" "$dir/jwt-secret" "$dir/admin-token" "$dir"/tls/*

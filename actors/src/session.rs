@@ -45,7 +45,9 @@ pub const JOIN_BUFFER_MAX: usize = 4096;
 /// Close codes (RFC 6455 4000-4999 are ours).
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const CLOSE_IDLE: u16 = 4000;
-pub const CLOSE_SHUTDOWN: u16 = 1001;
+/// The node is leaving the cluster or stopping: RFC 6455's "service restart", which tells a
+/// client to reconnect (to another node) at once.
+pub const CLOSE_SHUTDOWN: u16 = 1012;
 
 /// The node-local pub/sub topic on which [`spawn_view_relay`] announces membership changes.
 pub const VIEW_TOPIC: &str = "node:view";
@@ -376,7 +378,7 @@ impl Actor for SessionActor {
         // Stopped while the client is still there: the node is shutting down.
         state.shared.sink.close(CloseReason {
             code: CLOSE_SHUTDOWN,
-            reason: "the node is shutting down; reconnect to another node".into(),
+            reason: "this node is leaving the cluster; reconnect to another node now".into(),
         });
         metrics::gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
         Ok(())
@@ -783,8 +785,14 @@ impl SessionState {
         let myself = self.shared.myself.clone();
         let room = room.to_string();
         let entity = runtime.entity::<Room>(room.clone());
-        entity.ask_then(post, move |result| {
-            let _ = myself.cast(SessionMsg::PostDone { room, id, result });
+        // The post's trace span (see runtime::trace) ends when its answer comes back.
+        let span = tracing::debug_span!("ws.post", otel.kind = "server", room = %room);
+        let in_flight = span.clone();
+        span.in_scope(|| {
+            entity.ask_then(post, move |result| {
+                drop(in_flight);
+                let _ = myself.cast(SessionMsg::PostDone { room, id, result });
+            });
         });
     }
 

@@ -561,7 +561,10 @@ mod tests {
         let mut checked = 0;
         for entry in std::fs::read_dir(&directory).expect("chaos/scenarios") {
             let path = entry.expect("entry").path();
-            if path.extension().is_some_and(|extension| extension == "toml") {
+            if path
+                .extension()
+                .is_some_and(|extension| extension == "toml")
+            {
                 if let Err(error) = Scenario::from_file(&path) {
                     panic!("{}: {error:#}", path.display());
                 }

@@ -41,7 +41,7 @@ struct FileConfig {
     jobs: JobsSection,
     #[serde(default)]
     rooms: RoomsSection,
-    #[serde(rename = "node")]
+    #[serde(rename = "node", default)]
     nodes: Vec<NodeConfig>,
 }
 
@@ -56,28 +56,155 @@ pub struct Config {
     pub web: WebSection,
 }
 
-/// Secrets from the environment: they override the file's values.
+/// Secrets from outside the file: they override the file's values.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     pub cookie: Option<String>,
     pub jwt_secret: Option<String>,
+    pub admin_token: Option<String>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
 }
 
+/// The environment variables of the secrets; each may instead name a file in `<NAME>_FILE`
+/// (Kubernetes and compose mount secrets as files).
+const COOKIE_VAR: &str = "ACTORHUB_COOKIE";
+const JWT_SECRET_VAR: &str = "ACTORHUB_JWT_SECRET";
+const ADMIN_TOKEN_VAR: &str = "ACTORHUB_ADMIN_TOKEN";
+const S3_ACCESS_KEY_ID_VAR: &str = "ACTORHUB_S3_ACCESS_KEY_ID";
+const S3_SECRET_ACCESS_KEY_VAR: &str = "ACTORHUB_S3_SECRET_ACCESS_KEY";
+/// A directory with the node's TLS material; overrides `[cluster.tls] dir` (and turns TLS on).
+pub const TLS_DIR_VAR: &str = "ACTORHUB_TLS_DIR";
+
+/// Largest secret file read (a secret is a line).
+const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
 impl Secrets {
-    fn from_env() -> Self {
-        Self {
-            cookie: env("ACTORHUB_COOKIE"),
-            jwt_secret: env("ACTORHUB_JWT_SECRET"),
-            s3_access_key_id: env("ACTORHUB_S3_ACCESS_KEY_ID"),
-            s3_secret_access_key: env("ACTORHUB_S3_SECRET_ACCESS_KEY"),
-        }
+    /// From the environment: `NAME`, or the contents of the file `NAME_FILE` names.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            cookie: secret_from_env(COOKIE_VAR)?,
+            jwt_secret: secret_from_env(JWT_SECRET_VAR)?,
+            admin_token: secret_from_env(ADMIN_TOKEN_VAR)?,
+            s3_access_key_id: secret_from_env(S3_ACCESS_KEY_ID_VAR)?,
+            s3_secret_access_key: secret_from_env(S3_SECRET_ACCESS_KEY_VAR)?,
+        })
+    }
+
+    /// Fills what is still missing from the secrets `node up` generated for this cluster.
+    fn or_generated(mut self, generated: &crate::secrets::Generated) -> Self {
+        self.cookie = self.cookie.or_else(|| generated.cookie.clone());
+        self.jwt_secret = self.jwt_secret.or_else(|| generated.jwt_secret.clone());
+        self.admin_token = self.admin_token.or_else(|| generated.admin_token.clone());
+        self
     }
 }
 
-/// Reads the file at `path` with the environment's secrets.
+/// `name`'s value, or the contents of the file `name_FILE` names (trailing newline removed).
+fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
+    let file_var = format!("{name}_FILE");
+    let direct = env(name);
+    let Some(path) = std::env::var_os(&file_var).filter(|value| !value.is_empty()) else {
+        return Ok(direct);
+    };
+    if direct.is_some() {
+        anyhow::bail!("both {name} and {file_var} are set: keep one");
+    }
+    let text = read_secret_file(Path::new(&path))
+        .with_context(|| format!("cannot read the file that {file_var} names"))?;
+    if text.is_empty() {
+        anyhow::bail!("the file that {file_var} names is empty");
+    }
+    Ok(Some(text))
+}
+
+/// A secret file's text, bounded, without its trailing newline.
+pub fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(SECRET_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .context("a secret file must be UTF-8 text")?;
+    if text.len() as u64 > SECRET_FILE_BYTES_MAX {
+        anyhow::bail!("a secret file is at most {SECRET_FILE_BYTES_MAX} bytes");
+    }
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// What `node run`'s flags say about the node: they override (or stand in for) its `[[node]]`
+/// entry and add seeds.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFlags {
+    pub id: String,
+    pub cluster_addr: Option<std::net::SocketAddr>,
+    pub http_addr: Option<std::net::SocketAddr>,
+    pub join: Vec<String>,
+}
+
+impl NodeFlags {
+    /// Applies the flags to the file's sections before they are validated.
+    fn apply(
+        &self,
+        cluster: &mut ClusterSection,
+        nodes: &mut Vec<NodeConfig>,
+    ) -> anyhow::Result<()> {
+        cluster.seeds.extend(self.join.iter().cloned());
+        let entry = nodes.iter_mut().find(|node| node.id == self.id);
+        match (entry, self.cluster_addr, self.http_addr) {
+            (Some(entry), cluster_addr, http_addr) => {
+                if let Some(address) = cluster_addr {
+                    entry.cluster_addr = address;
+                }
+                if let Some(address) = http_addr {
+                    entry.http_addr = address;
+                }
+            }
+            (None, Some(cluster_addr), Some(http_addr)) => nodes.push(NodeConfig {
+                id: self.id.clone(),
+                cluster_addr,
+                http_addr,
+                listen_ip: None,
+            }),
+            (None, _, _) => anyhow::bail!(
+                "node {:?} has no [[node]] entry: add one, or pass both --cluster-addr and --http-addr",
+                self.id
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Reads the file at `path` with the secrets of the environment and, for what it does not
+/// give, those `node up` generated for this cluster (in its data directory).
 pub fn load(path: &Path) -> anyhow::Result<Config> {
+    load_with(path, None)
+}
+
+/// [`load`] for `node run`: the flags override the node's entry.
+pub fn load_for_node(path: &Path, flags: &NodeFlags) -> anyhow::Result<Config> {
+    load_with(path, Some(flags))
+}
+
+/// [`load`] for commands that never talk to the cluster (`node certs`): a secret that is not
+/// set is not asked for.
+pub fn load_offline(path: &Path) -> anyhow::Result<Config> {
+    let unused = || Some("not-used-by-this-command-0123456789".to_string());
+    let mut secrets = Secrets::from_env()?;
+    secrets.cookie = secrets.cookie.or_else(unused);
+    secrets.jwt_secret = secrets.jwt_secret.or_else(unused);
+    load_secrets(path, None, secrets)
+}
+
+fn load_with(path: &Path, flags: Option<&NodeFlags>) -> anyhow::Result<Config> {
+    load_secrets(path, flags, Secrets::from_env()?)
+}
+
+fn load_secrets(
+    path: &Path,
+    flags: Option<&NodeFlags>,
+    from_env: Secrets,
+) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the config file {} (pass --config PATH)",
@@ -88,25 +215,75 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
         .canonicalize()
         .ok()
         .and_then(|absolute| absolute.parent().map(Path::to_path_buf));
-    parse(
-        &text,
-        &path.display().to_string(),
-        Secrets::from_env(),
-        base_dir,
-    )
+    let origin = path.display().to_string();
+    // The data directory (where `node up` keeps generated secrets) is known after a first
+    // parse; without generated secrets that parse is the answer.
+    let first = parse_with(&text, &origin, from_env.clone(), base_dir.clone(), flags);
+    let data_dir = match &first {
+        Ok(config) => config.cluster.cluster.data_dir.clone(),
+        Err(_) => data_dir_of(&text, base_dir.as_deref()).ok_or_else(|| {
+            first
+                .as_ref()
+                .err()
+                .map(|error| anyhow::anyhow!("{error:#}"))
+                .unwrap_or_else(|| anyhow::anyhow!("invalid configuration"))
+        })?,
+    };
+    let generated = crate::secrets::Generated::read(&data_dir)?;
+    let mut config = if generated.any() {
+        parse_with(
+            &text,
+            &origin,
+            from_env.or_generated(&generated),
+            base_dir,
+            flags,
+        )?
+    } else {
+        first?
+    };
+    if config.cluster.cluster.tls.is_none()
+        && let Some(dir) = generated.tls_dir
+    {
+        config.cluster.cluster.tls = Some(runtime::config::TlsSection { dir });
+    }
+    if let Some(dir) = std::env::var_os(TLS_DIR_VAR).filter(|value| !value.is_empty()) {
+        config.cluster.cluster.tls = Some(runtime::config::TlsSection { dir: dir.into() });
+    }
+    Ok(config)
+}
+
+/// `[cluster] data_dir` of a file that may not validate yet (its secrets may be generated).
+fn data_dir_of(text: &str, base_dir: Option<&Path>) -> Option<std::path::PathBuf> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let dir = std::path::PathBuf::from(table.get("cluster")?.get("data_dir")?.as_str()?);
+    Some(match base_dir {
+        Some(base) if dir.is_relative() => base.join(dir),
+        _ => dir,
+    })
 }
 
 /// Parses `cluster.toml` text, applies the secrets and resolves relative paths against
 /// `base_dir`, then lets each crate validate its sections. `origin` names the file in errors.
+#[cfg(test)]
 pub fn parse(
     text: &str,
     origin: &str,
     secrets: Secrets,
     base_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Config> {
+    parse_with(text, origin, secrets, base_dir, None)
+}
+
+fn parse_with(
+    text: &str,
+    origin: &str,
+    secrets: Secrets,
+    base_dir: Option<std::path::PathBuf>,
+    flags: Option<&NodeFlags>,
+) -> anyhow::Result<Config> {
     let file: FileConfig = toml::from_str(text).map_err(|error| invalid(origin, error))?;
     let FileConfig {
-        cluster,
+        mut cluster,
         entities,
         storage,
         limits,
@@ -116,8 +293,13 @@ pub fn parse(
         users,
         jobs,
         rooms,
-        nodes,
+        mut nodes,
     } = file;
+    if let Some(flags) = flags {
+        flags
+            .apply(&mut cluster, &mut nodes)
+            .map_err(|error| invalid(origin, error))?;
+    }
     let overrides = ConfigOverrides {
         cookie: secrets.cookie,
         s3_access_key_id: secrets.s3_access_key_id,
@@ -143,6 +325,9 @@ pub fn parse(
     let mut web = web;
     if let Some(secret) = secrets.jwt_secret {
         web.jwt_secret = Some(secret);
+    }
+    if let Some(token) = secrets.admin_token {
+        web.admin_token = Some(token);
     }
     web.validate().map_err(|error| invalid(origin, error))?;
     Ok(Config { cluster, app, web })

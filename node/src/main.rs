@@ -1,8 +1,11 @@
-//! The `node` binary: `run` one node, bring `up` a local cluster, or mint a `token`.
+//! The `node` binary: `run` one node, bring `up` a local cluster, mint a `token`, make the
+//! cluster's TLS `certs`, and the operator's `status` and `drain`.
 //! Thin by design: parse the command line, set up logging, hand over.
 
+mod admin;
 mod config_file;
 mod run;
+mod secrets;
 mod up;
 
 use std::path::PathBuf;
@@ -27,14 +30,58 @@ enum Command {
     Run {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
-        /// The node's id, as in a [[node]] entry of the config.
+        /// The node's id: a [[node]] entry of the config, or a new node given its addresses.
         #[arg(long)]
         id: String,
+        /// The address peers reach this node's cluster port at (overrides its [[node]] entry).
+        #[arg(long)]
+        cluster_addr: Option<std::net::SocketAddr>,
+        /// The address of this node's HTTP server (overrides its [[node]] entry).
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
+        /// A running member's cluster address (`host:port`; a DNS name may resolve to several),
+        /// to join through. Repeatable; adds to `cluster.seeds`.
+        #[arg(long)]
+        join: Vec<String>,
     },
     /// Start every node of the config as a local child process and show them together.
+    /// Generates the cluster's secrets and TLS certificates on first start.
     Up {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
+        /// Show every node's log lines (default: warnings and errors only).
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Create the cluster CA and a certificate per node, or add nodes to an existing CA.
+    Certs {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// The directory to write: ca.pem, ca.key (keep it private), <node>.pem, <node>.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// A node to certify (repeatable); default: every [[node]] of the config.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
+    /// Show the cluster: members, their state, protocol, version and active entities.
+    Status {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// The HTTP address of the node to ask (default: the config's [[node]] entries).
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
+    },
+    /// Ask a node to leave the cluster gracefully: its entities move to the others, then it stops.
+    Drain {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// The node to drain.
+        #[arg(long)]
+        id: String,
+        /// Its HTTP address (default: from the cluster's view).
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
     },
     /// Print a signed session token for scripts and benchmarks.
     Token {
@@ -64,18 +111,61 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, id } => {
-            let config = match config_file::load(&config) {
+        Command::Run {
+            config,
+            id,
+            cluster_addr,
+            http_addr,
+            join,
+        } => {
+            let flags = config_file::NodeFlags {
+                id: id.clone(),
+                cluster_addr,
+                http_addr,
+                join,
+            };
+            let config = match config_file::load_for_node(&config, &flags) {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
             };
             if let Err(error) = config.cluster.node(&id) {
                 return config_error(&anyhow::anyhow!(error));
             }
+            if let Err(error) = secrets::refuse_unsafe(&config, &id) {
+                return config_error(&error);
+            }
             run::init_tracing();
             exit_with(run::run(config, &id))
         }
-        Command::Up { config: path } => {
+        Command::Certs { config, out, nodes } => {
+            let config = match config_file::load_offline(&config) {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            exit_with(admin::certs(&config, &out, &nodes))
+        }
+        Command::Status { config, http_addr } => {
+            let config = match config_file::load(&config) {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            exit_with(admin::block_on(admin::status(&config, http_addr)))
+        }
+        Command::Drain {
+            config,
+            id,
+            http_addr,
+        } => {
+            let config = match config_file::load(&config) {
+                Ok(config) => config,
+                Err(error) => return config_error(&error),
+            };
+            exit_with(admin::block_on(admin::drain(&config, &id, http_addr)))
+        }
+        Command::Up {
+            config: path,
+            verbose,
+        } => {
             let config = match config_file::load(&path) {
                 Ok(config) => config,
                 Err(error) => return config_error(&error),
@@ -84,7 +174,7 @@ fn main() -> ExitCode {
                 Ok(runtime) => runtime,
                 Err(error) => return exit_with(Err(error.into())),
             };
-            exit_with(runtime.block_on(up::run(&path, &config.cluster)))
+            exit_with(runtime.block_on(up::run(&path, &config.cluster, verbose)))
         }
         Command::Token { config, user, ttl } => {
             let config = match config_file::load(&config) {

@@ -103,6 +103,18 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
 
     let http_addr = config.node(node_id)?.http_addr;
     let shutdown_timeout = Duration::from_millis(web_settings.shutdown_timeout_ms);
+    let drain_timeout = Duration::from_millis(config.cluster.drain_timeout_ms);
+    if !http_addr.ip().is_loopback() && config.cluster.tls.is_none() {
+        tracing::warn!(
+            "cluster traffic is PLAINTEXT beyond loopback (`cluster.plaintext_beyond_loopback`): anyone on the network can read it; set `[cluster.tls]` for anything but a network you trust completely"
+        );
+    } else if config.cluster.tls.is_none() {
+        tracing::warn!(
+            "cluster traffic is plaintext (loopback development); `[cluster.tls]` turns on mutual TLS"
+        );
+    }
+    // `POST /api/admin/drain` asks for what SIGTERM does.
+    let drain = Arc::new(tokio::sync::Notify::new());
     let secret = web_settings
         .jwt_secret
         .clone()
@@ -150,6 +162,7 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
         jobs: actors::job::service::Jobs::new(node.runtime(), Arc::new(app.jobs.clone())),
         app,
         web: Arc::new(web_settings),
+        drain: drain.clone(),
     };
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = web::serve(http_addr, state, async move {
@@ -163,18 +176,40 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         _ = terminate.recv() => Ok("SIGTERM"),
         _ = interrupt.recv() => Ok("SIGINT"),
+        () = drain.notified() => Ok("a drain request"),
         () = node.stopped() => Err(anyhow::anyhow!("the supervision tree gave up after repeated failures; see the errors above")),
     };
     let reason = match outcome {
         Ok(reason) => reason,
         Err(error) => return Err(error),
     };
+    let started = std::time::Instant::now();
     tracing::info!(
         node = node_id,
-        signal = reason,
-        deadline_ms = shutdown_timeout.as_millis() as u64,
-        "graceful shutdown"
+        cause = reason,
+        drain_deadline_ms = drain_timeout.as_millis() as u64,
+        "leaving the cluster: handing entities over to the other members"
     );
+    // Sessions and HTTP keep serving while the peers take the entities over (asks follow the
+    // entities to their new owners); a second signal cuts the wait short.
+    let handed_off = tokio::select! {
+        handed_off = node.leave(drain_timeout) => handed_off,
+        _ = terminate.recv() => false,
+        _ = interrupt.recv() => false,
+    };
+    if handed_off {
+        tracing::info!(
+            node = node_id,
+            ms = started.elapsed().as_millis() as u64,
+            "every entity has a new owner; closing sessions (they reconnect to other nodes) and stopping"
+        );
+    } else {
+        tracing::warn!(
+            node = node_id,
+            ms = started.elapsed().as_millis() as u64,
+            "the other members did not take every entity over before the drain deadline (or a second signal came); the rest fail over as after a crash"
+        );
+    }
     let _ = stop_http.send(());
     if tokio::time::timeout(shutdown_timeout, server)
         .await
@@ -184,6 +219,10 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     }
     view_relay.abort();
     node.shutdown(shutdown_timeout).await;
-    tracing::info!(node = node_id, "stopped");
+    tracing::info!(
+        node = node_id,
+        ms = started.elapsed().as_millis() as u64,
+        "stopped"
+    );
     Ok(())
 }

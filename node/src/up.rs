@@ -28,6 +28,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, Interval, MissedTickBehavior, timeout, timeout_at};
 
+/// The nodes' log filter unless `--verbose` (or `RUST_LOG`): warnings and errors; `up` itself
+/// shows each node's state and URL.
+const QUIET_LOG_FILTER: &str = "warn,ractor=error,ractor_cluster=error";
 /// How often the state loop checks each child's exit status and `/readyz`.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Deadline of one `/readyz` probe: connect, request and status line.
@@ -47,9 +50,29 @@ const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 ///
 /// Returns `Ok` after a shutdown signal (once every node has stopped), and an error if the nodes
 /// cannot be started or if every node has exited on its own.
-pub async fn run(config_path: &Path, config: &ClusterConfig) -> anyhow::Result<()> {
+pub async fn run(config_path: &Path, config: &ClusterConfig, verbose: bool) -> anyhow::Result<()> {
     // Listen before any child exists, so a Ctrl-C during start-up stops them too.
     let mut signals = ShutdownSignals::new().context("installing signal handlers")?;
+    // This cluster's own secrets and certificates, made on first start and reused after;
+    // every node (and `node token`, `node status`) reads them from the data directory.
+    let nodes: Vec<(String, SocketAddr)> = config
+        .nodes
+        .iter()
+        .map(|node| (node.id.clone(), node.cluster_addr))
+        .collect();
+    let created = crate::secrets::Generated::ensure(
+        &config.cluster.data_dir,
+        &nodes,
+        config.cluster.tls.is_none(),
+    )?;
+    if !created.is_empty() {
+        print_text(&format!(
+            "generated this cluster's secrets in its data directory: {} (kept for later starts)",
+            created.join(", ")
+        ));
+    }
+    let log_filter =
+        (!verbose && std::env::var_os("RUST_LOG").is_none()).then_some(QUIET_LOG_FILTER);
     let executable = std::env::current_exe().context("locating the node executable")?;
     let label_width = config
         .nodes
@@ -67,7 +90,7 @@ pub async fn run(config_path: &Path, config: &ClusterConfig) -> anyhow::Result<(
     let mut children = Vec::with_capacity(config.nodes.len());
     let mut outcome = Ok(());
     for node in &config.nodes {
-        match NodeChild::spawn(&executable, config_path, node, label_width) {
+        match NodeChild::spawn(&executable, config_path, node, label_width, log_filter) {
             Ok(child) => children.push(child),
             Err(error) => {
                 outcome = Err(error);
@@ -118,8 +141,13 @@ impl NodeChild {
         config_path: &Path,
         node: &NodeConfig,
         label_width: usize,
+        log_filter: Option<&str>,
     ) -> anyhow::Result<Self> {
-        let mut process = Command::new(executable)
+        let mut command = Command::new(executable);
+        if let Some(filter) = log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let mut process = command
             .arg("run")
             .arg("--config")
             .arg(config_path)
@@ -345,6 +373,8 @@ fn print_summary(children: &[NodeChild], cluster_name: &str) {
         ));
     }
     block.push_str("Open any of these in a browser: every node serves the whole application.\n");
+    block
+        .push_str("`node status` shows the members; `node up --verbose` shows every node's log.\n");
     block.push_str("Press Ctrl-C to stop all nodes.\n");
     print_text(&block);
 }

@@ -326,6 +326,7 @@ fn secret_files(name: &str, tls: &Path) -> Files {
                 "jwt-secret".into(),
                 b"deploy-test-jwt-secret-5e8a1c3b7d9f2e4a6c8b0d1f".to_vec(),
             ),
+            ("admin-token".into(), ADMIN_TOKEN.as_bytes().to_vec()),
         ],
         // moto accepts any keys.
         "actorhub-s3" => vec![
@@ -423,11 +424,19 @@ fn node_certs(network: &PodNetwork, config_text: &str) -> PathBuf {
     out
 }
 
+/// The admin token of the Secret actorhub-secrets in this test.
+const ADMIN_TOKEN: &str = "deploy-test-admin-token-9d3b6f1a2c4e";
+
 /// The members `address`'s `/api/cluster` shows up, and its `/readyz` status, with the raw
 /// answers for messages.
 fn view_of(network: &PodNetwork, address: SocketAddr) -> (BTreeSet<String>, bool, String) {
     let ready = network.http("GET", address, "/readyz");
-    let view = network.http("GET", address, "/api/cluster");
+    let view = network.http_with(
+        "GET",
+        address,
+        "/api/cluster",
+        &format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
+    );
     let up = view
         .as_ref()
         .ok()
@@ -536,6 +545,14 @@ fn the_statefulset_command_forms_a_three_node_cluster() {
             network.log_tails()
         );
         std::thread::sleep(POLL_INTERVAL);
+    }
+    // The operator routes take the Secret's admin token (ACTORHUB_ADMIN_TOKEN_FILE).
+    for (_, address) in &http_addresses {
+        let anonymous = network.http("GET", *address, "/api/cluster");
+        assert!(
+            matches!(anonymous, Ok((401, _))),
+            "/api/cluster without the admin token: {anonymous:?}"
+        );
     }
     eprintln!(
         "the StatefulSet's command formed a 3-node cluster in {:?}",

@@ -90,6 +90,16 @@ pub struct ClusterSection {
     /// A member down this long is dropped from the table (`[[node]]` entries stay peers).
     #[serde(default = "defaults::member_remove_after_ms")]
     pub member_remove_after_ms: u64,
+    /// Graceful leave (SIGTERM, `node drain`): how long the node waits for its peers to take
+    /// its entities over before it stops anyway (the rest then fail over as after a crash).
+    /// At most 20 s, so that a Kubernetes grace period of 30 s covers it and the HTTP drain.
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// Allow plaintext cluster traffic on an address beyond loopback (no `[cluster.tls]`).
+    /// Off: such a node refuses to start. For networks you trust completely (a private test
+    /// network namespace); the node says so loudly at start.
+    #[serde(default)]
+    pub plaintext_beyond_loopback: bool,
 }
 
 /// `[cluster.tls]`: where this node's TLS material is.
@@ -306,6 +316,9 @@ mod defaults {
     pub fn member_remove_after_ms() -> u64 {
         60_000
     }
+    pub fn drain_timeout_ms() -> u64 {
+        15_000
+    }
     pub fn active_max() -> usize {
         50_000
     }
@@ -486,9 +499,8 @@ http_addr = "127.0.0.1:{http_port}"
     /// Checks what the types alone cannot: uniqueness, ranges, required secrets.
     pub fn validate(&self) -> Result<()> {
         let fail = |message: String| Err(RuntimeError::Config(message));
-        if self.nodes.is_empty() {
-            return fail("`node`: at least one [[node]] entry is required".into());
-        }
+        // No [[node]] entry is fine: a node can take its addresses from flags and find its
+        // peers through seeds and the membership table (a Kubernetes StatefulSet does).
         let mut ids = HashSet::new();
         let mut addrs = HashSet::new();
         for (index, node) in self.nodes.iter().enumerate() {
@@ -528,6 +540,12 @@ http_addr = "127.0.0.1:{http_port}"
                 );
             }
             Some(_) => {}
+        }
+        if !(1..=20_000).contains(&cluster.drain_timeout_ms) {
+            return fail(format!(
+                "`cluster.drain_timeout_ms` = {}: between 1 and 20000 (a Kubernetes grace period of 30 s must cover it and the HTTP drain)",
+                cluster.drain_timeout_ms
+            ));
         }
         if cluster.heartbeat_interval_ms == 0 {
             return fail("`cluster.heartbeat_interval_ms`: must be above 0".into());
@@ -593,7 +611,7 @@ http_addr = "127.0.0.1:{http_port}"
         self.nodes.iter().find(|node| node.id == id).ok_or_else(|| {
             let known: Vec<&str> = self.nodes.iter().map(|node| node.id.as_str()).collect();
             RuntimeError::Config(format!(
-                "no [[node]] with id {id:?}; the config has {known:?}"
+                "no [[node]] with id {id:?}; the config has {known:?} (or give its addresses with --cluster-addr and --http-addr)"
             ))
         })
     }

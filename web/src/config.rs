@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 /// Shortest accepted HS256 secret.
 pub const JWT_SECRET_CHARS_MIN: usize = 16;
 
+/// Shortest accepted admin token.
+pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
+
 /// `[web]`: HTTP and token settings shared by every node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -16,6 +19,10 @@ pub struct WebSection {
     pub token_ttl_s: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout_ms: u64,
+    /// Bearer token of the operator routes (`/metrics`, `/api/cluster`, `/api/admin/*`).
+    /// Without one they are served only by a node whose HTTP address is loopback.
+    /// `ACTORHUB_ADMIN_TOKEN` overrides it.
+    pub admin_token: Option<String>,
 }
 
 impl Default for WebSection {
@@ -24,6 +31,7 @@ impl Default for WebSection {
             jwt_secret: None,
             token_ttl_s: 3_600,
             shutdown_timeout_ms: 5_000,
+            admin_token: None,
         }
     }
 }
@@ -42,6 +50,13 @@ impl WebSection {
         {
             return Err(InvalidConfig(format!(
                 "`web.jwt_secret`: use at least {JWT_SECRET_CHARS_MIN} characters"
+            )));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < ADMIN_TOKEN_CHARS_MIN
+        {
+            return Err(InvalidConfig(format!(
+                "`web.admin_token`: use at least {ADMIN_TOKEN_CHARS_MIN} characters"
             )));
         }
         if self.token_ttl_s == 0 {

@@ -2,6 +2,7 @@
 //! token filter every authenticated route shares. Only this crate depends on warp and only
 //! this crate chooses HTTP status codes.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 mod cors;
@@ -9,6 +10,7 @@ pub mod error;
 mod inbound;
 mod input;
 mod jobs;
+pub mod openapi;
 mod outbound;
 mod page;
 mod rooms;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub app: Arc<actors::config::AppConfig>,
     /// `[web]`: token lifetime, shutdown grace.
     pub web: Arc<config::WebSection>,
+    /// Notified by `POST /api/admin/drain`: the node leaves the cluster as on SIGTERM.
+    pub drain: Arc<tokio::sync::Notify>,
 }
 
 /// Serves the routes on `address` until `shutdown` resolves, then lets in-flight requests end.

@@ -1,4 +1,4 @@
-//! The HTTP routes: probes, metrics and the cluster view. Later routes (users, rooms, jobs,
+//! The HTTP routes: probes, then the operator's (`admin`) and the application's. Later routes (users, rooms, jobs,
 //! the WebSocket gateway, the page) are added here as filters over the same [`AppState`].
 //!
 //! **API Boundary.** Every input a client sends, and its bound (checked before anything is
@@ -31,36 +31,11 @@
 //! | frames queued to a WebSocket client (pongs too) | `sessions.outbound_queue_max` | close 4008 |
 //! | a WebSocket upgrade, a job or photo upload while the node is above its memory pressure mark (`[limits]`) | refused | 503 `short_of_memory` |
 
-use serde::Serialize;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::AppState;
 use crate::error::handle_rejection;
-
-#[derive(Serialize)]
-struct ClusterBody {
-    node: String,
-    incarnation: u64,
-    epoch: u64,
-    settled: bool,
-    members: Vec<MemberBody>,
-    entities: EntitiesBody,
-}
-
-#[derive(Serialize)]
-struct MemberBody {
-    id: String,
-    state: &'static str,
-    since_ms: u64,
-    incarnation: u64,
-    http_addr: String,
-}
-
-#[derive(Serialize)]
-struct EntitiesBody {
-    active: usize,
-}
 
 /// All routes, with JSON errors for every rejection.
 pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
@@ -72,7 +47,14 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         let state = state.clone();
         warp::path!("readyz").and(warp::get()).map(move || {
             let view = state.runtime.view();
-            if view.settled {
+            let leaving = view
+                .member(&view.me)
+                .is_some_and(|me| me.state != runtime::MemberState::Up);
+            if leaving {
+                // Draining: the load balancer sends new clients elsewhere.
+                warp::reply::with_status("leaving the cluster\n", StatusCode::SERVICE_UNAVAILABLE)
+                    .into_response()
+            } else if view.settled {
                 warp::reply::with_status("ready\n", StatusCode::OK).into_response()
             } else {
                 warp::reply::with_status("joining the cluster\n", StatusCode::SERVICE_UNAVAILABLE)
@@ -81,50 +63,10 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         })
     };
 
-    let metrics = {
-        let handle = state.metrics.clone();
-        warp::path!("metrics").and(warp::get()).map(move || {
-            warp::reply::with_header(handle.render(), "content-type", "text/plain; version=0.0.4")
-                .into_response()
-        })
-    };
-
-    let cluster = {
-        let state = state.clone();
-        warp::path!("api" / "cluster")
-            .and(warp::get())
-            .map(move || {
-                let view = state.runtime.view();
-                let body = ClusterBody {
-                    node: view.me.clone(),
-                    incarnation: state.runtime.incarnation(),
-                    epoch: view.epoch,
-                    settled: view.settled,
-                    members: view
-                        .members
-                        .iter()
-                        .map(|member| MemberBody {
-                            id: member.id.clone(),
-                            state: member.state.as_str(),
-                            since_ms: member.since_ms,
-                            incarnation: member.incarnation,
-                            http_addr: member.http_addr.to_string(),
-                        })
-                        .collect(),
-                    entities: EntitiesBody {
-                        active: state.runtime.active_entities(),
-                    },
-                };
-                warp::reply::json(&body).into_response()
-            })
-    };
-
     let all = healthz
         .or(readyz)
         .unify()
-        .or(metrics)
-        .unify()
-        .or(cluster)
+        .or(crate::admin::routes(state.clone()))
         .unify()
         .or(crate::ws::route(state.clone()))
         .unify()
@@ -136,8 +78,16 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         .unify()
         .or(crate::page::routes(state.clone()))
         .unify()
-        .recover(handle_rejection)
+        .or(crate::openapi::route())
         .unify()
+        .recover(handle_rejection)
+        .unify();
+    // A 405 names the methods the path has (RFC 9110), as the OpenAPI document lists them.
+    let all = warp::path::full()
+        .and(all)
+        .map(|path: warp::path::FullPath, response| {
+            crate::openapi::with_allow(path.as_str(), response)
+        })
         .boxed();
     // The page may talk to any node of its cluster (see `cors`).
     crate::cors::allow_cluster_origins(all, crate::cors::ClusterOrigins::of_cluster(&state))

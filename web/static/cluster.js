@@ -1,9 +1,9 @@
-// The cluster as this tab sees it: the nodes (from `/api/cluster`), which one the tab talks to,
+// The cluster as this tab sees it: the nodes (from `/api/nodes`), which one the tab talks to,
 // and the HTTP client every screen uses. The token is only ever sent to the page's own origin
 // and to the nodes the cluster itself lists; a GET that finds its node gone is tried on the
 // others, so a dead node costs a screen nothing but a retry.
 
-/** A node that does not answer `/api/cluster` within this is treated as down. */
+/** A node that does not answer `/api/nodes` within this is treated as down. */
 const PROBE_TIMEOUT_MS = 1500;
 /** Longest a normal API request may take. */
 const REQUEST_TIMEOUT_MS = 15_000;
@@ -46,7 +46,7 @@ export class Cluster extends EventTarget {
   async probe(base) {
     let body;
     try {
-      body = await this.requestOnce(base, '/api/cluster', { timeoutMs: PROBE_TIMEOUT_MS, auth: false });
+      body = await this.requestOnce(base, '/api/nodes', { timeoutMs: PROBE_TIMEOUT_MS, auth: false });
       if (!body || !Array.isArray(body.members) || typeof body.node !== 'string') {
         throw new ApiError(0, 'bad_answer', 'not an ActorHub node');
       }

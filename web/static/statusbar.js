@@ -1,5 +1,5 @@
 // The cluster panel at the bottom of every screen: the nodes, which are up, and which one this
-// tab is connected to. It reads `/api/cluster` from the current node every few seconds.
+// tab is connected to. It reads `/api/nodes` from the current node every few seconds.
 
 import { h, replace, reconcile, formatTime } from './dom.js';
 

@@ -169,6 +169,18 @@ impl PodNetwork {
         address: SocketAddr,
         path: &str,
     ) -> std::io::Result<(u16, String)> {
+        self.http_with(method, address, path, "")
+    }
+
+    /// [`Self::http`] with extra header lines (each ending in `\r\n`).
+    pub fn http_with(
+        &self,
+        method: &str,
+        address: SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> std::io::Result<(u16, String)> {
+        let headers = headers.to_string();
         let namespace = self.namespace.clone();
         let path = path.to_string();
         let method = method.to_string();
@@ -180,7 +192,7 @@ impl PodNetwork {
             stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
             write!(
                 stream,
-                "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: 0\r\n\r\n"
+                "{method} {path} HTTP/1.0\r\nHost: {address}\r\n{headers}Content-Length: 0\r\n\r\n"
             )?;
             let mut response = String::new();
             stream.read_to_string(&mut response)?;

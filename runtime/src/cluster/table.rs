@@ -164,6 +164,9 @@ mod tests {
         let same = update(objects.as_ref(), |_| false).await.expect("noop");
         assert_eq!(same.version, 8);
         let names = objects.list(PREFIX.into(), None).await.expect("list");
-        assert!(names.len() <= VERSIONS_KEPT, "old versions pruned: {names:?}");
+        assert!(
+            names.len() <= VERSIONS_KEPT,
+            "old versions pruned: {names:?}"
+        );
     }
 }

@@ -187,7 +187,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyNodeOfTheCa {
         certificate: &CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, certificate, signature)
+        self.0
+            .verify_tls12_signature(message, certificate, signature)
     }
 
     fn verify_tls13_signature(
@@ -196,7 +197,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyNodeOfTheCa {
         certificate: &CertificateDer<'_>,
         signature: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, certificate, signature)
+        self.0
+            .verify_tls13_signature(message, certificate, signature)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -249,7 +251,7 @@ pub fn generate(directory: &Path, nodes: &[(String, Vec<String>)]) -> Result<()>
         return Err(tls_error(
             "refusing to overwrite",
             format!(
-                "{} holds a CA already; add nodes with `node certs --add`, or remove it",
+                "{} holds a CA already: `node certs` adds node certificates signed by it",
                 directory.display()
             ),
         ));
