@@ -32,20 +32,40 @@ impl AppConfig {
     }
 }
 
-/// `[rooms]`: chat rooms. Only a test hook so far.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// `[rooms]`: chat rooms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoomsSection {
     /// For the failover tests only: a room creation waits this long between creating the room
     /// and listing it in the directory, so that a test can kill the node there. 0 (the
     /// default): no wait. Never in production.
     pub test_pause_before_listing_ms: u64,
+    /// Rooms (public and private) one user may create, ever; one more is refused with 403
+    /// `room_quota_exceeded`. At most [`ROOMS_CREATED_PER_USER_LIMIT`].
+    pub created_per_user_max: usize,
+}
+
+/// The largest `rooms.created_per_user_max` accepted (each creation is remembered per user).
+pub const ROOMS_CREATED_PER_USER_LIMIT: usize = 10_000;
+
+impl Default for RoomsSection {
+    fn default() -> Self {
+        Self {
+            test_pause_before_listing_ms: 0,
+            created_per_user_max: 100,
+        }
+    }
 }
 
 impl RoomsSection {
     fn validate(&self) -> Result<(), String> {
         if self.test_pause_before_listing_ms > 600_000 {
             return Err("`rooms.test_pause_before_listing_ms`: at most 600000".into());
+        }
+        if self.created_per_user_max > ROOMS_CREATED_PER_USER_LIMIT {
+            return Err(format!(
+                "`rooms.created_per_user_max`: at most {ROOMS_CREATED_PER_USER_LIMIT}"
+            ));
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub fn register(builder: NodeBuilder, deps: &AppDeps) -> NodeBuilder {
     builder
         .register::<room::Room>(())
         .register::<directory::RoomDirectory>(())
+        .register::<room::user_rooms::UserRooms>(())
         .register::<user::User>(user::Limits::from_config(&deps.config.users))
         .register::<user::index::UserIndex>(())
         .register::<job::Job>(job::JobDeps::new(

@@ -33,7 +33,7 @@ use runtime::{Entity, Runtime, RuntimeError};
 use crate::config::SessionsSection;
 use crate::metrics as names;
 use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
-use crate::room::{self, RenderedMessage, Room, RoomBroadcast, RoomError};
+use crate::room::{self, RenderedMessage, Room, RoomError, RoomNotice, RoomPublication};
 
 /// Rooms one connection may have joined at once.
 pub const ROOMS_PER_SESSION_MAX: usize = 100;
@@ -136,6 +136,10 @@ pub enum SessionMsg {
         attempt: u64,
     },
     ViewChanged,
+    /// The room removed this session's user from its members (the cursor is gone already).
+    Removed {
+        room: String,
+    },
 }
 
 enum Phase {
@@ -170,6 +174,8 @@ struct Shared {
     sink: Arc<dyn FrameSink>,
     myself: ActorRef<SessionMsg>,
     session_id: String,
+    /// The session's user, whose removal from a private room ends its delivery there.
+    user: String,
     queue_max: usize,
     rooms: Mutex<HashMap<String, Cursor>>,
     next_attempt: AtomicU64,
@@ -213,12 +219,14 @@ impl Shared {
 
     /// The fast path of live room messages (runs in the publisher's task).
     fn deliver_room(&self, publication: &Publication) -> bool {
-        let Some(broadcast) = publication.decoded(|bytes| {
-            runtime::codec::decode::<RoomBroadcast>(bytes, "room broadcast")
-                .map_err(|error| tracing::warn!(%error, "dropped an undecodable room broadcast"))
-                .ok()
-        }) else {
+        let Some(decoded) = publication.decoded(RoomPublication::decode) else {
             return true;
+        };
+        let broadcast = match &*decoded {
+            RoomPublication::Messages(broadcast) => broadcast,
+            RoomPublication::Notice(RoomNotice::Removed { room, user }) => {
+                return self.removed(room, user);
+            }
         };
         let mut rooms = self.rooms();
         let Some(cursor) = rooms.get_mut(&broadcast.room) else {
@@ -272,6 +280,31 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The room removed `user`: when it is ours, the room's delivery stops here and now (under
+    /// the cursors' lock, so no later message of the room reaches the socket), the client is
+    /// told, and the actor drops the subscription.
+    fn removed(&self, room: &str, user: &str) -> bool {
+        if user != self.user || self.rooms().remove(room).is_none() {
+            return true;
+        }
+        metrics::counter!(names::FRAME_ERRORS_TOTAL, "code" => REMOVED_CODE).increment(1);
+        let open = self.write(&[&ServerFrame::Error {
+            code: REMOVED_CODE,
+            message: "the owner removed you from this private room; you no longer receive its messages",
+            reference: Some(room),
+        }
+        .to_json()]);
+        let _ = self.myself.cast(SessionMsg::Removed {
+            room: room.to_string(),
+        });
+        open
+    }
+}
+
+/// The error code of the frame that tells a client it was removed from a room.
+pub const REMOVED_CODE: &str = "removed_from_room";
+
 /// What only the actor uses, per joined room.
 struct JoinedRoom {
     /// The owner the room had when we joined; a change means rejoining.
@@ -319,6 +352,7 @@ impl Actor for SessionActor {
             sink: args.sink.clone(),
             myself: myself.clone(),
             session_id: args.session_id.clone(),
+            user: args.user.clone(),
             queue_max: args.limits.outbound_queue_max,
             rooms: Mutex::new(HashMap::new()),
             next_attempt: AtomicU64::new(0),
@@ -415,6 +449,7 @@ impl Actor for SessionActor {
                 state.send_join(room, Some(since), attempt);
             }
             SessionMsg::ViewChanged => state.view_changed(),
+            SessionMsg::Removed { room } => state.removed(&room),
         }
         Ok(())
     }
@@ -510,10 +545,11 @@ impl SessionState {
 
     fn send_join(&self, room: String, since: Option<u64>, attempt: u64) {
         let runtime = self.args.runtime.clone();
-        let join = room::Join {
+        let join = room::JoinAs {
             node: runtime.node_id().to_string(),
             session: self.args.session_id.clone(),
             since,
+            user: self.args.user.clone(),
         };
         let myself = self.shared.myself.clone();
         let entity = runtime.entity::<Room>(room.clone());
@@ -610,10 +646,11 @@ impl SessionState {
 
     /// Asks the room for the replay's next page, after `after`.
     fn request_replay_page(&self, room: &str, after: u64, attempt: u64) {
-        let page = room::History {
+        let page = room::HistoryAs {
             after,
             before: None,
             limit: room::HISTORY_PAGE_MAX,
+            user: self.args.user.clone(),
         };
         let myself = self.shared.myself.clone();
         let room = room.to_string();
@@ -704,6 +741,23 @@ impl SessionState {
         entry.owner = owner;
         if !entry.posts.is_empty() && !entry.post_in_flight {
             self.next_post(room);
+        }
+    }
+
+    /// After a removal (see [`Shared::removed`]): the subscription goes, and the posts that
+    /// waited are refused.
+    fn removed(&mut self, room: &str) {
+        let Some(entry) = self.rooms.remove(room) else {
+            return;
+        };
+        // The one in flight gets the room's own answer.
+        let waiting = entry.posts.iter().skip(usize::from(entry.post_in_flight));
+        for (id, _) in waiting {
+            self.error(
+                RoomError::NotAMember.code(),
+                &RoomError::NotAMember.to_string(),
+                Some(id),
+            );
         }
     }
 
@@ -802,14 +856,17 @@ impl SessionState {
         id: &str,
         result: Result<Result<room::Posted, RoomError>, RuntimeError>,
     ) {
-        let Some(entry) = self.rooms.get_mut(room) else {
-            return;
+        // A room left or removed meanwhile still gets its answer reported.
+        let more = match self.rooms.get_mut(room) {
+            Some(entry) => {
+                entry.post_in_flight = false;
+                if entry.posts.front().is_some_and(|(queued, _)| queued == id) {
+                    entry.posts.pop_front();
+                }
+                !entry.posts.is_empty()
+            }
+            None => false,
         };
-        entry.post_in_flight = false;
-        if entry.posts.front().is_some_and(|(queued, _)| queued == id) {
-            entry.posts.pop_front();
-        }
-        let more = !entry.posts.is_empty();
         match result {
             Ok(Ok(room::Posted { seq, .. })) => {
                 self.send(&ServerFrame::Ack { room, id, seq }.to_json())

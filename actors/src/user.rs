@@ -165,6 +165,9 @@ pub enum UserCommand {
         user_id: String,
         photo: PhotoInfo,
     },
+    /// The profile of the account under this email, whatever its id (for server-side lookups
+    /// such as a room invitation; never answered to another user as is). Appended.
+    Identify,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -406,6 +409,10 @@ pub fn decide(
     match command {
         UserCommand::SignUp(sign_up) => sign_up_decision(account, key, sign_up),
         UserCommand::Exists => (Ok(UserReply::Exists(account.is_some())), Vec::new()),
+        UserCommand::Identify => match account {
+            Some(account) => (Ok(UserReply::Profile(account.into())), Vec::new()),
+            None => (Err(UserError::NotFound), Vec::new()),
+        },
         UserCommand::Profile { user_id } => match owned(account, &user_id) {
             Ok(account) => (Ok(UserReply::Profile(account.into())), Vec::new()),
             Err(error) => (Err(error), Vec::new()),

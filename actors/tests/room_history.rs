@@ -97,7 +97,7 @@ async fn history_pages_through_the_journal_in_order() {
     loop {
         let after = seqs.last().copied().unwrap_or(0);
         let page = rooms
-            .history("long", after, None, room::HISTORY_PAGE_MAX)
+            .history("long", "reader", after, None, room::HISTORY_PAGE_MAX)
             .await
             .expect("history");
         if page.is_empty() {
@@ -110,7 +110,7 @@ async fn history_pages_through_the_journal_in_order() {
     assert_eq!(seqs, expected, "every message once, in order");
 
     let bounded = rooms
-        .history("long", 10, Some(150), room::HISTORY_PAGE_MAX)
+        .history("long", "reader", 10, Some(150), room::HISTORY_PAGE_MAX)
         .await
         .expect("history");
     let bounded: Vec<u64> = bounded.iter().map(|message| message.seq).collect();

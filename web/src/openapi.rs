@@ -342,6 +342,9 @@ mod tests {
             RoomError::NoSuchRoom,
             RoomError::AlreadyExists,
             RoomError::Invalid(String::new()),
+            RoomError::NotAMember,
+            RoomError::NotTheOwner,
+            RoomError::NotPrivate,
         ] {
             codes.insert(error.code().to_string());
         }

@@ -1,15 +1,19 @@
 //! A room's history beyond what its memory holds: read from its journal, page by page.
 //!
 //! The room's journal holds its events in order: seq 1 is the room's creation, then one
-//! `Posted` per message, so message seq n is journal seq n + 1. A page starts at the journal
-//! segment holding the first wanted message and follows the chain from there, so it costs what
-//! it returns however long the room's history.
+//! `Posted` per message, so in a public room message seq n is journal seq n + 1. A private
+//! room's journal also holds its membership changes between messages, so there message n is
+//! at journal seq n + 1 or later, never earlier. A page starts at the journal segment holding
+//! journal seq n + 1 for the first wanted message n (that segment, or one before the message)
+//! and follows the chain from there, skipping what is not a wanted message, so it costs what it
+//! returns, plus the room's membership changes in between.
 
 use runtime::{Entity, EntityId, Runtime, RuntimeError};
 
 use super::{ChatMessage, HISTORY_PAGE_MAX, Room, RoomEvent, message_bytes, page_bytes_max};
 
-/// The journal seq of message seq `seq` (the room's creation is journal seq 1).
+/// The first journal seq that can hold message seq `seq` (the room's creation is journal seq
+/// 1; a private room's membership events only push messages later).
 pub(super) fn journal_seq_of_message(seq: u64) -> u64 {
     seq.saturating_add(1)
 }

@@ -24,7 +24,7 @@ use runtime::{Entity, Runtime};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::service::{UNLISTED_PREFIX, delete_marker, list_room};
-use super::{Info, Room, RoomError, Summary};
+use super::{Entry, Room, RoomError, Visibility};
 
 /// Markers looked at per scan.
 pub const SCAN_MARKERS_MAX: usize = 10_000;
@@ -191,10 +191,18 @@ pub async fn scan(runtime: &Runtime) {
         .await;
 }
 
-/// Lists the room of one marker if it exists, then removes the marker.
+/// Lists the room of one marker if it exists, then removes the marker. A private room is
+/// never listed (its creation writes no marker; this guards against one anyway).
 async fn repair(runtime: &Runtime, id: String, marker_age_ms: u64) {
-    match runtime.entity::<Room>(id.clone()).ask(Info).await {
-        Ok(Ok(Summary { info, .. })) => match list_room(runtime, info).await {
+    let visibility = Visibility {
+        user: String::new(),
+    };
+    match runtime.entity::<Room>(id.clone()).ask(visibility).await {
+        Ok(Ok(Entry { private: true, .. })) => {
+            tracing::warn!(room = %id, "a private room had a listing marker; removed, not listed");
+            delete_marker(runtime, &id).await;
+        }
+        Ok(Ok(Entry { info, .. })) => match list_room(runtime, info).await {
             Ok(()) => {
                 tracing::info!(room = %id, "listed a room whose creation was interrupted");
                 delete_marker(runtime, &id).await;

@@ -214,6 +214,177 @@ impl Request<Room> for History {
     }
 }
 
+/// Creates a private room owned by `by` (once, like [`Create`]).
+#[derive(Debug, Clone)]
+pub struct CreatePrivate {
+    pub name: String,
+    pub by: String,
+    pub now_ms: u64,
+}
+
+/// [`Join`] on behalf of `user`, whom the room checks.
+#[derive(Debug, Clone)]
+pub struct JoinAs {
+    pub node: String,
+    pub session: String,
+    pub since: Option<u64>,
+    pub user: String,
+}
+
+/// [`History`] on behalf of `user`, whom the room checks.
+#[derive(Debug, Clone)]
+pub struct HistoryAs {
+    pub after: u64,
+    pub before: Option<u64>,
+    pub limit: usize,
+    pub user: String,
+}
+
+/// The owner `by` makes `user` a member of the private room (again: no change).
+#[derive(Debug, Clone)]
+pub struct AddMember {
+    pub by: String,
+    pub user: String,
+}
+
+/// `by`, the owner or `user` themself, removes `user` (not a member: no change).
+#[derive(Debug, Clone)]
+pub struct RemoveMember {
+    pub by: String,
+    pub user: String,
+}
+
+/// A private room's members after a change; `members` excludes the owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    pub owner: String,
+    pub members: Vec<String>,
+}
+
+/// The room's description, and whether `user` may see and join it.
+#[derive(Debug, Clone)]
+pub struct Visibility {
+    pub user: String,
+}
+
+/// A room as the room list shows it to one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub info: RoomInfo,
+    pub private: bool,
+    pub allowed: bool,
+}
+
+impl Request<Room> for CreatePrivate {
+    type Reply = Result<RoomInfo, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::CreatePrivate {
+            name: self.name,
+            by: self.by,
+            now_ms: self.now_ms,
+        }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        <Create as Request<Room>>::from_reply(reply)
+    }
+}
+
+impl Request<Room> for JoinAs {
+    type Reply = Result<Joined, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::JoinAs {
+            node: self.node,
+            session: self.session,
+            since: self.since,
+            user: self.user,
+        }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        <Join as Request<Room>>::from_reply(reply)
+    }
+}
+
+impl Request<Room> for HistoryAs {
+    type Reply = Result<Page, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::HistoryAs {
+            after: self.after,
+            before: self.before,
+            limit: self.limit,
+            user: self.user,
+        }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        <History as Request<Room>>::from_reply(reply)
+    }
+}
+
+fn members(reply: Answer) -> Option<Result<Members, RoomError>> {
+    map_ok(reply, |reply| match reply {
+        RoomReply::Members { owner, members } => Some(Members { owner, members }),
+        _ => None,
+    })
+}
+
+impl Request<Room> for AddMember {
+    type Reply = Result<Members, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::AddMember {
+            by: self.by,
+            user: self.user,
+        }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        members(reply)
+    }
+}
+
+impl Request<Room> for RemoveMember {
+    type Reply = Result<Members, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::RemoveMember {
+            by: self.by,
+            user: self.user,
+        }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        members(reply)
+    }
+}
+
+impl Request<Room> for Visibility {
+    type Reply = Result<Entry, RoomError>;
+
+    fn into_command(self) -> RoomCommand {
+        RoomCommand::Visibility { user: self.user }
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        map_ok(reply, |reply| match reply {
+            RoomReply::Visibility {
+                info,
+                private,
+                allowed,
+            } => Some(Entry {
+                info,
+                private,
+                allowed,
+            }),
+            _ => None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,14 +6,25 @@
 //! the two must not leave a room that exists but is never listed, so the creation leaves a
 //! marker first (`rooms/unlisted/<id>` in the shared object store) and removes it once the room
 //! is listed; the room lister (`lister`) lists the rooms of markers left behind.
+//!
+//! A private room is never in the directory. Its owner's and members' `room.user` entities
+//! (`user_rooms`) note it before the room makes them members, and forget it after the room
+//! removed them, so they hold a superset of the truth whatever node dies when; the room list
+//! asks each noted room whether the caller is a member, and the room alone decides.
+//! Creations, public or private, are counted in the creator's `room.user` first (the quota).
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use runtime::{Runtime, RuntimeError};
 
-use super::{ChatMessage, Create, History, Page, Room, RoomError, RoomInfo, history as journal};
+use super::user_rooms::{self, UserRooms, UserRoomsError};
+use super::{
+    AddMember, ChatMessage, Create, CreatePrivate, Entry, HistoryAs, Members, Page, RemoveMember,
+    Room, RoomError, RoomInfo, Visibility, history as journal, validate_name,
+};
 use crate::config::RoomsSection;
 use crate::directory::{self, DIRECTORY_KEY, RoomDirectory};
 
@@ -39,6 +50,20 @@ pub enum RoomsError {
     Store(String),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    /// The creator's quota is used up, or the invitee is in too many private rooms.
+    #[error("{0}")]
+    Limit(#[from] UserRoomsError),
+}
+
+/// Rooms whose membership one listing checks at once.
+pub const LIST_ASKS_IN_FLIGHT_MAX: usize = 16;
+
+/// A room as the list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ListedRoom {
+    #[serde(flatten)]
+    pub info: RoomInfo,
+    pub private: bool,
 }
 
 pub type Result<T, E = RoomsError> = std::result::Result<T, E>;
@@ -55,9 +80,38 @@ impl Rooms {
         Self { runtime, settings }
     }
 
-    /// Creates a room named `name` by user `by` and lists it; answers the room as listed.
+    /// Creates a public room named `name` by user `by` and lists it; answers the room as
+    /// listed.
     pub async fn create(&self, name: &str, by: &str) -> Result<RoomInfo> {
+        Ok(self.create_room(name, by, false).await?.info)
+    }
+
+    /// Creates a room, public and listed or `private` to its creator (who may then invite),
+    /// once the creator's quota allows it.
+    pub async fn create_room(&self, name: &str, by: &str, private: bool) -> Result<ListedRoom> {
+        // Refused before it counts against the quota.
+        validate_name(name)?;
         let id = room_id(name);
+        let creator = self.runtime.entity::<UserRooms>(by.to_string());
+        let reserve = user_rooms::Reserve {
+            room: id.clone(),
+            quota: self.settings.created_per_user_max,
+        };
+        creator.ask(reserve).await??;
+        if private {
+            // Noted for the owner's list before the room exists (see the module's comment).
+            creator.ask(user_rooms::Remember(id.clone())).await??;
+            let create = CreatePrivate {
+                name: name.to_string(),
+                by: by.to_string(),
+                now_ms: runtime::clock::unix_ms(),
+            };
+            let info = self.runtime.entity::<Room>(id).ask(create).await??;
+            return Ok(ListedRoom {
+                info,
+                private: true,
+            });
+        }
         let store = self.runtime.object_store();
         let marker = unlisted_marker(&id);
         // The marker goes first: if this node dies after the room exists and before it is
@@ -88,10 +142,13 @@ impl Rooms {
         }
         list_room(&self.runtime, info.clone()).await?;
         delete_marker(&self.runtime, &id).await;
-        Ok(info)
+        Ok(ListedRoom {
+            info,
+            private: false,
+        })
     }
 
-    /// Every listed room.
+    /// Every listed (public) room.
     pub async fn list(&self) -> Result<Vec<RoomInfo>> {
         self.runtime
             .entity::<RoomDirectory>(DIRECTORY_KEY)
@@ -100,19 +157,122 @@ impl Rooms {
             .map_err(|message| RuntimeError::Unavailable(message).into())
     }
 
+    /// The rooms `user` may see, by id: the public ones and the private ones the user is a
+    /// member of (each of those rooms is asked). A private room that cannot answer now is left
+    /// out of this answer.
+    pub async fn list_for(&self, user: &str) -> Result<Vec<ListedRoom>> {
+        let mut rooms: Vec<ListedRoom> = self
+            .list()
+            .await?
+            .into_iter()
+            .map(|info| ListedRoom {
+                info,
+                private: false,
+            })
+            .collect();
+        let noted = self
+            .runtime
+            .entity::<UserRooms>(user.to_string())
+            .ask(user_rooms::List)
+            .await??;
+        let private: Vec<ListedRoom> = futures_util::stream::iter(noted)
+            .map(|room| async move {
+                let visibility = Visibility {
+                    user: user.to_string(),
+                };
+                match self.runtime.entity::<Room>(room.clone()).ask(visibility).await {
+                    Ok(Ok(Entry {
+                        info,
+                        private: true,
+                        allowed: true,
+                    })) => Some(ListedRoom {
+                        info,
+                        private: true,
+                    }),
+                    Ok(_) => None,
+                    Err(error) => {
+                        tracing::warn!(%room, %error, "a private room did not answer; left out of the list");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(LIST_ASKS_IN_FLIGHT_MAX)
+            .filter_map(|listed| async move { listed })
+            .collect()
+            .await;
+        rooms.extend(private);
+        rooms.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        Ok(rooms)
+    }
+
+    /// The owner `by` makes `user` a member of the private room `room`; answers the members.
+    pub async fn add_member(&self, room: &str, by: &str, user: &str) -> Result<Members> {
+        let entity = self.runtime.entity::<Room>(room.to_string());
+        // Only the owner's invitations are noted in the invitee's list (the room decides
+        // again below; this keeps others from filling someone's list).
+        let Entry { info, private, .. } = entity
+            .ask(Visibility {
+                user: by.to_string(),
+            })
+            .await??;
+        if !private {
+            return Err(RoomError::NotPrivate.into());
+        }
+        if info.created_by != by {
+            return Err(RoomError::NotTheOwner.into());
+        }
+        self.runtime
+            .entity::<UserRooms>(user.to_string())
+            .ask(user_rooms::Remember(room.to_string()))
+            .await??;
+        let add = AddMember {
+            by: by.to_string(),
+            user: user.to_string(),
+        };
+        Ok(entity.ask(add).await??)
+    }
+
+    /// `by` (the owner, or `user` themself) removes `user` from the private room `room`; their
+    /// sessions everywhere stop receiving the room at once. Answers the members.
+    pub async fn remove_member(&self, room: &str, by: &str, user: &str) -> Result<Members> {
+        let remove = RemoveMember {
+            by: by.to_string(),
+            user: user.to_string(),
+        };
+        let members = self
+            .runtime
+            .entity::<Room>(room.to_string())
+            .ask(remove)
+            .await??;
+        // After the room: a failure here leaves a stale note, which the list filters out.
+        let forget = user_rooms::Forget(room.to_string());
+        if let Err(error) = self
+            .runtime
+            .entity::<UserRooms>(user.to_string())
+            .ask(forget)
+            .await
+        {
+            tracing::warn!(%room, %error, "a removed member's room list keeps a stale entry");
+        }
+        Ok(members)
+    }
+
     /// Messages of `room` with `after < seq < before`, oldest first, at most `limit`: from the
     /// room's memory when it still holds them, otherwise from its journal.
+    /// The room checks that `user` may read it (a member, for a private room).
     pub async fn history(
         &self,
         room: &str,
+        user: &str,
         after: u64,
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>> {
-        let page = History {
+        let page = HistoryAs {
             after,
             before,
             limit,
+            user: user.to_string(),
         };
         let Page { messages, complete } = self
             .runtime

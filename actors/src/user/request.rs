@@ -112,7 +112,12 @@ answered_with_profile!(
         user_id: this.user_id,
         photo: this.photo,
     },
+    Identify => |_this| UserCommand::Identify,
 );
+
+/// The profile of the account under the entity's email (server-side lookups only).
+#[derive(Debug, Clone, Copy)]
+pub struct Identify;
 
 impl Request<User> for Exists {
     type Reply = Result<bool, UserError>;

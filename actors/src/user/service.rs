@@ -22,8 +22,8 @@ use super::metrics as names;
 use super::password::{HashParams, Passwords};
 use super::photo::{self, PhotoError};
 use super::request::{
-    BeginLogin, Bind, Exists, FinishLogin, GetProfile, Lookup, ReissueVerification, SetPhoto,
-    UpdateProfile, Verify,
+    BeginLogin, Bind, Exists, FinishLogin, GetProfile, Identify, Lookup, ReissueVerification,
+    SetPhoto, UpdateProfile, Verify,
 };
 use super::token::{self, NewSecret};
 use super::validate::{self, InvalidInput};
@@ -272,6 +272,19 @@ impl Accounts {
                 tracing::warn!(%error, "could not record the end of a login attempt");
             }
         });
+    }
+
+    /// The id of the account registered under `email`, if there is one (e.g. to invite its
+    /// owner to a room). An email that is not valid has no account.
+    pub async fn user_id_of(&self, email: &str) -> Result<Option<String>> {
+        let Ok(email) = validate::normalize_email(email) else {
+            return Ok(None);
+        };
+        match self.ask_user(&email, Identify).await {
+            Ok(profile) => Ok(Some(profile.id)),
+            Err(AccountError::User(UserError::NotFound)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// The profile of the account with `user_id`.
