@@ -210,13 +210,20 @@ impl Rooms {
         let entity = self.runtime.entity::<Room>(room.to_string());
         // Only the owner's invitations are noted in the invitee's list (the room decides
         // again below; this keeps others from filling someone's list).
-        let Entry { info, private, .. } = entity
+        let Entry {
+            info,
+            private,
+            allowed,
+        } = entity
             .ask(Visibility {
                 user: by.to_string(),
             })
             .await??;
         if !private {
             return Err(RoomError::NotPrivate.into());
+        }
+        if !allowed {
+            return Err(RoomError::NotAMember.into());
         }
         if info.created_by != by {
             return Err(RoomError::NotTheOwner.into());
