@@ -118,8 +118,8 @@ export class Chat {
     }
   }
 
-  async createRoom(name) {
-    const body = await this.app.cluster.request('/api/rooms', { method: 'POST', json: { name } });
+  async createRoom(name, isPrivate) {
+    const body = await this.app.cluster.request('/api/rooms', { method: 'POST', json: { name, private: isPrivate } });
     const info = body.room;
     this.directory = [...this.directory.filter((room) => room.id !== info.id), info];
     this.open(info.id);
@@ -266,6 +266,11 @@ export class Chat {
       } else if (code === 'no_such_room') {
         toast(`The room “${room.name}” does not exist any more.`, 'error');
         this.leave(room.id);
+      } else if (code === 'not_a_member' || code === 'removed_from_room') {
+        // The room refused us for good: no retry, and no leave frame (the session has let go).
+        toast(code === 'removed_from_room' ? `You were removed from “${room.name}”.` : text, 'error');
+        room.joinState = 'idle';
+        this.leave(room.id);
       } else {
         // The join did not happen (its room was moving, say): try again shortly.
         room.joinState = 'idle';
@@ -314,7 +319,7 @@ export class Chat {
       this.scheduleRender({ stickToBottom: true });
     } catch (error) {
       room.historyLoaded = false; // The next join tries again.
-      if (error.code === 'not_found' || error.status === 404) this.leave(room.id);
+      if (error.code === 'not_found' || error.status === 404 || error.code === 'not_a_member') this.leave(room.id);
     }
   }
 
@@ -370,17 +375,20 @@ export class Chat {
       this.activeId = id;
     }
     const newRoomName = h('input', { id: 'new-room-name', name: 'name', placeholder: 'New room name', maxlength: 64, required: true, autocomplete: 'off' });
+    const newRoomPrivate = h('input', { type: 'checkbox', id: 'new-room-private', name: 'private' });
     const createForm = h('form', { class: 'new-room', id: 'new-room-form' },
       h('label', { for: 'new-room-name', class: 'visually-hidden' }, 'New room name'),
       newRoomName,
-      h('button', { type: 'submit', class: 'button primary small' }, 'Create'));
+      h('button', { type: 'submit', class: 'button primary small' }, 'Create'),
+      h('label', { class: 'private-choice', for: 'new-room-private' }, newRoomPrivate, ' Private (members you invite)'));
     createForm.addEventListener('submit', async (event) => {
       event.preventDefault();
       const name = newRoomName.value.trim();
       if (!name) return;
       try {
-        await this.createRoom(name);
+        await this.createRoom(name, newRoomPrivate.checked);
         newRoomName.value = '';
+        newRoomPrivate.checked = false;
       } catch (error) {
         toast(`Could not create the room: ${error.message}`, 'error');
       }
@@ -422,8 +430,9 @@ export class Chat {
     const mine = [...this.rooms.values()].sort((a, b) => a.name.localeCompare(b.name));
     reconcile(this.view.myRooms, mine.length ? mine.map((room) => {
       const active = room.id === this.activeId;
+      const isPrivate = this.isPrivate(room.id);
       return {
-        key: `mine:${room.id}:${room.name}:${room.unread}:${active}`,
+        key: `mine:${room.id}:${room.name}:${room.unread}:${active}:${isPrivate}`,
         build: () => h('li', {},
           h('a', {
             class: `room-link${active ? ' active' : ''}`, href: `#/chat/${encodeURIComponent(room.id)}`,
@@ -431,17 +440,19 @@ export class Chat {
           },
           h('span', { class: 'hash', 'aria-hidden': 'true' }, '#'),
           h('span', { class: 'room-name' }, room.name),
+          isPrivate ? privateMark() : null,
           room.unread ? h('span', { class: 'badge', 'aria-label': `${room.unread} unread` }, String(room.unread)) : null)),
       };
     }) : [{ key: 'none', build: () => h('li', { class: 'empty-note' }, 'No rooms yet: create one or pick one below.') }]);
     const others = this.directory.filter((info) => !this.rooms.has(info.id))
       .sort((a, b) => a.name.localeCompare(b.name));
     reconcile(this.view.otherRooms, others.length ? others.map((info) => ({
-      key: `other:${info.id}:${info.name}`,
+      key: `other:${info.id}:${info.name}:${Boolean(info.private)}`,
       build: () => h('li', {},
         h('a', { class: 'room-link', href: `#/chat/${encodeURIComponent(info.id)}`, dataset: { room: info.id } },
           h('span', { class: 'hash', 'aria-hidden': 'true' }, '#'),
           h('span', { class: 'room-name' }, info.name),
+          info.private ? privateMark() : null,
           h('span', { class: 'join-hint' }, 'Join'))),
     })) : [{ key: 'none', build: () => h('li', { class: 'empty-note' }, 'Nothing else to join.') }]);
   }
@@ -504,10 +515,12 @@ export class Chat {
       }
     });
     composer.addEventListener('input', () => grow(composer));
+    const invite = h('div', { class: 'invite-slot' });
     replace(pane,
-      h('header', { class: 'room-head' }, back, h('div', { class: 'room-heading' }, title, status), leave),
+      h('header', { class: 'room-head' }, back, h('div', { class: 'room-heading' }, title, status), invite, leave),
       scroller, form);
-    Object.assign(this.view, { list, scroller, composer, older, status, title });
+    Object.assign(this.view, { list, scroller, composer, older, status, title, invite });
+    this.renderInvite();
     this.renderRoomStatus();
     this.renderMessages({ stickToBottom: true });
     if (!matchMedia('(hover: none)').matches) composer.focus();
@@ -517,6 +530,43 @@ export class Chat {
     if (!this.view || !this.view.title) return;
     const room = this.rooms.get(this.activeId);
     if (room) replace(this.view.title, h('span', { class: 'hash', 'aria-hidden': 'true' }, '#'), room.name);
+    this.renderInvite();
+  }
+
+  /** Whether the room list marks room `id` private. */
+  isPrivate(id) {
+    const info = this.directory.find((room) => room.id === id);
+    return Boolean(info && info.private);
+  }
+
+  /** The owner of the open private room gets a field to invite by email. */
+  renderInvite() {
+    if (!this.view || !this.view.invite) return;
+    const info = this.directory.find((room) => room.id === this.activeId);
+    if (!info || !info.private || info.created_by !== this.app.me.id) {
+      delete this.view.invite.dataset.room;
+      replace(this.view.invite);
+      return;
+    }
+    if (this.view.invite.dataset.room === info.id) return;
+    this.view.invite.dataset.room = info.id;
+    const email = h('input', { type: 'email', id: 'invite-email', placeholder: 'Invite by email', required: true, autocomplete: 'off' });
+    const form = h('form', { class: 'invite', id: 'invite-form' },
+      h('label', { for: 'invite-email', class: 'visually-hidden' }, 'Invite a member by email'),
+      email, h('button', { type: 'submit', class: 'button subtle small' }, 'Invite'));
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const address = email.value.trim();
+      if (!address) return;
+      try {
+        await this.app.cluster.request(`/api/rooms/${encodeURIComponent(info.id)}/members`, { method: 'POST', json: { email: address } });
+        email.value = '';
+        toast(`Invited ${address}.`);
+      } catch (error) {
+        toast(`Could not invite ${address}: ${error.message}`, 'error');
+      }
+    });
+    replace(this.view.invite, form);
   }
 
   renderRoomStatus() {
@@ -661,6 +711,10 @@ export class Chat {
       h('p', { class: 'text' }, post.text),
       note));
   }
+}
+
+function privateMark() {
+  return h('span', { class: 'private-mark', title: 'Private room: members only' }, 'private');
 }
 
 function message(frame) {
