@@ -137,7 +137,11 @@ pub struct UsersSection {
     pub verification_ttl_s: u64,
     /// Least time between two verification mails of one account.
     pub resend_interval_s: u64,
-    /// Failed logins of one account within `login_failure_window_s` before it is locked.
+    /// Failed logins of one account, from any address, within `login_failure_window_s` before
+    /// it is locked for everyone: only a backstop against guessing from many addresses. The
+    /// lockout that counts is the web layer's, per (client address, account), which an
+    /// attacker cannot aim at someone else (`web::limits`); it slows one address to about 13
+    /// failures per node in 15 minutes, so the default here is out of one address's reach.
     pub login_failures_max: u32,
     pub login_failure_window_s: u64,
     /// Largest profile photo upload.
@@ -166,7 +170,7 @@ impl Default for UsersSection {
             argon2_parallelism: 1,
             verification_ttl_s: 24 * 3600,
             resend_interval_s: 60,
-            login_failures_max: 5,
+            login_failures_max: 100,
             login_failure_window_s: 15 * 60,
             photo_bytes_max: 5 * 1024 * 1024,
             photo_dimension_max: 512,
@@ -253,6 +257,13 @@ pub struct JobsSection {
     /// Attempts of one job that may end without a result (a crashed worker, a dead node) before
     /// the job fails for good ("the converter crashed on this input N times").
     pub max_attempts: u32,
+    /// Bytes of job files (inputs and outputs) one user may keep stored, cluster-wide; a
+    /// submission beyond it is refused with 413 `storage_quota_exceeded`. Outputs are counted
+    /// once written, so a user may end a little above it; the next submission is refused.
+    pub stored_bytes_per_user_max: u64,
+    /// A finished job (done or failed) is deleted this long after it finished: its files leave
+    /// the store and it leaves its owner's list.
+    pub finished_ttl_s: u64,
 }
 
 impl Default for JobsSection {
@@ -271,6 +282,8 @@ impl Default for JobsSection {
             worker_cpu_seconds_max: 60,
             worker_open_files_max: 256,
             max_attempts: 3,
+            stored_bytes_per_user_max: 1024 * 1024 * 1024,
+            finished_ttl_s: 7 * 24 * 3600,
         }
     }
 }
@@ -307,6 +320,12 @@ impl JobsSection {
         }
         if !(1..=100).contains(&self.max_attempts) {
             return Err("`jobs.max_attempts`: 1 to 100".into());
+        }
+        if self.stored_bytes_per_user_max < 1024 {
+            return Err("`jobs.stored_bytes_per_user_max`: at least 1 KiB".into());
+        }
+        if !(1..=10 * 365 * 24 * 3600).contains(&self.finished_ttl_s) {
+            return Err("`jobs.finished_ttl_s`: 1 s to 10 years".into());
         }
         Ok(())
     }

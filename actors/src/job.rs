@@ -183,6 +183,11 @@ pub enum JobEvent {
         attempt: String,
         reason: String,
     },
+    /// Finished more than `jobs.finished_ttl_s` ago: deleted like `Deleted`, files and all.
+    /// Appended (schema 2).
+    Expired {
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -218,6 +223,8 @@ pub enum JobCommand {
     Delete {
         owner: String,
     },
+    /// From the reviver: delete a job finished more than `jobs.finished_ttl_s` ago. Appended.
+    Expire,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +305,8 @@ pub struct Job {
 
 impl Entity for Job {
     const KIND: &'static str = "job";
+    /// 2: `JobEvent::Expired`.
+    const SCHEMA: u32 = 2;
     type Command = JobCommand;
     type Reply = Result<JobReply, JobError>;
     type Event = JobEvent;
@@ -342,6 +351,7 @@ impl Entity for Job {
                 state.finished_ms = Some(*at_ms);
             }
             JobEvent::Released => state.released = true,
+            JobEvent::Expired { .. } => state.deleted = true,
             JobEvent::Deleted { at_ms } => {
                 state.deleted = true;
                 if !state.phase.is_final() {
@@ -394,6 +404,7 @@ impl Entity for Job {
                 Ok(JobReply::Ack)
             }
             JobCommand::Delete { owner } => self.delete(state, &owner, context),
+            JobCommand::Expire => self.expire(state, context).map(JobReply::Proceed),
         }
     }
 
@@ -435,6 +446,10 @@ impl Entity for Job {
                         self.progress,
                         Some("cancelled by its owner"),
                     ));
+                }
+                JobEvent::Expired { .. } => {
+                    ::metrics::counter!(names::JOBS_EXPIRED_TOTAL).increment(1);
+                    tracing::info!(%job, "finished job expired; deleting its files");
                 }
                 JobEvent::Released | JobEvent::AttemptEnded { .. } => {}
             }
@@ -701,6 +716,28 @@ impl Job {
         Ok(JobReply::Ack)
     }
 
+    /// Expires the job if it finished `jobs.finished_ttl_s` ago or more (the reviver asks once
+    /// its finished marker is that old); its clean-up then deletes it as `Delete` does.
+    fn expire(
+        &mut self,
+        state: &JobState,
+        context: &mut Context<'_, Self>,
+    ) -> Result<bool, JobError> {
+        if state.info.is_none() || state.deleted {
+            return Err(JobError::NotFound);
+        }
+        let ttl_ms = self.deps.settings.finished_ttl_s.saturating_mul(1000);
+        let now_ms = runtime::clock::unix_ms();
+        let due = state.phase.is_final()
+            && state
+                .finished_ms
+                .is_some_and(|finished_ms| finished_ms.saturating_add(ttl_ms) <= now_ms);
+        if due {
+            context.persist(JobEvent::Expired { at_ms: now_ms });
+        }
+        Ok(due)
+    }
+
     /// The work after a final state, each step idempotent and retried on the next `Resume` if
     /// it fails: a deleted job's files go; a finished job frees its owner's slot, journals
     /// `Released`, then drops its marker.
@@ -719,7 +756,15 @@ impl Job {
             tokio::spawn(async move { release(runtime, job, owner).await });
         } else {
             tokio::spawn(async move {
-                store::delete_quietly(runtime.object_store(), &store::marker_path(&job)).await;
+                // The finished marker first (create-only: its age is the job's age), so the
+                // job is always found by one of the two scans.
+                let store = runtime.object_store();
+                let path = store::finished_marker_path(&job);
+                if let Err(error) = store::write_once(store, &path, Vec::new()).await {
+                    tracing::warn!(%job, %error, "could not mark a finished job; its next activation retries");
+                    return;
+                }
+                store::delete_quietly(store, &store::marker_path(&job)).await;
             });
         }
     }

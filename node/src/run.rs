@@ -141,6 +141,7 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     node.start_child(actors::job::reviver::child_spec(
         node.runtime(),
         revive_interval,
+        Duration::from_secs(app.jobs.finished_ttl_s),
     ))
     .await
     .context("cannot start the job reviver")?;
@@ -161,6 +162,7 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
         rooms: actors::room::Rooms::new(node.runtime(), app.rooms.clone()),
         jobs: actors::job::service::Jobs::new(node.runtime(), Arc::new(app.jobs.clone())),
         app,
+        limits: web::limits::Limits::shared(&web_settings.limits),
         web: Arc::new(web_settings),
         drain: drain.clone(),
     };

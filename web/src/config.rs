@@ -23,6 +23,8 @@ pub struct WebSection {
     /// Without one they are served only by a node whose HTTP address is loopback.
     /// `ACTORHUB_ADMIN_TOKEN` overrides it.
     pub admin_token: Option<String>,
+    /// `[web.limits]`: rate limits and the login lockout (see `crate::limits`).
+    pub limits: crate::limits::LimitsSection,
 }
 
 impl Default for WebSection {
@@ -32,6 +34,7 @@ impl Default for WebSection {
             token_ttl_s: 3_600,
             shutdown_timeout_ms: 5_000,
             admin_token: None,
+            limits: crate::limits::LimitsSection::default(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl WebSection {
                 "`web.admin_token`: use at least {ADMIN_TOKEN_CHARS_MIN} characters"
             )));
         }
+        self.limits.validate().map_err(InvalidConfig)?;
         if self.token_ttl_s == 0 {
             return Err(InvalidConfig("`web.token_ttl_s`: must be above 0".into()));
         }

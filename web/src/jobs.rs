@@ -33,6 +33,7 @@ use crate::AppState;
 use crate::auth::{Claims, authenticated};
 use crate::error::ApiError;
 use crate::input::Query;
+use crate::limits::{self, Scope};
 
 use self::upload::{form_bytes_max, parse_form, read_form};
 
@@ -133,7 +134,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .and(warp::post())
         .and(with_jobs.clone())
         .and(with_runtime)
-        .and(auth.clone())
+        .and(limits::user(&state.limits, Scope::Upload, auth.clone()))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
@@ -286,6 +287,11 @@ fn api_error(error: JobsError) -> ApiError {
         JobsError::QueueFull { .. } => {
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
         }
+        JobsError::QuotaExceeded { .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "storage_quota_exceeded",
+            message,
+        ),
         JobsError::MissingFile => ApiError::bad_request("missing_file", message),
         JobsError::MissingTarget => ApiError::bad_request("missing_target", message),
         JobsError::EmptyFile => unprocessable("empty_file", message),

@@ -10,6 +10,7 @@ pub mod error;
 mod inbound;
 mod input;
 mod jobs;
+pub mod limits;
 pub mod openapi;
 mod outbound;
 mod page;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub app: Arc<actors::config::AppConfig>,
     /// `[web]`: token lifetime, shutdown grace.
     pub web: Arc<config::WebSection>,
+    /// Rate limits and the login lockout (`[web.limits]`); see `limits`.
+    pub limits: Arc<limits::Limits>,
     /// Notified by `POST /api/admin/drain`: the node leaves the cluster as on SIGTERM.
     pub drain: Arc<tokio::sync::Notify>,
 }
@@ -99,7 +102,7 @@ async fn accept_loop<S>(
     let (alive, mut ended) = tokio::sync::mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -112,7 +115,9 @@ async fn accept_loop<S>(
             () = &mut shutdown => break,
         };
         let service = service.clone();
-        let handler = hyper::service::service_fn(move |request| {
+        let handler = hyper::service::service_fn(move |mut request: warp::http::Request<_>| {
+            // The rate limits key on the client address (see `limits`).
+            request.extensions_mut().insert(limits::Peer(peer));
             let mut service = service.clone();
             tower_service::Service::call(&mut service, request)
         });

@@ -79,7 +79,11 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
         let rooms = state.rooms.clone();
         warp::path!("api" / "rooms")
             .and(warp::post())
-            .and(auth.clone())
+            .and(crate::limits::user(
+                &state.limits,
+                crate::limits::Scope::RoomCreate,
+                auth.clone(),
+            ))
             .and(warp::body::stream())
             .and_then(move |claims: Claims, body| {
                 let rooms = rooms.clone();
@@ -166,7 +170,11 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Respo
     let rooms = state.rooms;
     let history = warp::path!("api" / "rooms" / String / "messages")
         .and(warp::get())
-        .and(auth)
+        .and(crate::limits::user(
+            &state.limits,
+            crate::limits::Scope::History,
+            auth,
+        ))
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and_then(move |room: String, claims: Claims, query: String| {
             let rooms = rooms.clone();

@@ -17,8 +17,11 @@
 mod reply;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
-use actors::user::service::Accounts;
+use actors::user::service::{AccountError, Accounts};
+use actors::user::validate::normalize_email;
 use bytes::Buf;
 use futures_util::Stream;
 use serde::Deserialize;
@@ -29,6 +32,7 @@ use warp::http::StatusCode;
 use crate::AppState;
 use crate::auth::{Claims, authenticated, unix_now_s};
 use crate::error::ApiError;
+use crate::limits::{self, Scope};
 
 use self::reply::{LoginBody, UserBody, account_error, json, verify_page};
 
@@ -80,6 +84,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     let signup = warp::path!("api" / "users" / "signup")
         .and(warp::post())
+        .and(limits::address(&state.limits, Scope::SignUp))
         .and(with_accounts.clone())
         .and(warp::body::stream())
         .then(|accounts: Accounts, body| async move {
@@ -119,6 +124,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
 
     let resend = warp::path!("api" / "users" / "resend-verification")
         .and(warp::post())
+        .and(limits::address(&state.limits, Scope::Resend))
         .and(with_accounts.clone())
         .and(warp::body::stream())
         .then(|accounts: Accounts, body| async move {
@@ -141,18 +147,37 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let login = {
         let tokens = state.tokens.clone();
         let ttl_s = state.web.token_ttl_s;
+        let guarded = state.limits.clone();
         warp::path!("api" / "users" / "login")
             .and(warp::post())
+            .and(limits::address(&state.limits, Scope::Login))
+            .and(limits::client(&state.limits))
             .and(with_accounts.clone())
             .and(warp::body::stream())
-            .then(move |accounts: Accounts, body| {
+            .then(move |client: IpAddr, accounts: Accounts, body| {
                 let tokens = tokens.clone();
+                let limits = guarded.clone();
                 async move {
                     let request: LoginRequest = match read_json(body).await {
                         Ok(request) => request,
                         Err(error) => return error.into_response(),
                     };
-                    match accounts.login(&request.email, request.password).await {
+                    // The lockout counts per (address, account), so it cannot be aimed at
+                    // someone else's account (see `limits`).
+                    let account = normalize_email(&request.email)
+                        .unwrap_or_else(|_| request.email.to_lowercase());
+                    let guard = limits.login_guard();
+                    let ticket = match guard.begin(client, &account, Instant::now()) {
+                        Ok(ticket) => ticket,
+                        Err(wait) => return login_delayed(wait),
+                    };
+                    let outcome = accounts.login(&request.email, request.password).await;
+                    match &outcome {
+                        Ok(_) | Err(AccountError::NotVerified) => guard.succeeded(ticket),
+                        Err(AccountError::BadCredentials) => {}
+                        Err(_) => guard.not_counted(ticket),
+                    }
+                    match outcome {
                         Ok(profile) => {
                             let now_s = unix_now_s();
                             let token =
@@ -204,7 +229,7 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
     let upload = warp::path!("api" / "users" / "me" / "photo")
         .and(warp::put())
         .and(with_accounts.clone())
-        .and(auth)
+        .and(limits::user(&state.limits, Scope::Upload, auth))
         .and(warp::header::optional::<String>("content-type"))
         .and(warp::body::stream())
         .then(
@@ -284,6 +309,20 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         .or(photo)
         .unify()
         .boxed()
+}
+
+/// 429 `too_many_attempts`: this address failed too often for this account lately.
+fn login_delayed(wait: Duration) -> warp::reply::Response {
+    let seconds = limits::retry_after_s(wait);
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_attempts",
+        format!(
+            "too many failed logins from your address for this account; try again in {seconds} s"
+        ),
+    );
+    error.retry_after_s = Some(seconds);
+    error.into_response()
 }
 
 /// Reads and parses a JSON body of at most [`JSON_BODY_BYTES_MAX`] bytes (see

@@ -16,7 +16,8 @@ pub const JOBS_PER_USER_MAX: usize = 1_000;
 /// An unconfirmed reservation counts for this long (an upload of `input_bytes_max` at a slow
 /// client's pace fits in it).
 pub const RESERVATION_TTL_MS: u64 = 15 * 60 * 1000;
-/// Most jobs returned by one `List`.
+/// Most jobs the API lists at once (a `List` itself may ask for all of them, up to
+/// [`JOBS_PER_USER_MAX`]: the storage quota sums them).
 pub const LIST_MAX: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +207,7 @@ impl Entity for JobIndex {
                     .jobs
                     .iter()
                     .rev()
-                    .take(limit.clamp(1, LIST_MAX))
+                    .take(limit.clamp(1, JOBS_PER_USER_MAX))
                     .cloned()
                     .collect();
                 IndexReply::Jobs(jobs)

@@ -9,6 +9,7 @@ pub const ATTEMPTS_TOTAL: &str = "actorhub_job_attempts_total";
 pub const WORKER_CRASHES_TOTAL: &str = "actorhub_job_worker_crashes_total";
 pub const REVIVER_RESUMES_TOTAL: &str = "actorhub_job_reviver_resumes_total";
 pub const REVIVER_SCANS_TOTAL: &str = "actorhub_job_reviver_scans_total";
+pub const JOBS_EXPIRED_TOTAL: &str = "actorhub_jobs_expired_total";
 
 /// Registers the descriptions (idempotent).
 pub fn describe() {
@@ -39,6 +40,10 @@ pub fn describe() {
         "Unfinished jobs this node's reviver re-activated, by outcome."
     );
     metrics::describe_counter!(REVIVER_SCANS_TOTAL, "Scans of the unfinished-job markers.");
+    metrics::describe_counter!(
+        JOBS_EXPIRED_TOTAL,
+        "Finished jobs deleted `jobs.finished_ttl_s` after they finished."
+    );
     // Exported from the start, at zero, for the dashboard and alerts (deploy/): a counter born
     // at its first event hides that event from `increase()`.
     metrics::counter!(WORKER_CRASHES_TOTAL).increment(0);

@@ -60,6 +60,11 @@ pub struct Delete {
     pub owner: String,
 }
 
+/// From the reviver: delete the job if it finished more than `jobs.finished_ttl_s` ago
+/// (`Proceed(true)`: it expires now). `NotFound` for a job deleted or never submitted.
+#[derive(Debug, Clone, Copy)]
+pub struct Expire;
+
 fn view(reply: JobReply) -> Option<JobView> {
     match reply {
         JobReply::View(view) => Some(*view),
@@ -198,5 +203,17 @@ impl Request<Job> for Delete {
 
     fn from_reply(reply: Answer) -> Option<Self::Reply> {
         map_ok(reply, ack)
+    }
+}
+
+impl Request<Job> for Expire {
+    type Reply = Result<bool, JobError>;
+
+    fn into_command(self) -> JobCommand {
+        JobCommand::Expire
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        map_ok(reply, proceed)
     }
 }

@@ -9,6 +9,13 @@
 //! none here. A marker without a job (the uploading node died between the upload and the submit)
 //! is deleted with its files once older than [`ORPHAN_GRACE_MS`].
 //!
+//! Expiry: a finished job leaves a marker under `jobs/finished/` (written create-only when it
+//! is released, so its age is the job's). Each scan also lists those markers and asks each job
+//! this node owns whose marker is older than `jobs.finished_ttl_s` to `Expire`; the job checks
+//! its own finish time, journals `Expired` and deletes its files, markers and index entry.
+//! Nothing lives in memory only, so an expiry due while every node was down happens on the
+//! first scan after a start.
+//!
 //! Bounded: at most [`SCAN_MARKERS_MAX`] markers per scan, [`RESUME_CONCURRENCY_MAX`] asks at
 //! once, one scan at a time (changes during a scan trigger exactly one more).
 
@@ -23,7 +30,7 @@ use runtime::{Entity, Runtime};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::metrics as names;
-use super::request::Resume;
+use super::request::{Expire, Resume};
 use super::{Job, JobError, store};
 
 /// Markers looked at per scan.
@@ -39,8 +46,9 @@ pub fn reviver_name(node: &str) -> String {
 }
 
 /// The reviver as a permanent child of the node's root supervisor; it also scans every
-/// `interval` (`jobs.revive_interval_ms`).
-pub fn child_spec(runtime: Runtime, interval: Duration) -> ChildSpec {
+/// `interval` (`jobs.revive_interval_ms`), and expires jobs finished `finished_ttl`
+/// (`jobs.finished_ttl_s`) ago.
+pub fn child_spec(runtime: Runtime, interval: Duration, finished_ttl: Duration) -> ChildSpec {
     let name = reviver_name(runtime.node_id());
     ChildSpec::new(
         name.clone(),
@@ -49,7 +57,7 @@ pub fn child_spec(runtime: Runtime, interval: Duration) -> ChildSpec {
             let name = name.clone();
             let runtime = runtime.clone();
             async move {
-                let arguments = (runtime, interval);
+                let arguments = (runtime, interval, finished_ttl);
                 let (actor, _) =
                     Actor::spawn_linked(Some(name), JobReviverActor, arguments, supervisor).await?;
                 Ok(actor.get_cell())
@@ -69,6 +77,7 @@ pub enum JobReviverMsg {
 
 pub struct JobReviverState {
     runtime: Runtime,
+    finished_ttl: Duration,
     scanning: bool,
     /// A scan was asked for while one ran.
     again: bool,
@@ -79,13 +88,13 @@ pub struct JobReviverState {
 impl Actor for JobReviverActor {
     type Msg = JobReviverMsg;
     type State = JobReviverState;
-    /// The node's runtime and the time between two periodic scans.
-    type Arguments = (Runtime, Duration);
+    /// The node's runtime, the time between two periodic scans and `jobs.finished_ttl_s`.
+    type Arguments = (Runtime, Duration, Duration);
 
     async fn pre_start(
         &self,
         myself: ActorRef<JobReviverMsg>,
-        (runtime, interval): (Runtime, Duration),
+        (runtime, interval, finished_ttl): (Runtime, Duration, Duration),
     ) -> Result<JobReviverState, ActorProcessingErr> {
         let mut events = runtime.membership_events();
         let target = myself.clone();
@@ -112,6 +121,7 @@ impl Actor for JobReviverActor {
         });
         Ok(JobReviverState {
             runtime,
+            finished_ttl,
             scanning: false,
             again: false,
             feeders: vec![membership, periodic],
@@ -154,8 +164,10 @@ impl JobReviverState {
         self.scanning = true;
         let runtime = self.runtime.clone();
         let myself = myself.clone();
+        let finished_ttl = self.finished_ttl;
         tokio::spawn(async move {
             scan(&runtime).await;
+            expire(&runtime, finished_ttl).await;
             let _ = myself.cast(JobReviverMsg::ScanDone);
         });
     }
@@ -190,6 +202,50 @@ pub async fn scan(runtime: &Runtime) {
     futures_util::stream::iter(mine)
         .for_each_concurrent(RESUME_CONCURRENCY_MAX, |(id, age_ms)| async move {
             resume(runtime, id, age_ms).await;
+        })
+        .await;
+}
+
+/// One pass over the finished markers: expires the due jobs this node owns (at most
+/// [`SCAN_MARKERS_MAX`] markers per pass; the listing is in id order, so a pass that stops
+/// early leaves later ids to later passes, which see fewer markers once the due ones are gone).
+pub async fn expire(runtime: &Runtime, finished_ttl: Duration) {
+    let view = runtime.view();
+    if !view.settled {
+        return;
+    }
+    let prefix = Path::from(store::FINISHED_PREFIX);
+    let ttl_ms = u64::try_from(finished_ttl.as_millis()).unwrap_or(u64::MAX);
+    let now_ms = runtime::clock::unix_ms();
+    let due: Vec<String> = runtime
+        .object_store()
+        .list(Some(&prefix))
+        .take(SCAN_MARKERS_MAX)
+        .filter_map(|meta| async move { meta.ok() })
+        .filter_map(|meta| {
+            let id = meta.location.filename().map(str::to_string);
+            let written_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
+            let due = now_ms.saturating_sub(written_ms) >= ttl_ms;
+            std::future::ready(id.filter(|id| {
+                due && store::valid_job_id(id)
+                    && view.owner(Job::KIND, id) == Some(runtime.node_id())
+            }))
+        })
+        .collect()
+        .await;
+    futures_util::stream::iter(due)
+        .for_each_concurrent(RESUME_CONCURRENCY_MAX, |id| async move {
+            match runtime.entity::<Job>(id.clone()).ask(Expire).await {
+                Ok(Ok(_)) => {}
+                // Deleted (or never submitted) with its marker left behind: finish the job.
+                Ok(Err(JobError::NotFound)) => {
+                    store::delete_job_files(runtime.object_store(), &id).await;
+                }
+                Ok(Err(_)) => {}
+                Err(error) => {
+                    tracing::warn!(job = %id, %error, "could not expire a job; the next scan retries");
+                }
+            }
         })
         .await;
 }

@@ -49,6 +49,11 @@ pub enum JobsError {
     TooManyJobs { limit: usize },
     #[error("the conversion queue is full ({max} jobs); try again later")]
     QueueFull { max: usize },
+    /// The user's stored job files (inputs and outputs) would exceed their quota.
+    #[error(
+        "your job files would take more than {limit} bytes; delete finished jobs (they also expire on their own)"
+    )]
+    QuotaExceeded { limit: u64 },
     #[error("the form needs a `file` part")]
     MissingFile,
     #[error("the form needs a `target` field, e.g. jpeg or pdf")]
@@ -152,6 +157,20 @@ impl Jobs {
         let release_slot = || async {
             let _ = index.ask(index::Remove { job: job.clone() }).await;
         };
+        // The quota: a user at it uploads nothing; one whose upload would go beyond it keeps
+        // nothing (checked below, once the size is known).
+        let quota = self.settings.stored_bytes_per_user_max;
+        let stored = match self.stored_bytes(owner, &job).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                release_slot().await;
+                return Err(error.into());
+            }
+        };
+        if stored >= quota {
+            release_slot().await;
+            return Err(JobsError::QuotaExceeded { limit: quota }.into());
+        }
         let store = self.runtime.object_store();
         let upload = match upload(job.clone()).await {
             Ok(upload) => upload,
@@ -160,7 +179,13 @@ impl Jobs {
                 return Err(SubmitError::Upload(error));
             }
         };
-        let info = match self.job_info(owner, upload) {
+        let within_quota = stored.saturating_add(upload.file_bytes) <= quota;
+        let checked = if within_quota {
+            self.job_info(owner, upload)
+        } else {
+            Err(JobsError::QuotaExceeded { limit: quota })
+        };
+        let info = match checked {
             Ok(info) => info,
             Err(error) => {
                 store::delete_quietly(store, &store::input_path(&job)).await;
@@ -197,6 +222,31 @@ impl Jobs {
         };
         let _ = index.ask(index::Confirm { job: job.clone() }).await;
         Ok(view)
+    }
+
+    /// Bytes of the job files `owner` has stored (inputs and outputs of the jobs in their index,
+    /// `except` the one being submitted). A job that does not answer counts as nothing: the
+    /// quota is a bound on abuse, not an invoice.
+    async fn stored_bytes(&self, owner: &str, except: &str) -> Result<u64, JobsError> {
+        let entries = self
+            .runtime
+            .entity::<JobIndex>(owner.to_string())
+            .ask(index::List {
+                limit: index::JOBS_PER_USER_MAX,
+            })
+            .await?;
+        Ok(futures_util::stream::iter(entries)
+            .filter(|entry| std::future::ready(entry.job != except))
+            .map(|entry| async move { self.status(owner, &entry.job).await.ok() })
+            .buffer_unordered(LIST_CONCURRENCY_MAX)
+            .fold(0u64, |sum, view| async move {
+                let bytes = view.map_or(0, |view| {
+                    view.input_bytes
+                        .saturating_add(view.output.map_or(0, |output| output.bytes))
+                });
+                sum.saturating_add(bytes)
+            })
+            .await)
     }
 
     /// Checks the upload against its sniffed type and this node's converters.

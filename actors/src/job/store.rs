@@ -4,9 +4,11 @@
 //! jobs/<id>/input           the upload, as received
 //! jobs/<id>/output.<ext>    the converted file, written once (create-only)
 //! jobs/active/<id>          marker: the job is not finished; the reviver looks here
+//! jobs/finished/<id>        marker: the job finished (written when it is released); the
+//!                           reviver expires it `jobs.finished_ttl_s` later
 //! ```
 //! Job ids are 32 lowercase hex characters, so they are safe in paths and never collide with
-//! the `active` folder.
+//! the `active` and `finished` folders.
 
 use std::sync::Arc;
 
@@ -16,6 +18,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 /// The folder of the unfinished-job markers.
 pub const MARKERS_PREFIX: &str = "jobs/active";
+/// The folder of the finished-job markers (their age says when the job expires).
+pub const FINISHED_PREFIX: &str = "jobs/finished";
 /// Objects one job may have (input, output, staging leftovers); bounds a clean-up listing.
 const OBJECTS_PER_JOB_MAX: usize = 16;
 
@@ -50,6 +54,21 @@ pub fn marker_path(id: &str) -> Path {
     Path::from(format!("{MARKERS_PREFIX}/{id}"))
 }
 
+pub fn finished_marker_path(id: &str) -> Path {
+    Path::from(format!("{FINISHED_PREFIX}/{id}"))
+}
+
+/// Marks `id` finished: the reviver finds it there once it is due to expire.
+pub async fn put_finished_marker(
+    store: &Arc<dyn ObjectStore>,
+    id: &str,
+) -> object_store::Result<()> {
+    store
+        .put(&finished_marker_path(id), PutPayload::default())
+        .await
+        .map(drop)
+}
+
 /// Marks `id` unfinished (before it is submitted, so a crash right after leaves a trace).
 pub async fn put_marker(
     store: &Arc<dyn ObjectStore>,
@@ -79,7 +98,7 @@ pub async fn write_once(
     }
 }
 
-/// Deletes a job's files and its marker; missing files are fine. Errors are logged: a
+/// Deletes a job's files and its markers; missing files are fine. Errors are logged: a
 /// leftover is found again by the next clean-up.
 pub async fn delete_job_files(store: &Arc<dyn ObjectStore>, id: &str) {
     let folder = job_folder(id);
@@ -92,6 +111,7 @@ pub async fn delete_job_files(store: &Arc<dyn ObjectStore>, id: &str) {
         delete_quietly(store, &meta.location).await;
     }
     delete_quietly(store, &marker_path(id)).await;
+    delete_quietly(store, &finished_marker_path(id)).await;
 }
 
 pub async fn delete_quietly(store: &Arc<dyn ObjectStore>, path: &Path) {
