@@ -18,6 +18,8 @@ use runtime::config::{
 use serde::Deserialize;
 use web::config::WebSection;
 
+use crate::telemetry::{OTLP_ENDPOINT_VAR, TelemetrySection};
+
 /// Every section of `cluster.toml`, as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +43,8 @@ struct FileConfig {
     jobs: JobsSection,
     #[serde(default)]
     rooms: RoomsSection,
+    #[serde(default)]
+    telemetry: TelemetrySection,
     #[serde(rename = "node", default)]
     nodes: Vec<NodeConfig>,
 }
@@ -54,6 +58,8 @@ pub struct Config {
     pub app: AppConfig,
     /// `[web]`.
     pub web: WebSection,
+    /// `[telemetry]`: this crate's own (traces).
+    pub telemetry: TelemetrySection,
 }
 
 /// Secrets from outside the file: they override the file's values.
@@ -249,6 +255,13 @@ fn load_secrets(
     if let Some(dir) = std::env::var_os(TLS_DIR_VAR).filter(|value| !value.is_empty()) {
         config.cluster.cluster.tls = Some(runtime::config::TlsSection { dir: dir.into() });
     }
+    if let Some(endpoint) = env(OTLP_ENDPOINT_VAR) {
+        config.telemetry.override_endpoint(Some(endpoint));
+        config
+            .telemetry
+            .validate()
+            .map_err(|error| invalid(&origin, format!("{error:#}")))?;
+    }
     Ok(config)
 }
 
@@ -293,6 +306,7 @@ fn parse_with(
         users,
         jobs,
         rooms,
+        telemetry,
         mut nodes,
     } = file;
     if let Some(flags) = flags {
@@ -330,7 +344,15 @@ fn parse_with(
         web.admin_token = Some(token);
     }
     web.validate().map_err(|error| invalid(origin, error))?;
-    Ok(Config { cluster, app, web })
+    telemetry
+        .validate()
+        .map_err(|error| invalid(origin, format!("{error:#}")))?;
+    Ok(Config {
+        cluster,
+        app,
+        web,
+        telemetry,
+    })
 }
 
 /// The same words as the runtime's configuration errors.

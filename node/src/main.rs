@@ -6,6 +6,7 @@ mod admin;
 mod config_file;
 mod run;
 mod secrets;
+mod telemetry;
 mod up;
 
 use std::path::PathBuf;
@@ -134,8 +135,16 @@ fn main() -> ExitCode {
             if let Err(error) = secrets::refuse_unsafe(&config, &id) {
                 return config_error(&error);
             }
-            run::init_tracing();
-            exit_with(run::run(config, &id))
+            let traces = match run::init_tracing(&config.telemetry, &id) {
+                Ok(traces) => traces,
+                Err(error) => return config_error(&error),
+            };
+            let outcome = run::run(config, &id);
+            // After the async runtime is gone: the exporter's client blocks.
+            if let Some(traces) = traces {
+                traces.shutdown();
+            }
+            exit_with(outcome)
         }
         Command::Certs { config, out, nodes } => {
             let config = match config_file::load_offline(&config) {

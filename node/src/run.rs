@@ -15,21 +15,43 @@ use tokio::signal::unix::{SignalKind, signal};
 /// How often the Prometheus recorder folds histograms (required with `install_recorder`).
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+/// Logs to stderr (`RUST_LOG`, `ACTORHUB_LOG_FORMAT=json`) and, when `[telemetry]` names an
+/// OTLP endpoint, the runtime's trace spans to it: each layer has its own filter, so the
+/// exported DEBUG spans do not change what is logged. Call it before the async runtime starts
+/// (the exporter's HTTP client has a runtime of its own); flush what it returns at exit.
+pub fn init_tracing(
+    telemetry: &crate::telemetry::TelemetrySection,
+    node_id: &str,
+) -> anyhow::Result<Option<crate::telemetry::Traces>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _, Registry};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,ractor_cluster=warn,ractor=warn"));
     let json = std::env::var("ACTORHUB_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let logs: Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync> = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+            .boxed()
+    };
+    let (traces_layer, traces) = match crate::telemetry::layer(telemetry, node_id)? {
+        Some((layer, traces)) => (Some(layer), Some(traces)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces_layer)
+        .init();
+    if let Some(url) = telemetry.traces_url().filter(|_| traces.is_some()) {
+        tracing::info!(node = node_id, %url, "exporting trace spans over OTLP/HTTP");
     }
+    Ok(traces)
 }
 
 /// The supervisor of this node's WebSocket sessions: one-for-one, sessions are temporary
@@ -84,6 +106,7 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
         cluster: config,
         app,
         web: web_settings,
+        telemetry: _,
     } = config;
     let app = Arc::new(app);
     let metrics = PrometheusBuilder::new()

@@ -119,7 +119,15 @@ async fn accept_loop<S>(
             // The rate limits key on the client address (see `limits`).
             request.extensions_mut().insert(limits::Peer(peer));
             let mut service = service.clone();
-            tower_service::Service::call(&mut service, request)
+            let span = request_span(&request);
+            let response = span.in_scope(|| tower_service::Service::call(&mut service, request));
+            async move {
+                let response = tracing::Instrument::instrument(response, span.clone()).await;
+                if let Ok(response) = &response {
+                    span.record("http.response.status_code", response.status().as_u16());
+                }
+                response
+            }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             // A client that never finishes its request headers is dropped (slowloris).
@@ -150,6 +158,43 @@ async fn accept_loop<S>(
     stopping.send_replace(true);
     drop(alive);
     let _ = ended.recv().await;
+}
+
+/// Longest request path recorded on a request's span (the rest is cut).
+const SPAN_PATH_BYTES_MAX: usize = 256;
+
+/// `http.request`, the trace span of a request that costs: a WebSocket upgrade or any method
+/// but GET, HEAD and OPTIONS (those stay untraced). A client's `traceparent` header makes it
+/// part of the client's trace (`runtime::trace::set_parent` bounds and parses it). The query
+/// is never recorded: it may hold a token.
+fn request_span<B>(request: &warp::http::Request<B>) -> tracing::Span {
+    use warp::http::{Method, header};
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let method = request.method();
+    if !upgrade && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return tracing::Span::none();
+    }
+    let path = request.uri().path();
+    let path = &path[..path.floor_char_boundary(SPAN_PATH_BYTES_MAX)];
+    let span = tracing::debug_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = path,
+        websocket = upgrade,
+        http.response.status_code = tracing::field::Empty
+    );
+    if let Some(traceparent) = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+    {
+        runtime::trace::set_parent(&span, traceparent);
+    }
+    span
 }
 
 /// Resolves when `flag` becomes true (or its sender is gone).
