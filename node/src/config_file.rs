@@ -3,9 +3,10 @@
 //!
 //! The file is assembled from the sections each crate owns: the runtime's (`[cluster]`,
 //! `[entities]`, `[storage]`, `[limits]`, `[journal]`, `[[node]]`), the application's
-//! (`[users]`, `[jobs]`, `[sessions]`, `[rooms]`: `actors::config`) and the web layer's
-//! (`[web]`: `web::config`). [`FileConfig`] lists them all, so a key that no crate owns is an
-//! error naming it. Each crate then validates its own sections.
+//! (`[users]`, `[jobs]`, `[sessions]`, `[rooms]`: `actors::config`), the web layer's
+//! (`[web]`: `web::config`) and this crate's own (`[telemetry]`: `crate::telemetry`).
+//! [`FileConfig`] lists them all, so a key that no crate owns is an error naming it. Each
+//! crate then validates its own sections.
 
 use std::path::Path;
 
