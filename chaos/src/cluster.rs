@@ -76,6 +76,9 @@ pub const NODE_BINARY_ENV: &str = "ACTORHUB_NODE_BIN";
 pub const TEST_COOKIE: &str = "actorhub-test-cookie";
 /// The JWT secret of every test cluster (tests mint tokens with it).
 pub const TEST_JWT_SECRET: &str = "actorhub-test-jwt-secret-0123456789";
+/// The admin token of a test cluster whose nodes listen beyond loopback (or that asked for one
+/// with [`ClusterBuilder::admin_token`]); the cluster's own requests carry it.
+pub const TEST_ADMIN_TOKEN: &str = "actorhub-test-admin-token-0123456789";
 /// The cluster name of every test cluster.
 pub const TEST_CLUSTER_NAME: &str = "actorhub-test";
 /// Environment variables that would override the generated config's secrets; they are removed
@@ -131,6 +134,8 @@ pub struct TestCluster {
     env: Vec<(String, String)>,
     nodes: Vec<TestNode>,
     http: reqwest::Client,
+    /// The operator routes' token, when the config sets one.
+    admin_token: Option<&'static str>,
 }
 
 /// One node of a [`TestCluster`].
@@ -147,6 +152,11 @@ struct TestNode {
 }
 
 impl TestCluster {
+    /// The admin token the nodes require on `/metrics` and `/api/cluster`, if any.
+    pub fn admin_token(&self) -> Option<&'static str> {
+        self.admin_token
+    }
+
     /// The cluster directory (config, logs, data).
     pub fn dir(&self) -> &Path {
         &self.dir

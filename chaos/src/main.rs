@@ -50,6 +50,13 @@ struct RunArgs {
     /// `[hostile]` table sets them in detail).
     #[arg(long)]
     hostile: bool,
+    /// Plaintext cluster traffic instead of mutual TLS.
+    #[arg(long)]
+    plaintext: bool,
+    /// The shared store on a real S3 server (moto from .ci/install-deps) instead of a
+    /// directory; nodes run on loopback then.
+    #[arg(long)]
+    s3: bool,
     /// Faults active at once (default 1).
     #[arg(long)]
     concurrent_faults: Option<usize>,
@@ -124,6 +131,12 @@ fn options(arguments: RunArgs, replay_command: String) -> anyhow::Result<RunOpti
     }
     if arguments.hostile {
         scenario.hostile.enabled = true;
+    }
+    if arguments.plaintext {
+        scenario.tls = false;
+    }
+    if arguments.s3 {
+        scenario.s3 = true;
     }
     if let Some(concurrent) = arguments.concurrent_faults {
         scenario.concurrent_faults_max = concurrent;

@@ -88,6 +88,13 @@ fn run_with_seed(mut options: RunOptions, seed: u64) -> Outcome {
     }
     let use_namespaces = match options.scenario.network {
         NetworkMode::Loopback => false,
+        // The S3 server listens on loopback, which a node in its own namespace cannot reach.
+        NetworkMode::Netns | NetworkMode::Auto if options.scenario.s3 => {
+            let note = "the store is an S3 server on loopback: nodes run on loopback, partitions are unavailable".to_string();
+            eprintln!("chaos: {note}");
+            notes.push(note);
+            false
+        }
         NetworkMode::Netns => match netns::unavailable_reason() {
             None => true,
             Some(reason) => {

@@ -366,6 +366,12 @@ pub struct Scenario {
     pub memory_bytes_max: u64,
     #[serde(deserialize_with = "hostile_setting")]
     pub hostile: HostileScenario,
+    /// Mutual TLS between the nodes (a CA and node certificates made for the run), as in
+    /// production; `false` runs plaintext cluster traffic.
+    pub tls: bool,
+    /// The shared store is a real S3 server (moto, started for the run) instead of a local
+    /// directory. Nodes then run on loopback (the server listens there), without partitions.
+    pub s3: bool,
 }
 
 impl Default for Scenario {
@@ -394,6 +400,8 @@ impl Default for Scenario {
             failure_timeout_ms: None,
             memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
             hostile: HostileScenario::off(),
+            tls: true,
+            s3: false,
         }
     }
 }

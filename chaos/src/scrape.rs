@@ -52,7 +52,11 @@ impl CounterTotals {
                 continue;
             };
             let url = format!("{}/metrics", cluster.http_url(&node));
-            let Ok(response) = http.get(&url).timeout(Duration::from_secs(2)).send().await else {
+            let mut request = http.get(&url).timeout(Duration::from_secs(2));
+            if let Some(token) = cluster.admin_token() {
+                request = request.bearer_auth(token);
+            }
+            let Ok(response) = request.send().await else {
                 continue;
             };
             let Ok(text) = response.text().await else {

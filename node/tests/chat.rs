@@ -15,8 +15,16 @@ static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn cluster_with(settings: &[(&str, &str, i64)]) -> TestCluster {
+    cluster_over(false, settings).await
+}
+
+/// A 3-node cluster; `tls`: mutual TLS between the nodes and the admin token on operator
+/// routes, as a production cluster runs.
+async fn cluster_over(tls: bool, settings: &[(&str, &str, i64)]) -> TestCluster {
     let mut builder = ClusterBuilder::new(env!("CARGO_BIN_EXE_node"))
         .nodes(3)
+        .tls(tls)
+        .admin_token(tls)
         .setting("sessions", "messages_per_second", 10_000);
     for (table, key, value) in settings {
         builder = builder.setting(table, key, *value);
@@ -474,7 +482,16 @@ async fn poster(url: String, user: String, room: String, stop: Instant) -> Poste
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_room_owner_under_traffic_loses_and_duplicates_nothing_acknowledged() {
     let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
-    let cluster = cluster_with(&[]).await;
+    owner_failover(cluster_with(&[]).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_mutual_tls_killing_a_room_owner_under_traffic_loses_nothing_acknowledged() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    owner_failover(cluster_over(true, &[]).await).await;
+}
+
+async fn owner_failover(cluster: TestCluster) {
     let members = ["n1", "n2", "n3"];
     // Room ids are random: create rooms until one is owned by n2 (each is with odds 1/3).
     let mut rooms = Vec::new();

@@ -15,8 +15,21 @@ use super::config::toml_integer;
 use super::process::NodeProcess;
 use super::{
     HTTP_CONNECT_TIMEOUT, HTTP_REQUEST_TIMEOUT, KEEP_DIRS_ENV, NODES_MAX, START_TIMEOUT,
-    TestCluster, TestNode, free_loopback_ports,
+    TEST_ADMIN_TOKEN, TestCluster, TestNode, free_loopback_ports,
 };
+
+/// The rates of `[web.limits]` (web/src/limits.rs), each set out of reach in a test cluster.
+const RATE_LIMITS: [&str; 9] = [
+    "login_per_address",
+    "signup_per_address",
+    "resend_per_address",
+    "upload_per_address",
+    "upload_per_user",
+    "room_create_per_address",
+    "room_create_per_user",
+    "history_per_address",
+    "history_per_user",
+];
 
 /// Describes a test cluster; [`ClusterBuilder::start`] turns it into a running [`TestCluster`].
 ///
@@ -47,12 +60,21 @@ pub struct ClusterBuilder {
     pub(super) extra_toml: String,
     env: Vec<(String, String)>,
     start_timeout: Duration,
+    /// Mutual TLS between the nodes: a cluster CA and node certificates in `tls/`.
+    tls: bool,
+    /// `[web] admin_token` = [`TEST_ADMIN_TOKEN`] (always when placements are given: a node
+    /// beyond loopback refuses to start without one).
+    admin_token: bool,
 }
 
 impl ClusterBuilder {
     /// A 3-node cluster of `node_binary` processes with default timings.
+    ///
+    /// A test drives many users from one address, so the abuse limits of `[web.limits]` and
+    /// `rooms.created_per_user_max` are set out of reach; a test of the limits sets its own
+    /// (`setting("web", "limits", ...)` replaces the whole table).
     pub fn new(node_binary: impl Into<PathBuf>) -> Self {
-        Self {
+        let builder = Self {
             node_binary: node_binary.into(),
             node_count: 3,
             placements: None,
@@ -61,7 +83,34 @@ impl ClusterBuilder {
             extra_toml: String::new(),
             env: Vec::new(),
             start_timeout: START_TIMEOUT,
-        }
+            tls: false,
+            admin_token: false,
+        };
+        let out_of_reach = toml::Value::Table(toml::Table::from_iter([
+            ("count".to_string(), toml::Value::Integer(1_000_000)),
+            ("per_s".to_string(), toml::Value::Integer(1)),
+        ]));
+        let limits = toml::Table::from_iter(
+            RATE_LIMITS
+                .iter()
+                .map(|key| (key.to_string(), out_of_reach.clone())),
+        );
+        builder
+            .setting("web", "limits", toml::Value::Table(limits))
+            .setting("rooms", "created_per_user_max", 10_000)
+    }
+
+    /// Requires [`TEST_ADMIN_TOKEN`] on the operator routes, as a node beyond loopback does.
+    pub fn admin_token(mut self, on: bool) -> Self {
+        self.admin_token = on;
+        self
+    }
+
+    /// Mutual TLS between the nodes, as in production: the cluster directory gets a CA and a
+    /// certificate per node (`tls/`, as `node certs` makes them) and `[cluster.tls] dir`.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
     }
 
     /// Number of nodes, named `n1` to `nN`.
@@ -182,7 +231,12 @@ impl ClusterBuilder {
 
     /// Writes the config but starts no node: start them one by one with [`TestCluster::restart`]
     /// (partial starts, or a test that edits [`TestCluster::config_path`] first).
-    pub async fn prepare(self) -> anyhow::Result<TestCluster> {
+    pub async fn prepare(mut self) -> anyhow::Result<TestCluster> {
+        let admin_token =
+            (self.admin_token || self.placements.is_some()).then_some(TEST_ADMIN_TOKEN);
+        if let Some(token) = admin_token {
+            self = self.setting("web", "admin_token", token);
+        }
         if !self.node_binary.is_file() {
             bail!(
                 "the node binary {} does not exist; build it first",
@@ -209,12 +263,32 @@ impl ClusterBuilder {
                 .collect(),
             None => node_addresses(self.node_count).context("allocating loopback ports")?,
         };
+        if self.tls {
+            let nodes: Vec<(String, Vec<String>)> = addresses
+                .iter()
+                .map(|node| (node.id.clone(), vec![node.cluster_addr.ip().to_string()]))
+                .collect();
+            runtime::cluster::tls::generate(&dir.join("tls"), &nodes)
+                .context("creating the cluster's certificates")?;
+        }
         let config_path = dir.join("cluster.toml");
-        let config_text = self.render_config(&addresses)?;
+        let mut config_text = self.render_config(&addresses)?;
+        if self.tls {
+            config_text.push_str("\n[cluster.tls]\ndir = \"tls\"\n");
+        }
         std::fs::write(&config_path, config_text)
             .with_context(|| format!("writing {}", config_path.display()))?;
 
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = admin_token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .context("the admin token as a header")?,
+            );
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             // Loopback must never go through a proxy a developer has configured.
             .no_proxy()
             // Restarted nodes reuse their ports; a pooled connection to the old process would
@@ -244,6 +318,7 @@ impl ClusterBuilder {
             env: self.env,
             nodes,
             http,
+            admin_token,
         })
     }
 

@@ -36,6 +36,9 @@ const JOBS_SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// poison upload follows its job to the end).
 const HOSTILE_FINISH_SLACK: Duration = Duration::from_secs(60);
 
+/// The bucket of a run on an S3 server.
+const S3_BUCKET: &str = "chaos";
+
 /// Everything one run needs, moved into the harness task.
 pub(super) struct Harness {
     pub(super) options: RunOptions,
@@ -50,7 +53,19 @@ impl Harness {
     pub(super) async fn run(mut self) -> anyhow::Result<Report> {
         let scenario = self.options.scenario.clone();
         let started_unix_ms = unix_ms();
-        let cluster = Arc::new(self.start_cluster().await?);
+        // The S3 server, when the run uses one, lives until the run ends.
+        let s3 = match scenario.s3 {
+            true => Some(crate::s3::MotoServer::start().await?),
+            false => None,
+        };
+        if let Some(server) = &s3 {
+            server.bucket(S3_BUCKET).await?;
+            self.notes.push(format!(
+                "the shared store is an S3 server (moto) at {}; job outputs are checked by download only",
+                server.endpoint
+            ));
+        }
+        let cluster = Arc::new(self.start_cluster(s3.as_ref()).await?);
         *lock(&self.cluster_slot) = Some(cluster.clone());
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -475,12 +490,19 @@ impl Harness {
         Ok(report)
     }
 
-    async fn start_cluster(&self) -> anyhow::Result<TestCluster> {
+    async fn start_cluster(
+        &self,
+        s3: Option<&crate::s3::MotoServer>,
+    ) -> anyhow::Result<TestCluster> {
         let scenario = &self.options.scenario;
         let mut builder = ClusterBuilder::new(&self.options.node_binary)
             .nodes(scenario.nodes)
             .directory(self.out_dir.join("cluster"))
             .start_timeout(START_TIMEOUT)
+            .tls(scenario.tls)
+            // Nodes in their own network namespaces listen beyond loopback: plaintext there
+            // must be allowed explicitly.
+            .setting("cluster", "plaintext_beyond_loopback", !scenario.tls)
             // The workload's clients post as fast as acks come and ping; the per-connection
             // rate limit is not what this run tests (the hostile clients' floods set their own).
             .setting("sessions", "messages_per_second", 10_000)
@@ -512,6 +534,11 @@ impl Harness {
                     .map(|index| network.placement(index))
                     .collect(),
             );
+        }
+        if let Some(server) = s3 {
+            for (key, value) in server.storage_settings(S3_BUCKET) {
+                builder = builder.setting("storage", key, value);
+            }
         }
         if let Some(interval) = scenario.heartbeat_interval_ms {
             builder = builder.setting("cluster", "heartbeat_interval_ms", interval as i64);
