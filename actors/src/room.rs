@@ -891,8 +891,10 @@ mod tests {
             owned_access(&state, "eve").map(drop),
             Err(RoomError::NotAMember)
         );
-        let mut public = RoomState::default();
-        public.info = state.info.clone();
+        let public = RoomState {
+            info: state.info.clone(),
+            ..RoomState::default()
+        };
         assert_eq!(
             owned_access(&public, "ada").map(drop),
             Err(RoomError::NotPrivate)
