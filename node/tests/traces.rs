@@ -1,7 +1,7 @@
 //! One trace across two real nodes: a WebSocket post on one node to a room another node owns
 //! is exported over OTLP/HTTP by both, to an in-process receiver on loopback, as one trace
-//! (`ws.post` → `entity.ask` on the client's node, `entity.command` → `journal.append` on the
-//! owner's), with the parent links of the W3C traceparent carried in the entity envelope; and
+//! (`ws.post` → `entity.ask` on the client's node, `entity.command` → `journal.append` and
+//! `pubsub.publish` on the owner's), with the parent links of the W3C traceparent carried in the entity envelope; and
 //! an HTTP request's `traceparent` header makes its `http.request` span part of the client's
 //! trace.
 
@@ -267,14 +267,15 @@ async fn a_cross_node_post_is_one_trace_exported_by_both_nodes() {
             .find(|span| span.trace_id == trace && span.name == name && span.node == node)
             .cloned()
     };
-    let (ask, command, append) = receiver
+    let (ask, command, append, publish) = receiver
         .wait_for(
-            "entity.ask, entity.command and journal.append in the post's trace",
+            "entity.ask, entity.command, journal.append and pubsub.publish in the post's trace",
             |spans| {
                 Some((
                     in_trace(spans, "entity.ask", client_node)?,
                     in_trace(spans, "entity.command", owner)?,
                     in_trace(spans, "journal.append", owner)?,
+                    in_trace(spans, "pubsub.publish", owner)?,
                 ))
             },
         )
@@ -290,6 +291,10 @@ async fn a_cross_node_post_is_one_trace_exported_by_both_nodes() {
     assert_eq!(
         append.parent_span_id, command.span_id,
         "the append is the command's child"
+    );
+    assert_eq!(
+        publish.parent_span_id, command.span_id,
+        "the broadcast of the post is the command's child"
     );
     let nodes: BTreeSet<String> = receiver.spans().into_iter().map(|span| span.node).collect();
     assert_eq!(
