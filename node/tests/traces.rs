@@ -1,9 +1,9 @@
 //! One trace across two real nodes: a WebSocket post on one node to a room another node owns
 //! is exported over OTLP/HTTP by both, to an in-process receiver on loopback, as one trace
 //! (`ws.post` → `entity.ask` on the client's node, `entity.command` → `journal.append` and
-//! `pubsub.publish` on the owner's), with the parent links of the W3C traceparent carried in the entity envelope; and
-//! an HTTP request's `traceparent` header makes its `http.request` span part of the client's
-//! trace.
+//! `pubsub.publish` on the owner's), with the parent links of the W3C traceparent carried in
+//! the entity envelope; an HTTP request's `traceparent` header makes its `http.request` span
+//! part of the client's trace; spans still in the batch are flushed when a node stops.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -338,4 +338,41 @@ async fn without_an_endpoint_nothing_is_exported() {
     );
     assert!(receiver.spans().is_empty());
     client.close().await;
+}
+
+/// Spans still waiting in the batch when the node stops are sent before it exits: with an
+/// export interval far longer than the test, a request's span arrives only through the flush
+/// after SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_in_the_batch_are_flushed_when_the_node_stops() {
+    let receiver = Receiver::start().await;
+    let cluster = ClusterBuilder::new(env!("CARGO_BIN_EXE_node"))
+        .nodes(1)
+        .setting(
+            "telemetry",
+            "otlp_endpoint",
+            format!("http://{}", receiver.address),
+        )
+        .setting("telemetry", "export_interval_ms", 60_000)
+        // A lone node has no one to hand its entities to: it would wait the whole deadline.
+        .setting("cluster", "drain_timeout_ms", 200)
+        .start()
+        .await
+        .expect("1 node starts");
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    create_room(&cluster, "n1", &format!("00-{trace}-00f067aa0ba902b7-01")).await;
+    let status = cluster
+        .terminate("n1", Duration::from_secs(30))
+        .await
+        .expect("the node stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let request = receiver
+        .spans()
+        .into_iter()
+        .find(|span| span.name == "http.request" && span.trace_id == trace);
+    assert!(
+        request.is_some(),
+        "the request's span was flushed before the node exited; got {:?}",
+        receiver.spans()
+    );
 }
