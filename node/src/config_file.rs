@@ -68,6 +68,7 @@ pub struct Config {
 pub struct Secrets {
     pub cookie: Option<String>,
     pub jwt_secret: Option<String>,
+    pub jwt_previous_secret: Option<String>,
     pub admin_token: Option<String>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
@@ -77,6 +78,7 @@ pub struct Secrets {
 /// (Kubernetes and compose mount secrets as files).
 const COOKIE_VAR: &str = "ACTORHUB_COOKIE";
 const JWT_SECRET_VAR: &str = "ACTORHUB_JWT_SECRET";
+const JWT_PREVIOUS_SECRET_VAR: &str = "ACTORHUB_JWT_PREVIOUS_SECRET";
 const ADMIN_TOKEN_VAR: &str = "ACTORHUB_ADMIN_TOKEN";
 const S3_ACCESS_KEY_ID_VAR: &str = "ACTORHUB_S3_ACCESS_KEY_ID";
 const S3_SECRET_ACCESS_KEY_VAR: &str = "ACTORHUB_S3_SECRET_ACCESS_KEY";
@@ -92,6 +94,7 @@ impl Secrets {
         Ok(Self {
             cookie: secret_from_env(COOKIE_VAR)?,
             jwt_secret: secret_from_env(JWT_SECRET_VAR)?,
+            jwt_previous_secret: secret_from_env(JWT_PREVIOUS_SECRET_VAR)?,
             admin_token: secret_from_env(ADMIN_TOKEN_VAR)?,
             s3_access_key_id: secret_from_env(S3_ACCESS_KEY_ID_VAR)?,
             s3_secret_access_key: secret_from_env(S3_SECRET_ACCESS_KEY_VAR)?,
@@ -341,6 +344,9 @@ fn parse_with(
     if let Some(secret) = secrets.jwt_secret {
         web.jwt_secret = Some(secret);
     }
+    if let Some(secret) = secrets.jwt_previous_secret {
+        web.jwt_previous_secret = Some(secret);
+    }
     if let Some(token) = secrets.admin_token {
         web.admin_token = Some(token);
     }
@@ -431,6 +437,7 @@ mod tests {
         let secrets = Secrets {
             cookie: Some("from-env".into()),
             jwt_secret: Some("a-secret-from-the-environment".into()),
+            jwt_previous_secret: Some("the-secret-before-rotation".into()),
             ..Secrets::default()
         };
         let config = parse(GOOD, "t.toml", secrets, None).expect("valid");
@@ -438,6 +445,10 @@ mod tests {
         assert_eq!(
             config.web.jwt_secret.as_deref(),
             Some("a-secret-from-the-environment")
+        );
+        assert_eq!(
+            config.web.jwt_previous_secret.as_deref(),
+            Some("the-secret-before-rotation")
         );
     }
 }

@@ -174,7 +174,14 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     let state = web::AppState {
         runtime: node.runtime(),
         metrics,
-        tokens: Arc::new(web::auth::TokenKeys::new(secret.as_bytes())),
+        tokens: Arc::new(
+            web::auth::TokenKeys::new(secret.as_bytes()).with_previous(
+                web_settings
+                    .jwt_previous_secret
+                    .as_deref()
+                    .map(str::as_bytes),
+            ),
+        ),
         connections: Arc::default(),
         accounts: actors::user::service::Accounts::new(
             node.runtime(),

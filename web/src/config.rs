@@ -16,6 +16,9 @@ pub const ADMIN_TOKEN_CHARS_MIN: usize = 16;
 pub struct WebSection {
     /// HS256 secret of session tokens. `ACTORHUB_JWT_SECRET` overrides it.
     pub jwt_secret: Option<String>,
+    /// The secret before the last rotation: tokens it signed are still accepted (new ones are
+    /// signed with `jwt_secret`). `ACTORHUB_JWT_PREVIOUS_SECRET` overrides it.
+    pub jwt_previous_secret: Option<String>,
     pub token_ttl_s: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout_ms: u64,
@@ -31,6 +34,7 @@ impl Default for WebSection {
     fn default() -> Self {
         Self {
             jwt_secret: None,
+            jwt_previous_secret: None,
             token_ttl_s: 3_600,
             shutdown_timeout_ms: 5_000,
             admin_token: None,
@@ -53,6 +57,13 @@ impl WebSection {
         {
             return Err(InvalidConfig(format!(
                 "`web.jwt_secret`: use at least {JWT_SECRET_CHARS_MIN} characters"
+            )));
+        }
+        if let Some(secret) = &self.jwt_previous_secret
+            && secret.len() < JWT_SECRET_CHARS_MIN
+        {
+            return Err(InvalidConfig(format!(
+                "`web.jwt_previous_secret`: use at least {JWT_SECRET_CHARS_MIN} characters"
             )));
         }
         if let Some(token) = &self.admin_token
@@ -88,6 +99,8 @@ mod tests {
         assert!(section.jwt_secret.is_none());
         let short = parse("jwt_secret = \"short\"").expect_err("too short");
         assert!(short.contains("web.jwt_secret"), "{short}");
+        let short = parse("jwt_previous_secret = \"short\"").expect_err("too short");
+        assert!(short.contains("web.jwt_previous_secret"), "{short}");
         let zero = parse("token_ttl_s = 0").expect_err("zero");
         assert!(zero.contains("web.token_ttl_s"), "{zero}");
         let unknown = parse("jwt = \"x\"").expect_err("unknown key");
