@@ -269,6 +269,15 @@ pub fn routes(state: AppState) -> warp::filters::BoxedFilter<(Response,)> {
         );
 
     let photo = warp::path!("api" / "users" / String / "photo")
+        // `/api/users/me/photo` is the upload's path: a GET there is its 405 (`Allow: PUT`, as
+        // the document says), not a lookup of a user called "me".
+        .and_then(|user_id: String| async move {
+            if user_id == "me" {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(user_id)
+            }
+        })
         .and(warp::get())
         .and(with_accounts)
         .then(|user_id: String, accounts: Accounts| async move {
