@@ -819,6 +819,16 @@ async fn other_users_cannot_see_download_or_cancel_a_job() {
     }
 }
 
+/// `[web.limits]` letting any number of uploads through (measurements only).
+fn uploads_unlimited() -> toml::Value {
+    let limits: toml::Table = toml::from_str(
+        "upload_per_address = { count = 1000000, per_s = 1 }\n\
+         upload_per_user = { count = 1000000, per_s = 1 }",
+    )
+    .expect("limits");
+    toml::Value::Table(limits)
+}
+
 /// Submits `jobs` small PNG → JPEG conversions through every node with `in_flight` at once, and
 /// times each from the start of its upload to its `done` frame on the owner's WebSocket.
 /// A measurement, not a test: it asserts only that every job finished.
@@ -829,6 +839,8 @@ async fn measure_small_image_jobs(nodes: usize, jobs: usize, in_flight: usize) {
         &[
             ("jobs", "per_user_max", 1_000.into()),
             ("jobs", "queue_max", 1_000.into()),
+            // Every upload comes from one address and 8 users: rate limits out of the way.
+            ("web", "limits", uploads_unlimited()),
         ],
     )
     .await;
