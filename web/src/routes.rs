@@ -30,6 +30,9 @@
 //! | WebSocket data frames | `sessions.messages_per_second`, bursts of twice that | `rate_limited` error frame |
 //! | frames queued to a WebSocket client (pongs too) | `sessions.outbound_queue_max` | close 4008 |
 //! | a WebSocket upgrade, a job or photo upload while the node is above its memory pressure mark (`[limits]`) | refused | 503 `short_of_memory` |
+//! | login, sign-up, verification resend, uploads, room creation, history (`crate::limits`) | `[web.limits]` rates per client address and, once the token is read, per user | 429 `rate_limited` with `Retry-After` |
+//! | failed logins from one client address for one account | `web.limits.login_failures_free`, then a wait of 2, 4, 8... s (at most `login_delay_max_s`) before each attempt | 429 `too_many_attempts` with `Retry-After` |
+//! | job files a user keeps stored (inputs and outputs) | `jobs.stored_bytes_per_user_max`; finished jobs expire after `jobs.finished_ttl_s` | 413 `storage_quota_exceeded` |
 
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
