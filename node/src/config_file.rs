@@ -101,11 +101,33 @@ impl Secrets {
         })
     }
 
-    /// Fills what is still missing from the secrets `node up` generated for this cluster.
-    fn or_generated(mut self, generated: &crate::secrets::Generated) -> Self {
-        self.cookie = self.cookie.or_else(|| generated.cookie.clone());
-        self.jwt_secret = self.jwt_secret.or_else(|| generated.jwt_secret.clone());
-        self.admin_token = self.admin_token.or_else(|| generated.admin_token.clone());
+    /// Fills what the environment does not give from the secrets `node up` generated for this
+    /// cluster, except where the file (`parsed`, when it parsed) sets a value of its own: the
+    /// generated ones replace only missing and sample values.
+    fn or_generated(
+        mut self,
+        generated: &crate::secrets::Generated,
+        parsed: Option<&Config>,
+    ) -> Self {
+        use crate::secrets::is_sample;
+        let own_cookie = parsed.is_some_and(|config| !is_sample(config.cluster.cookie()));
+        let own_jwt = parsed.is_some_and(|config| {
+            config
+                .web
+                .jwt_secret
+                .as_deref()
+                .is_some_and(|secret| !is_sample(secret))
+        });
+        let own_admin = parsed.is_some_and(|config| config.web.admin_token.is_some());
+        if !own_cookie {
+            self.cookie = self.cookie.or_else(|| generated.cookie.clone());
+        }
+        if !own_jwt {
+            self.jwt_secret = self.jwt_secret.or_else(|| generated.jwt_secret.clone());
+        }
+        if !own_admin {
+            self.admin_token = self.admin_token.or_else(|| generated.admin_token.clone());
+        }
         self
     }
 }
@@ -244,7 +266,7 @@ fn load_secrets(
         parse_with(
             &text,
             &origin,
-            from_env.or_generated(&generated),
+            from_env.or_generated(&generated, first.as_ref().ok()),
             base_dir,
             flags,
         )?

@@ -129,6 +129,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// The repository's sample secrets carry this marker (`cluster.toml`, the docs).
 const SAMPLE_MARKER: &str = "change-me";
 
+/// Whether `secret` is one of the repository's sample values (`cluster.toml`, the docs).
+pub fn is_sample(secret: &str) -> bool {
+    secret.contains(SAMPLE_MARKER)
+}
+
 /// Why a node may not start with these settings, if it may not: a sample secret, or plaintext
 /// cluster traffic, on an address beyond loopback.
 pub fn refuse_unsafe(config: &crate::config_file::Config, node_id: &str) -> anyhow::Result<()> {
@@ -140,18 +145,13 @@ pub fn refuse_unsafe(config: &crate::config_file::Config, node_id: &str) -> anyh
         return Ok(());
     };
     let generate = "generate one with `openssl rand -hex 32` (or let `node up` generate them)";
-    if config.cluster.cookie().contains(SAMPLE_MARKER) {
+    if is_sample(config.cluster.cookie()) {
         anyhow::bail!(
             "`cluster.cookie` is the sample value and this node listens on {address}, beyond loopback: \
              anyone who read the repository could join the cluster. Set ACTORHUB_COOKIE (or ACTORHUB_COOKIE_FILE); {generate}"
         );
     }
-    if config
-        .web
-        .jwt_secret
-        .as_deref()
-        .is_some_and(|secret| secret.contains(SAMPLE_MARKER))
-    {
+    if config.web.jwt_secret.as_deref().is_some_and(is_sample) {
         anyhow::bail!(
             "`web.jwt_secret` is the sample value and this node listens on {address}, beyond loopback: \
              anyone could forge session tokens. Set ACTORHUB_JWT_SECRET (or ACTORHUB_JWT_SECRET_FILE); {generate}"
