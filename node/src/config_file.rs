@@ -198,10 +198,18 @@ impl NodeFlags {
                 http_addr,
                 listen_ip: None,
             }),
-            (None, _, _) => anyhow::bail!(
-                "node {:?} has no [[node]] entry: add one, or pass both --cluster-addr and --http-addr",
-                self.id
-            ),
+            (None, _, _) => {
+                let known: Vec<&str> = nodes.iter().map(|node| node.id.as_str()).collect();
+                anyhow::bail!(
+                    "no [[node]] with id {:?} (the file has {}): add one, or pass both --cluster-addr and --http-addr",
+                    self.id,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            }
         }
         Ok(())
     }

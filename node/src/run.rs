@@ -7,6 +7,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use ractor::{Actor, ActorCell};
 use runtime::NodeBuilder;
+use runtime::node::Leave;
 
 use crate::config_file::Config;
 use runtime::supervisor::{ChildSpec, Restart, Strategy, SupervisorActor, SupervisorSpec};
@@ -224,23 +225,26 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
     );
     // Sessions and HTTP keep serving while the peers take the entities over (asks follow the
     // entities to their new owners); a second signal cuts the wait short.
-    let handed_off = tokio::select! {
-        handed_off = node.leave(drain_timeout) => handed_off,
-        _ = terminate.recv() => false,
-        _ = interrupt.recv() => false,
+    let left = tokio::select! {
+        left = node.leave(drain_timeout) => left,
+        _ = terminate.recv() => Leave::Deadline,
+        _ = interrupt.recv() => Leave::Deadline,
     };
-    if handed_off {
-        tracing::info!(
+    match left {
+        Leave::HandedOver => tracing::info!(
             node = node_id,
             ms = started.elapsed().as_millis() as u64,
             "every entity has a new owner; closing sessions (they reconnect to other nodes) and stopping"
-        );
-    } else {
-        tracing::warn!(
+        ),
+        Leave::Alone => tracing::info!(
+            node = node_id,
+            "no other member is up: nothing to hand over; stopping (the entities come back from the journal on the next start)"
+        ),
+        Leave::Deadline => tracing::warn!(
             node = node_id,
             ms = started.elapsed().as_millis() as u64,
             "the other members did not take every entity over before the drain deadline (or a second signal came); the rest fail over as after a crash"
-        );
+        ),
     }
     let _ = stop_http.send(());
     if tokio::time::timeout(shutdown_timeout, server)

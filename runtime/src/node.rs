@@ -438,10 +438,15 @@ impl Node {
 
     /// Graceful leave: tells the peers this node is leaving (its heartbeats say so), lets go of
     /// its partitions (its entities finish their appends and passivate), and waits until the
-    /// peers have claimed every one of them, at most `deadline`. Returns whether they did: if
-    /// not, the rest fail over as after a crash once the node stops.
-    pub async fn leave(&self, deadline: Duration) -> bool {
+    /// peers have claimed every one of them, at most `deadline`. If they did not, the rest fail
+    /// over as after a crash once the node stops; with no other member up there is nobody to
+    /// wait for (the entities come back from the journal wherever they are next needed).
+    pub async fn leave(&self, deadline: Duration) -> Leave {
         let until = tokio::time::Instant::now() + deadline;
+        let me = self.runtime.node_id().to_string();
+        if !self.runtime.view().up_members().any(|member| member != me) {
+            return Leave::Alone;
+        }
         let held: Vec<u32> = self
             .runtime
             .node_journal()
@@ -453,10 +458,10 @@ impl Node {
             ractor::registry::where_is(format!("actorhub.membership.{}", self.runtime.node_id()))
                 .map(ActorRef::from);
         let Some(membership) = membership else {
-            return false;
+            return Leave::Deadline;
         };
         if membership.cast(MembershipMsg::Leave).is_err() {
-            return false;
+            return Leave::Deadline;
         }
         let started = std::time::Instant::now();
         let handed_off = self
@@ -470,7 +475,11 @@ impl Node {
             ms = started.elapsed().as_millis() as u64,
             "left the cluster"
         );
-        handed_off
+        if handed_off {
+            Leave::HandedOver
+        } else {
+            Leave::Deadline
+        }
     }
 
     /// Graceful stop: entities finish their appends and passivate, then the cluster links close.
@@ -494,6 +503,18 @@ impl Node {
         }
         self.node_server.stop(Some("shutdown".into()));
     }
+}
+
+/// How a [`Node::leave`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// The peers claimed every partition this node held.
+    HandedOver,
+    /// No other member was up: nothing to hand over.
+    Alone,
+    /// The deadline passed first (or the node could not announce its leave): the rest fail
+    /// over as after a crash.
+    Deadline,
 }
 
 fn spawn_error(what: &str, error: ractor::SpawnErr) -> RuntimeError {
