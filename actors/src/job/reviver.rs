@@ -72,12 +72,16 @@ pub struct JobReviverActor;
 pub enum JobReviverMsg {
     /// Something changed (or time passed): look for unfinished jobs.
     Scan,
-    ScanDone,
+    /// A scan ended; the finished marker it stopped after, when it stopped at the cap.
+    ScanDone(Option<Path>),
 }
 
 pub struct JobReviverState {
     runtime: Runtime,
     finished_ttl: Duration,
+    /// Where the next expiry pass starts (after this marker), so that more finished markers
+    /// than one pass reads still all get their turn.
+    expire_after: Option<Path>,
     scanning: bool,
     /// A scan was asked for while one ran.
     again: bool,
@@ -122,6 +126,7 @@ impl Actor for JobReviverActor {
         Ok(JobReviverState {
             runtime,
             finished_ttl,
+            expire_after: None,
             scanning: false,
             again: false,
             feeders: vec![membership, periodic],
@@ -148,8 +153,9 @@ impl Actor for JobReviverActor {
         match message {
             JobReviverMsg::Scan if state.scanning => state.again = true,
             JobReviverMsg::Scan => state.start_scan(&myself),
-            JobReviverMsg::ScanDone => {
+            JobReviverMsg::ScanDone(expire_after) => {
                 state.scanning = false;
+                state.expire_after = expire_after;
                 if std::mem::take(&mut state.again) {
                     state.start_scan(&myself);
                 }
@@ -165,10 +171,11 @@ impl JobReviverState {
         let runtime = self.runtime.clone();
         let myself = myself.clone();
         let finished_ttl = self.finished_ttl;
+        let expire_after = self.expire_after.take();
         tokio::spawn(async move {
             scan(&runtime).await;
-            expire(&runtime, finished_ttl).await;
-            let _ = myself.cast(JobReviverMsg::ScanDone);
+            let expire_after = expire(&runtime, finished_ttl, expire_after).await;
+            let _ = myself.cast(JobReviverMsg::ScanDone(expire_after));
         });
     }
 }
@@ -206,22 +213,37 @@ pub async fn scan(runtime: &Runtime) {
         .await;
 }
 
-/// One pass over the finished markers: expires the due jobs this node owns (at most
-/// [`SCAN_MARKERS_MAX`] markers per pass; the listing is in id order, so a pass that stops
-/// early leaves later ids to later passes, which see fewer markers once the due ones are gone).
-pub async fn expire(runtime: &Runtime, finished_ttl: Duration) {
+/// One pass over the finished markers after `after` (from the first without it): expires the
+/// due jobs this node owns. Reads at most [`SCAN_MARKERS_MAX`] markers; returns the last one
+/// read when it stopped there, for the next pass to go on from.
+pub async fn expire(
+    runtime: &Runtime,
+    finished_ttl: Duration,
+    after: Option<Path>,
+) -> Option<Path> {
     let view = runtime.view();
     if !view.settled {
-        return;
+        return after;
     }
     let prefix = Path::from(store::FINISHED_PREFIX);
     let ttl_ms = u64::try_from(finished_ttl.as_millis()).unwrap_or(u64::MAX);
     let now_ms = runtime::clock::unix_ms();
-    let due: Vec<String> = runtime
-        .object_store()
-        .list(Some(&prefix))
+    let objects = runtime.object_store();
+    // S3 lists in key order; a store that does not is still covered: a pass that reads fewer
+    // than the cap starts the next one from the beginning.
+    let listing = match &after {
+        Some(after) => objects.list_with_offset(Some(&prefix), after),
+        None => objects.list(Some(&prefix)),
+    };
+    let markers: Vec<_> = listing
         .take(SCAN_MARKERS_MAX)
         .filter_map(|meta| async move { meta.ok() })
+        .collect()
+        .await;
+    let next = (markers.len() >= SCAN_MARKERS_MAX)
+        .then(|| markers.last().map(|meta| meta.location.clone()))
+        .flatten();
+    let due: Vec<String> = futures_util::stream::iter(markers)
         .filter_map(|meta| {
             let id = meta.location.filename().map(str::to_string);
             let written_ms = u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0);
@@ -248,6 +270,7 @@ pub async fn expire(runtime: &Runtime, finished_ttl: Duration) {
             }
         })
         .await;
+    next
 }
 
 async fn resume(runtime: &Runtime, id: String, marker_age_ms: u64) {
