@@ -21,6 +21,10 @@ use tempfile::TempDir;
 /// How long the page may take to show what a step waits for.
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const POLL: Duration = Duration::from_millis(50);
+/// How long a started chromedriver may take to say it is ready (a loaded 2-core machine).
+const DRIVER_WAIT: Duration = Duration::from_secs(60);
+/// Ports tried before giving up on starting chromedriver.
+const START_ATTEMPTS: usize = 3;
 /// Times an action is retried on an element the page replaced meanwhile.
 pub const STALE_RETRIES_MAX: usize = 5;
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -48,11 +52,26 @@ pub struct Chromedriver {
 }
 
 impl Chromedriver {
+    /// Starts chromedriver on a free port and waits until it says it is ready. The port is
+    /// free when picked but another test's process can bind it first; chromedriver then exits,
+    /// and a new port is tried.
     pub async fn start() -> Self {
         assert!(
             Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: install chromium and chromium-driver (.ci/install-deps does)"
         );
+        let mut exits = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            match Self::start_once().await {
+                Ok(driver) => return driver,
+                Err(exit) => exits.push(exit),
+            }
+        }
+        panic!("chromedriver exited before it was ready, {START_ATTEMPTS} times: {exits:?}");
+    }
+
+    /// One start on one port: the driver once ready, or how it exited before.
+    async fn start_once() -> Result<Self, String> {
         let port = free_loopback_ports(1).expect("a free port")[0];
         let mut command = Command::new(CHROMEDRIVER);
         if let Some(path) = std::env::var_os(CHROMEDRIVER_LOG_ENV) {
@@ -70,12 +89,12 @@ impl Chromedriver {
         let child = command.spawn().unwrap_or_else(|error| {
             panic!("cannot start {CHROMEDRIVER}: {error}; install chromium-driver (.ci/install-deps does)")
         });
-        let driver = Self {
+        let mut driver = Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
         };
         let status = format!("{}/status", driver.url);
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + DRIVER_WAIT;
         loop {
             let ready = reqwest::get(&status)
                 .await
@@ -87,11 +106,14 @@ impl Chromedriver {
                     .ok()
                     .is_some_and(|body| body["value"]["ready"] == true)
             {
-                return driver;
+                return Ok(driver);
+            }
+            if let Ok(Some(exit)) = driver.child.try_wait() {
+                return Err(format!("port {port}: {exit}"));
             }
             assert!(
                 Instant::now() < deadline,
-                "chromedriver is not ready after {WAIT:?}"
+                "chromedriver is running but not ready after {DRIVER_WAIT:?}"
             );
             tokio::time::sleep(POLL).await;
         }
