@@ -35,6 +35,8 @@ pub struct CrossNodeOptions {
     pub fsync: bool,
     /// `entities.pending_commands_max` of the cluster; `None` keeps the default.
     pub pending_commands_max: Option<u64>,
+    /// Mutual TLS on the cluster links (`[cluster.tls]`, as `node up` runs by default).
+    pub tls: bool,
 }
 
 impl Default for CrossNodeOptions {
@@ -46,6 +48,7 @@ impl Default for CrossNodeOptions {
             barrier_timeout: Duration::from_secs(60),
             fsync: false,
             pending_commands_max: None,
+            tls: false,
         }
     }
 }
@@ -53,8 +56,9 @@ impl Default for CrossNodeOptions {
 pub async fn run(options: &CrossNodeOptions) -> anyhow::Result<Vec<Value>> {
     let fsync = options.fsync;
     let pending_max = options.pending_commands_max;
+    let tls = options.tls;
     let cluster = process_cluster::join(1, |builder| {
-        let builder = builder.setting("storage", "fsync", fsync);
+        let builder = builder.setting("storage", "fsync", fsync).tls(tls);
         match pending_max {
             Some(max) => builder.setting(
                 "entities",
@@ -101,6 +105,7 @@ async fn measure(
         "mode": "cross-node",
         "case": "sequential remote ask(Get), t0 -> n1",
         "fsync": options.fsync,
+        "tls": options.tls,
         "latency": summarize(&mut samples),
     });
     let tells = tell_throughput(register, options).await?;
@@ -159,6 +164,7 @@ async fn tell_throughput(
         "mode": "cross-node",
         "case": "remote tell(Add(1)) t0 -> n1, then ask(Get) barrier until all are durable",
         "fsync": options.fsync,
+        "tls": options.tls,
         "pending_commands_max": options.pending_commands_max,
         "tells": options.tells,
         "send_s": sent.as_secs_f64(),

@@ -86,6 +86,15 @@ pub async fn join(
         .start_without_waiting()
         .await
         .context("starting the node processes")?;
+    // With TLS on, the processes' certificates are made; `t0` gets one from the same CA.
+    let tls_dir = processes.dir().join("tls");
+    if tls_dir.is_dir() {
+        runtime::cluster::tls::add(
+            &tls_dir,
+            &[(IN_PROCESS_NODE.to_string(), vec!["127.0.0.1".to_string()])],
+        )
+        .context("creating t0's certificate")?;
+    }
     let config_path = processes.config_path();
     let text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;

@@ -60,6 +60,9 @@ enum Mode {
         /// Override `entities.pending_commands_max` of the cluster.
         #[arg(long)]
         pending_commands_max: Option<u64>,
+        /// Mutual TLS on the cluster links (as `node up` runs by default).
+        #[arg(long)]
+        tls: bool,
     },
     /// Time from SIGKILL of an entity's owner to the first answer of the next owner.
     Failover {
@@ -120,6 +123,7 @@ async fn run(mode: Mode) -> anyhow::Result<Vec<Value>> {
             barrier_timeout_s,
             fsync,
             pending_commands_max,
+            tls,
         } => {
             let options = CrossNodeOptions {
                 warmup_asks,
@@ -128,6 +132,7 @@ async fn run(mode: Mode) -> anyhow::Result<Vec<Value>> {
                 barrier_timeout: Duration::from_secs(barrier_timeout_s),
                 fsync,
                 pending_commands_max,
+                tls,
             };
             benches::cross_node::run(&options).await
         }
