@@ -1,5 +1,5 @@
 //! ActorHub's distributed actor runtime: membership, failure detection, placement, virtual
-//! actors (entities) with an event journal, supervision, and cluster pub/sub.
+//! actors (entities) with an event journal, supervision, cluster pub/sub and presence.
 //!
 //! It knows nothing of chat, jobs or users: the application registers entity kinds
 //! ([`entity::Entity`]) and talks to them through [`entity::EntityRef`]. See ARCHITECTURE.md.
@@ -17,6 +17,7 @@ pub mod journal;
 pub mod memory;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod pubsub;
 mod runtime;
 pub mod supervision;
