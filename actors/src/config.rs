@@ -43,16 +43,23 @@ pub struct RoomsSection {
     /// Rooms (public and private) one user may create, ever; one more is refused with 403
     /// `room_quota_exceeded`. At most [`ROOMS_CREATED_PER_USER_LIMIT`].
     pub created_per_user_max: usize,
+    /// Most users a room's presence lists to its members (the `joins` of `presence` frames);
+    /// beyond it only the count (`count`, always exact) grows. At most
+    /// [`PRESENCE_LISTED_LIMIT`].
+    pub presence_listed_max: usize,
 }
 
 /// The largest `rooms.created_per_user_max` accepted (each creation is remembered per user).
 pub const ROOMS_CREATED_PER_USER_LIMIT: usize = 10_000;
+/// The largest `rooms.presence_listed_max` accepted (every member's page shows the list).
+pub const PRESENCE_LISTED_LIMIT: usize = 10_000;
 
 impl Default for RoomsSection {
     fn default() -> Self {
         Self {
             test_pause_before_listing_ms: 0,
             created_per_user_max: 100,
+            presence_listed_max: 100,
         }
     }
 }
@@ -65,6 +72,11 @@ impl RoomsSection {
         if self.created_per_user_max > ROOMS_CREATED_PER_USER_LIMIT {
             return Err(format!(
                 "`rooms.created_per_user_max`: at most {ROOMS_CREATED_PER_USER_LIMIT}"
+            ));
+        }
+        if !(1..=PRESENCE_LISTED_LIMIT).contains(&self.presence_listed_max) {
+            return Err(format!(
+                "`rooms.presence_listed_max`: 1 to {PRESENCE_LISTED_LIMIT}"
             ));
         }
         Ok(())

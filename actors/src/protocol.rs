@@ -87,12 +87,28 @@ pub enum ServerFrame<'a> {
         room: &'a str,
     },
     Pong,
+    /// Who is in a room: users now listed (`joins`) and no longer listed (`leaves`), and how
+    /// many are present (`count`, exact, also beyond the listed bound). Right after a
+    /// successful first join, one with every listed user as `joins`.
+    Presence {
+        room: &'a str,
+        joins: Vec<PresentUser<'a>>,
+        leaves: Vec<PresentUser<'a>>,
+        count: usize,
+    },
     Error {
         code: &'a str,
         message: &'a str,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+}
+
+/// A user in a `presence` frame.
+#[derive(Debug, Serialize)]
+pub struct PresentUser<'a> {
+    pub user: &'a str,
+    pub name: &'a str,
 }
 
 impl ServerFrame<'_> {

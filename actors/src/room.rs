@@ -15,6 +15,7 @@
 mod access;
 mod history;
 pub mod lister;
+pub mod presence;
 mod request;
 pub mod service;
 pub mod user_rooms;

@@ -17,6 +17,10 @@
 //! every frame of a room is written while holding it, so a room's frames reach the socket in
 //! sequence order whichever path sends them.
 //!
+//! Presence: once a room accepted the join, the session holds its user present in the room
+//! (`room::presence`) until it leaves, is removed or ends, and writes the room's `presence`
+//! frames (the whole state first, then the changes) while the room is joined.
+//!
 //! **Architecture Invariant:** the session never awaits a remote call in its handler; the
 //! answers to its asks come back as messages (`EntityRef::ask_then`), so a slow room never
 //! stalls the connection.
@@ -27,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::RactorMessage;
+use runtime::presence::{Presence, Tracked};
 use runtime::pubsub::{Publication, Subscription};
 use runtime::{Entity, Runtime, RuntimeError};
 
@@ -105,6 +110,8 @@ pub struct SessionArgs {
     pub limits: SessionsSection,
     /// The connection's writer; its queue is bounded by `limits.outbound_queue_max`.
     pub sink: Arc<dyn FrameSink>,
+    /// The node's presence: who is in each room.
+    pub presence: Presence,
 }
 
 #[derive(RactorMessage)]
@@ -312,6 +319,8 @@ struct JoinedRoom {
     posts: VecDeque<(String, String)>,
     post_in_flight: bool,
     _subscription: Subscription,
+    /// The user present in the room, from the room's first accepted join on this connection.
+    presence: Option<Tracked>,
 }
 
 pub struct SessionState {
@@ -529,6 +538,7 @@ impl SessionState {
                     posts: VecDeque::new(),
                     post_in_flight: false,
                     _subscription: subscription,
+                    presence: None,
                 },
             );
         }
@@ -727,7 +737,8 @@ impl SessionState {
         }
     }
 
-    /// The room is live for this connection: remember its owner, send waiting posts.
+    /// The room is live for this connection: remember its owner, be present, send waiting
+    /// posts.
     fn now_joined(&mut self, room: &str) {
         let owner = self
             .args
@@ -739,6 +750,23 @@ impl SessionState {
             return;
         };
         entry.owner = owner;
+        if entry.presence.is_none() {
+            let shared = self.shared.clone();
+            let room_id = room.to_string();
+            entry.presence = Some(room::presence::track(
+                &self.args.presence,
+                room,
+                &self.args.user,
+                &self.args.name,
+                move |frame| {
+                    // Not after a removal: the cursors' lock orders this with the notice.
+                    if !shared.rooms().contains_key(&room_id) {
+                        return true;
+                    }
+                    shared.write(&[frame])
+                },
+            ));
+        }
         if !entry.posts.is_empty() && !entry.post_in_flight {
             self.next_post(room);
         }

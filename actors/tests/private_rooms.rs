@@ -5,12 +5,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actors::room::{self, Room, RoomError};
 use actors::session::{CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg, SinkError};
 use ractor::{Actor, ActorRef};
+use runtime::presence::{Presence, PresenceSettings};
 use runtime::{EntityId, EntityRef, Node};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -225,7 +227,11 @@ impl FrameSink for RecordingSink {
     fn close(&self, _reason: CloseReason) {}
 }
 
-async fn session(node: &Node, user: &str) -> (ActorRef<SessionMsg>, Arc<RecordingSink>) {
+async fn session(
+    node: &Node,
+    presence: &Presence,
+    user: &str,
+) -> (ActorRef<SessionMsg>, Arc<RecordingSink>) {
     let sink = Arc::new(RecordingSink {
         frames: Mutex::new(Vec::new()),
         changes: watch::channel(0).0,
@@ -237,6 +243,7 @@ async fn session(node: &Node, user: &str) -> (ActorRef<SessionMsg>, Arc<Recordin
         user: user.into(),
         name: user.into(),
         sink: sink.clone(),
+        presence: presence.clone(),
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await
@@ -248,6 +255,20 @@ fn text(actor: &ActorRef<SessionMsg>, frame: Value) {
     actor
         .cast(SessionMsg::ClientText(frame.to_string()))
         .expect("session alive");
+}
+
+/// The users present in the room after the `presence` frames of `frames`, in order.
+fn present(frames: &[Value]) -> BTreeSet<String> {
+    let mut users = BTreeSet::new();
+    for frame in frames.iter().filter(|frame| frame["type"] == "presence") {
+        for user in frame["leaves"].as_array().into_iter().flatten() {
+            users.remove(user["user"].as_str().unwrap_or_default());
+        }
+        for user in frame["joins"].as_array().into_iter().flatten() {
+            users.insert(user["user"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    users
 }
 
 fn has(frames: &[Value], kind: &str, key: &str, value: &str) -> bool {
@@ -272,20 +293,33 @@ async fn a_removal_stops_the_removed_users_sessions_and_no_one_elses() {
         .expect("ask")
         .expect("added");
 
-    let (ada, ada_sink) = session(&node, "ada").await;
-    let (bob, bob_sink) = session(&node, "bob").await;
-    let (eve, eve_sink) = session(&node, "eve").await;
+    let presence = Presence::start(node.runtime(), PresenceSettings { listed_max: 100 });
+    let (ada, ada_sink) = session(&node, &presence, "ada").await;
+    let (bob, bob_sink) = session(&node, &presence, "bob").await;
+    let (eve, eve_sink) = session(&node, &presence, "eve").await;
     for (actor, sink) in [(&ada, &ada_sink), (&bob, &bob_sink)] {
         text(actor, json!({"type": "join", "room": "secret"}));
         sink.wait("joined", |frames| has(frames, "joined", "room", "secret"))
             .await;
     }
+    ada_sink
+        .wait("bob present", |frames| present(frames).contains("bob"))
+        .await;
     text(&eve, json!({"type": "join", "room": "secret"}));
     eve_sink
         .wait("refused", |frames| {
             has(frames, "error", "code", "not_a_member")
         })
         .await;
+    assert!(
+        !eve_sink
+            .frames()
+            .iter()
+            .any(|frame| frame["type"] == "presence"),
+        "a refused join sees nobody: {:?}",
+        eve_sink.frames()
+    );
+    assert_eq!(presence.count(&room::presence::presence_topic("secret")), 2);
 
     secret
         .ask(remove("ada", "bob"))
@@ -314,6 +348,20 @@ async fn a_removal_stops_the_removed_users_sessions_and_no_one_elses() {
     assert!(
         !has(&ada_sink.frames(), "error", "code", "removed_from_room"),
         "only the removed user is told"
+    );
+    ada_sink
+        .wait("bob no longer present", |frames| {
+            present(frames) == BTreeSet::from(["ada".to_string()])
+        })
+        .await;
+    let bobs = bob_sink.frames();
+    let told = bobs
+        .iter()
+        .position(|frame| frame["code"] == "removed_from_room")
+        .expect("told");
+    assert!(
+        !bobs[told..].iter().any(|frame| frame["type"] == "presence"),
+        "a removed member hears nothing more of the room: {bobs:?}"
     );
     text(
         &bob,

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use actors::room::Room;
 use actors::session::{CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg, SinkError};
 use ractor::{Actor, ActorRef};
 use runtime::Node;
+use runtime::presence::{Presence, PresenceSettings};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -88,16 +91,22 @@ impl FrameSink for RecordingSink {
     }
 }
 
-async fn session(node: &Node, user: &str) -> (ActorRef<SessionMsg>, Arc<RecordingSink>) {
+async fn session(
+    node: &Node,
+    presence: &Presence,
+    user: &str,
+) -> (ActorRef<SessionMsg>, Arc<RecordingSink>) {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
     let sink = RecordingSink::new();
     let runtime = node.runtime();
     let args = SessionArgs {
         limits: actors::config::SessionsSection::default(),
         runtime,
-        session_id: format!("s1-{user}"),
+        session_id: format!("s1-{user}-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
         user: user.into(),
-        name: user.into(),
+        name: format!("{user} name"),
         sink: sink.clone(),
+        presence: presence.clone(),
     };
     let (actor, _) = Actor::spawn(None, SessionActor, args)
         .await
@@ -126,8 +135,9 @@ async fn live_messages_reach_every_member_and_a_killed_session_closes_only_its_c
         .expect("ask")
         .expect("created");
 
-    let (ada, ada_sink) = session(&node, "ada").await;
-    let (bob, bob_sink) = session(&node, "bob").await;
+    let presence = Presence::start(node.runtime(), PresenceSettings { listed_max: 100 });
+    let (ada, ada_sink) = session(&node, &presence, "ada").await;
+    let (bob, bob_sink) = session(&node, &presence, "bob").await;
     for (actor, sink) in [(&ada, &ada_sink), (&bob, &bob_sink)] {
         text(actor, serde_json::json!({"type": "join", "room": "lobby"}));
         sink.wait("joined", |sink| sink.count("joined") == 1).await;
@@ -180,5 +190,118 @@ async fn live_messages_reach_every_member_and_a_killed_session_closes_only_its_c
         bob_sink.closed().expect("closed").code,
         actors::session::CLOSE_SHUTDOWN
     );
+    node.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The users present after the `presence` frames recorded, in order (user → name), and the
+/// last count; panics on a join of a user already listed or a leave of one not listed.
+fn presence_of(sink: &RecordingSink) -> (BTreeMap<String, String>, u64) {
+    let mut users = BTreeMap::new();
+    let mut count = 0;
+    for frame in sink
+        .frames()
+        .iter()
+        .filter(|frame| frame["type"] == "presence")
+    {
+        for user in frame["leaves"].as_array().into_iter().flatten() {
+            let id = user["user"].as_str().expect("user");
+            assert!(
+                users.remove(id).is_some(),
+                "a leave of {id} who was not listed: {frame}"
+            );
+        }
+        for user in frame["joins"].as_array().into_iter().flatten() {
+            let id = user["user"].as_str().expect("user").to_string();
+            let name = user["name"].as_str().expect("name").to_string();
+            assert!(
+                users.insert(id, name).is_none(),
+                "a duplicate join: {frame}"
+            );
+        }
+        count = frame["count"].as_u64().expect("count");
+    }
+    (users, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_two_connections_is_present_once_and_leaves_when_both_are_gone() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let node = common::start_node("s2", directory.path()).await;
+    node.runtime()
+        .entity::<Room>("lobby")
+        .ask(actors::room::Create {
+            name: "Lobby".into(),
+            by: "test".into(),
+            now_ms: 0,
+        })
+        .await
+        .expect("ask")
+        .expect("created");
+    let presence = Presence::start(node.runtime(), PresenceSettings { listed_max: 100 });
+    let (watcher, watcher_sink) = session(&node, &presence, "watcher").await;
+    text(
+        &watcher,
+        serde_json::json!({"type": "join", "room": "lobby"}),
+    );
+    watcher_sink
+        .wait("own presence", |sink| presence_of(sink).1 == 1)
+        .await;
+    let (ada1, ada1_sink) = session(&node, &presence, "ada").await;
+    let (ada2, ada2_sink) = session(&node, &presence, "ada").await;
+    for (actor, sink) in [(&ada1, &ada1_sink), (&ada2, &ada2_sink)] {
+        text(actor, serde_json::json!({"type": "join", "room": "lobby"}));
+        sink.wait("the whole presence after joined", |sink| {
+            sink.count("presence") >= 1
+        })
+        .await;
+        let frames = sink.frames();
+        let joined = frames.iter().position(|frame| frame["type"] == "joined");
+        let first = frames.iter().position(|frame| frame["type"] == "presence");
+        assert!(joined < first, "joined comes first: {frames:?}");
+    }
+    let (users, count) = presence_of(&ada2_sink);
+    assert_eq!(count, 2, "ada counts once: {users:?}");
+    assert_eq!(
+        users.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["ada", "watcher"]
+    );
+    assert_eq!(users["ada"], "ada name");
+    watcher_sink
+        .wait("ada present once", |sink| presence_of(sink).1 == 2)
+        .await;
+    let joins_of_ada = |sink: &RecordingSink| {
+        sink.frames()
+            .iter()
+            .filter(|frame| frame["type"] == "presence")
+            .flat_map(|frame| frame["joins"].as_array().cloned().unwrap_or_default())
+            .filter(|user| user["user"] == "ada")
+            .count()
+    };
+    assert_eq!(joins_of_ada(&watcher_sink), 1);
+
+    // One connection leaves the room: ada is still there.
+    text(&ada1, serde_json::json!({"type": "leave", "room": "lobby"}));
+    ada1_sink.wait("left", |sink| sink.count("left") == 1).await;
+    // The session let go before it wrote `left`, and a leave would have been written then.
+    let topic = actors::room::presence::presence_topic("lobby");
+    assert_eq!(presence.count(&topic), 2);
+    assert!(presence_of(&watcher_sink).0.contains_key("ada"));
+    // The other one ends: now she leaves.
+    ada2.stop(None);
+    watcher_sink
+        .wait("ada gone", |sink| presence_of(sink).1 == 1)
+        .await;
+    let (users, _) = presence_of(&watcher_sink);
+    assert_eq!(users.keys().collect::<Vec<_>>(), ["watcher"]);
+    let leaves: usize = watcher_sink
+        .frames()
+        .iter()
+        .filter(|frame| frame["type"] == "presence")
+        .map(|frame| frame["leaves"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(leaves, 1, "one leave, after the last connection");
+    assert_eq!(presence.count(&topic), 1);
+    ada1.stop(None);
+    watcher.stop(None);
     node.shutdown(Duration::from_secs(5)).await;
 }

@@ -158,6 +158,13 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
         .context("cannot start the sessions supervisor")?;
     // Sessions learn of membership changes (new room owners) from this one task.
     let view_relay = actors::session::spawn_view_relay(node.runtime());
+    // Who is in each room: kept here for this node's sessions, healed from the view.
+    let presence = runtime::presence::Presence::start(
+        node.runtime(),
+        runtime::presence::PresenceSettings {
+            listed_max: app.rooms.presence_listed_max,
+        },
+    );
     node.start_child(actors::job::port::supervisor_child_spec(node_id))
         .await
         .context("cannot start the converter ports supervisor")?;
@@ -191,6 +198,7 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
             format!("http://{http_addr}"),
         ),
         rooms: actors::room::Rooms::new(node.runtime(), app.rooms.clone()),
+        presence,
         jobs: actors::job::service::Jobs::new(node.runtime(), Arc::new(app.jobs.clone())),
         app,
         limits: web::limits::Limits::shared(&web_settings.limits),

@@ -39,6 +39,8 @@ pub struct AppState {
     pub accounts: actors::user::service::Accounts,
     /// Room flows (create and list, history); see `rooms`.
     pub rooms: actors::room::Rooms,
+    /// Who is in each room (the node's presence), for the WebSocket sessions.
+    pub presence: runtime::presence::Presence,
     /// Conversion job flows (submit, status, list, output, delete); see `jobs`.
     pub jobs: actors::job::service::Jobs,
     /// `[users]`, `[jobs]` and `[sessions]`: the limits checked at this edge.

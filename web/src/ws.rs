@@ -307,6 +307,7 @@ async fn connection(
         user: claims.sub,
         limits: limits.clone(),
         sink: outbound.clone(),
+        presence: state.presence.clone(),
     };
     // Boxed: the start-up's state would otherwise enlarge this future for the connection's life.
     let session = match Box::pin(start_session(&state, &session_id, args)).await {
