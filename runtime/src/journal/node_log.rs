@@ -569,6 +569,7 @@ async fn flush(shared: &Shared, number: u64, pending: Vec<Pending>) {
     metrics::histogram!(names::JOURNAL_BATCH_EVENTS).record(pending.len() as f64);
     check_fences_until_done(shared).await;
     let mut acknowledged = Vec::with_capacity(pending.len());
+    let mut lost = Vec::new();
     {
         let mut state = shared.state();
         let mut present = BTreeSet::new();
@@ -588,7 +589,11 @@ async fn flush(shared: &Shared, number: u64, pending: Vec<Pending>) {
                 if let Some(writer) = writers.get_mut(&item.append.entity) {
                     writer.in_flight = writer.in_flight.saturating_sub(1);
                 }
-                if !fenced {
+                if fenced {
+                    // Fenced but still held (the fence named this epoch before it was owned):
+                    // let it go below, so that its entities leave and it is claimed anew.
+                    lost.push(key);
+                } else {
                     *tail_records += item.append.records.len();
                     tail.push(TailAppend {
                         append: item.append,
@@ -602,6 +607,11 @@ async fn flush(shared: &Shared, number: u64, pending: Vec<Pending>) {
             };
             acknowledged.push((item.done, outcome));
         }
+        lost.sort_unstable();
+        lost.dedup();
+        for (partition, _) in &lost {
+            state.parts.remove(partition);
+        }
         state.own_objects.insert(number, present);
         state.acked_through = Some(number);
         state.next_number = number + 1;
@@ -613,6 +623,16 @@ async fn flush(shared: &Shared, number: u64, pending: Vec<Pending>) {
         }
     }
     shared.appends_settled.notify_waiters();
+    for (partition, epoch) in lost {
+        tracing::warn!(
+            partition,
+            epoch,
+            "partition held at an epoch another node fenced; its entities leave this one"
+        );
+        let _ = shared
+            .events
+            .send(PartitionEvent::Lost { partition, epoch });
+    }
     for (done, outcome) in acknowledged {
         done(outcome);
     }

@@ -201,6 +201,19 @@ fn owned(
         ) {
             return;
         }
+        // Another node claimed a later epoch and fenced this one while it was being taken
+        // over (the fence was read before the partition was owned, so nothing removed it).
+        // Owning a fenced epoch would load entities that can never append and serve reads
+        // without the newer owner's records: give it up; the next `set_desired` claims anew.
+        if state.fenced.contains(&(partition, epoch)) {
+            state.parts.remove(&partition);
+            tracing::info!(
+                partition,
+                epoch,
+                "the partition was fenced while this node took it over; claiming it again"
+            );
+            return;
+        }
         let tail_records = tail.iter().map(|entry| entry.append.records.len()).sum();
         state.parts.insert(
             partition,
