@@ -242,12 +242,13 @@ fn record_final(book: &JobBook, job: &str, state: &str, error: Option<String>, n
 }
 
 /// After the run: waits (bounded) for every accepted job to finish, downloads the done ones
-/// and counts their output objects under `objects_dir`.
+/// and counts their output objects under `objects_dir` (`None`: the store is not a local
+/// directory, and downloads are the only check of the outputs).
 pub async fn settle(
     http: &reqwest::Client,
     nodes: &[String],
     book: &JobBook,
-    objects_dir: &Path,
+    objects_dir: Option<&Path>,
     clock: Clock,
     timeout: Duration,
 ) {
@@ -265,7 +266,7 @@ async fn settle_one(
     http: &reqwest::Client,
     nodes: &[String],
     mut record: JobRecord,
-    objects_dir: &Path,
+    objects_dir: Option<&Path>,
     clock: Clock,
     deadline: Instant,
 ) -> JobRecord {
@@ -300,7 +301,7 @@ async fn settle_one(
         record.downloaded = Some(failures.is_empty());
         record.download_errors = failures;
     }
-    record.outputs = count_outputs(&objects_dir.join("jobs").join(&record.job));
+    record.outputs = objects_dir.and_then(|dir| count_outputs(&dir.join("jobs").join(&record.job)));
     record
 }
 

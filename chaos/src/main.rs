@@ -9,6 +9,8 @@ use chaos::run::{RunOptions, run};
 use chaos::scenario::{JobsMode, NetworkMode, RangeMs, Scenario, parse_duration, parse_fault_list};
 use clap::{Parser, Subcommand};
 
+/// Failover bound of runs on the moto S3 server (see where it is applied).
+const S3_FAILOVER_BOUND_MS: u64 = 8_000;
 #[derive(Parser)]
 #[command(name = "chaos", about = "ActorHub's fault-injection harness")]
 struct Cli {
@@ -137,6 +139,13 @@ fn options(arguments: RunArgs, replay_command: String) -> anyhow::Result<RunOpti
     }
     if arguments.s3 {
         scenario.s3 = true;
+        // moto is one Python process answering every request of three nodes: a new owner's
+        // claims, seals and reads take it seconds where S3 takes a fraction of one
+        // (`benches` rehost measures re-hosting with S3's latency). The bounds on it say
+        // whether rooms come back, not how fast S3 would make them.
+        scenario.failover_bound_kill_ms = scenario.failover_bound_kill_ms.max(S3_FAILOVER_BOUND_MS);
+        scenario.failover_bound_freeze_ms =
+            scenario.failover_bound_freeze_ms.max(S3_FAILOVER_BOUND_MS);
     }
     if let Some(concurrent) = arguments.concurrent_faults {
         scenario.concurrent_faults_max = concurrent;

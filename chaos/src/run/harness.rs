@@ -293,7 +293,9 @@ impl Harness {
                 &http,
                 &node_urls,
                 &book,
-                &cluster.dir().join("data").join("objects"),
+                (!scenario.s3)
+                    .then(|| cluster.dir().join("data").join("objects"))
+                    .as_deref(),
                 clock,
                 JOBS_SETTLE_TIMEOUT,
             )
