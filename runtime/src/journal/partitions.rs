@@ -505,18 +505,31 @@ async fn recover(
     let first_epoch = checkpoint
         .as_ref()
         .map_or(1, |(_, checkpoint)| checkpoint.epoch);
-    // Which objects of which log hold each epoch's records.
+    // Which objects of which log hold each epoch's records. The claims and seals of the
+    // epochs since the checkpoint are read in parallel (after a claim war they are many),
+    // and a read that fails is tried again before the whole takeover is: a takeover given
+    // up claims a new epoch next time, which makes the next recovery longer still.
+    let limit = shared.settings.recovery_reads_in_flight_max.max(1);
+    let stretches: Vec<(u64, Claim, Seal)> = futures_util::stream::iter(first_epoch.max(1)..epoch)
+        .map(|stretch| async move {
+            let claim = read_retrying(|| read_claim(shared, partition, stretch)).await?;
+            let seal = match seals.get(&(partition, stretch)) {
+                Some(seal) => seal.clone(),
+                None => read_retrying(|| read_seal(shared, partition, stretch))
+                    .await?
+                    .ok_or_else(|| {
+                        RuntimeError::Store(format!(
+                            "epoch {stretch} of partition {partition} has no seal, yet a later epoch exists"
+                        ))
+                    })?,
+            };
+            Ok::<_, RuntimeError>((stretch, claim, seal))
+        })
+        .buffered(limit)
+        .try_collect()
+        .await?;
     let mut ranges = Vec::new();
-    for stretch in first_epoch.max(1)..epoch {
-        let claim = read_claim(shared, partition, stretch).await?;
-        let seal = match seals.get(&(partition, stretch)) {
-            Some(seal) => seal.clone(),
-            None => read_seal(shared, partition, stretch).await?.ok_or_else(|| {
-                RuntimeError::Store(format!(
-                    "epoch {stretch} of partition {partition} has no seal, yet a later epoch exists"
-                ))
-            })?,
-        };
+    for (stretch, claim, seal) in stretches {
         let covered_through = match &checkpoint {
             Some((_, checkpoint)) if checkpoint.epoch == stretch => checkpoint.last,
             _ => None,
@@ -532,6 +545,29 @@ async fn recover(
     // are deleted, and every checkpoint is truthful, so its records are in the segments.
     let tail = read_ranges(shared, partition, &ranges, cache).await?;
     Ok((epoch, tail, checkpoint))
+}
+
+/// Reads done by a recovery are tried this many times before the takeover gives up.
+const RECOVERY_READ_ATTEMPTS: usize = 4;
+
+/// `read` again after a failure (with backoff), at most [`RECOVERY_READ_ATTEMPTS`] times.
+async fn read_retrying<T, F, Fut>(mut read: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut backoff = super::node_log::retry_backoff();
+    let mut attempt = 1;
+    loop {
+        match read().await {
+            Ok(value) => return Ok(value),
+            Err(error) if attempt >= RECOVERY_READ_ATTEMPTS => return Err(error),
+            Err(_) => {
+                attempt += 1;
+                super::node_log::back_off(&mut backoff).await;
+            }
+        }
+    }
 }
 
 /// The appends of `partition` in the objects of `ranges` that exist, in history order.

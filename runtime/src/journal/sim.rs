@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{Result, RuntimeError};
 use crate::id::{EntityId, MsgId};
-use crate::journal::layout::Record;
+use crate::journal::layout::{self, Record};
 use crate::journal::node_log::{AppendError, JournalSettings, NodeJournal, PartitionStatus};
 use crate::journal::objects::{Created, Objects};
 use crate::journal::segments::Journal;
@@ -441,6 +441,66 @@ fn desired(name: &str, view: &BTreeSet<String>) -> BTreeSet<u32> {
         .collect()
 }
 
+/// Liveness: once every view agrees on who runs, every partition ends held by its owner among
+/// them at an epoch no fence names (a node that keeps a fenced epoch can never acknowledge
+/// again, and one that stops claiming leaves its partition to nobody). A claim by a node that
+/// died before fencing does not end the holder's epoch: the next takeover seals both.
+async fn settle_partitions(seed: u64, store: &SimStore, nodes: &[Option<SimNode>]) {
+    let running: BTreeSet<String> = nodes
+        .iter()
+        .flatten()
+        .map(|node| node.name.clone())
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for node in nodes.iter().flatten() {
+            node.journal.set_desired(desired(&node.name, &running));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let unsettled: Vec<String> = (0..PARTITIONS)
+            .filter_map(|partition| {
+                let owner = crate::cluster::placement::partition_owner(
+                    partition,
+                    running.iter().map(String::as_str),
+                )?;
+                let node = nodes.iter().flatten().find(|node| node.name == owner)?;
+                let held = node
+                    .journal
+                    .owned()
+                    .into_iter()
+                    .find(|(held, _)| *held == partition)
+                    .map(|(_, epoch)| epoch);
+                let fenced = held.is_some_and(|epoch| {
+                    let prefix = layout::fences_prefix(&node.journal.shared.log);
+                    lock(&store.objects)
+                        .iter()
+                        .filter(|(name, _)| name.starts_with(&prefix))
+                        .filter_map(|(_, bytes)| {
+                            layout::decode::<layout::Fence>(bytes, "fence").ok()
+                        })
+                        .any(|fence| fence.entries.contains(&(partition, epoch)))
+                });
+                (held.is_none() || fenced).then(|| {
+                    format!(
+                        "partition {partition}: {owner} holds epoch {held:?} ({:?}), fenced: {fenced}",
+                        node.journal.status(partition)
+                    )
+                })
+            })
+            .collect();
+        if unsettled.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seed {seed}: partitions not settled 30 s after the views agreed: {unsettled:?}"
+        );
+    }
+}
+
 /// One seed, end to end; panics (with the seed in the message) on a violated invariant.
 fn run_seed(seed: u64) {
     fastrand::seed(seed);
@@ -574,6 +634,7 @@ async fn simulate(seed: u64) {
         *lock(&node.frozen_until) = tokio::time::Instant::now();
     }
     tokio::time::sleep(Duration::from_millis(1_000)).await;
+    settle_partitions(seed, &store, &nodes).await;
     for node in nodes.iter_mut().flatten() {
         node.crash(&live_logs);
     }
