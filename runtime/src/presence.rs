@@ -317,6 +317,13 @@ impl Inner {
     /// Applies a change of the local table here and sends it to every live peer.
     fn change_local(&self, state: &mut State, change: Change) {
         state.version += 1;
+        tracing::debug!(
+            topic = change.topic,
+            key = change.key,
+            present = change.present,
+            version = state.version,
+            "presence: a local change"
+        );
         let me = self.runtime.node_id();
         let diffs = state.table.apply(me, std::slice::from_ref(&change));
         let message = PresenceMessage::Delta {
@@ -358,10 +365,17 @@ impl Inner {
         // Only the view decides who is alive: a late message of a node seen down (or of its
         // previous incarnation) must not bring its keys back.
         let Some(&incarnation) = state.alive.get(origin) else {
+            tracing::debug!(
+                origin,
+                "presence: ignored a message of a node not alive here"
+            );
             return;
         };
         match message {
-            PresenceMessage::Request { from } => self.send_sync(state, &from),
+            PresenceMessage::Request { from } => {
+                tracing::debug!(from, "presence: a sync asked");
+                self.send_sync(state, &from);
+            }
             PresenceMessage::Delta {
                 origin,
                 incarnation: sent_by,
@@ -377,6 +391,12 @@ impl Inner {
                     let diffs = state.table.apply(&origin, &changes);
                     notify(state, diffs);
                 } else {
+                    tracing::debug!(
+                        origin,
+                        version,
+                        held = ?peer.version,
+                        "presence: a delta out of order; asking for a sync"
+                    );
                     self.ask_sync(state, &origin, false);
                 }
             }
@@ -411,6 +431,7 @@ impl Inner {
                 peer.incarnation = sent_by;
                 peer.version = Some(version);
                 peer.requested_at = None;
+                tracing::debug!(origin, version, entries = entries.len(), "presence: synced");
                 let diffs = state.table.replace_origin(&origin, entries);
                 notify(state, diffs);
             }
@@ -442,6 +463,7 @@ impl Inner {
             return;
         }
         peer.requested_at = Some(Instant::now());
+        tracing::debug!(node, "presence: asking for a sync");
         let request = PresenceMessage::Request {
             from: self.runtime.node_id().to_string(),
         };
