@@ -8,6 +8,9 @@
 //   live) is shown once;
 // - a post keeps its client id until it is acknowledged; posts typed while disconnected wait
 //   and are sent after the rejoin with the same ids, so the room stores each once.
+//
+// Presence: after a room's first `joined` on a socket the server sends a `presence` frame with
+// everyone there as `joins`, then the changes; a new socket starts from nothing again.
 
 import { h, replace, reconcile, avatar, formatTime, formatDay, randomId, toast } from './dom.js';
 import { loadRooms, saveRooms } from './session.js';
@@ -48,6 +51,10 @@ class Room {
     this.oldestComplete = false;
     this.loadingOlder = false;
     this.draft = '';
+    /** Who is online in the room: user id → name (at most the server's listed bound). */
+    this.present = new Map();
+    /** How many are online, exactly (may exceed `present.size`). */
+    this.presentCount = 0;
   }
 
   oldestSeq() {
@@ -178,7 +185,11 @@ export class Chat {
     for (const room of this.rooms.values()) {
       room.joinState = 'idle';
       for (const post of room.pending.values()) if (post.state === 'sent') post.state = 'queued';
+      // The next socket's session sends the whole presence again.
+      room.present.clear();
+      room.presentCount = 0;
     }
+    this.renderPresence();
     this.scheduleRender();
   }
 
@@ -195,6 +206,7 @@ export class Chat {
       case 'message': return this.onMessage(frame);
       case 'ack': return this.onAck(frame);
       case 'error': return this.onError(frame);
+      case 'presence': return this.onPresence(frame);
       default: return undefined;
     }
   }
@@ -211,6 +223,17 @@ export class Chat {
     }
     if (!room.historyLoaded) this.loadLatest(room);
     this.renderRoomStatus();
+  }
+
+  onPresence({ room: id, joins, leaves, count }) {
+    const room = this.rooms.get(id);
+    if (!room) return;
+    for (const user of Array.isArray(leaves) ? leaves : []) room.present.delete(String(user.user));
+    for (const user of Array.isArray(joins) ? joins : []) {
+      room.present.set(String(user.user), String(user.name || user.user));
+    }
+    room.presentCount = Math.max(Number(count) || 0, room.present.size);
+    if (id === this.activeId) this.renderPresence();
   }
 
   onMessage(frame) {
@@ -272,8 +295,12 @@ export class Chat {
         room.joinState = 'idle';
         this.leave(room.id);
       } else {
-        // The join did not happen (its room was moving, say): try again shortly.
+        // The join did not happen (its room was moving, say): try again shortly. The session
+        // let the room go, its presence too; the next `joined` brings the whole presence.
         room.joinState = 'idle';
+        room.present.clear();
+        room.presentCount = 0;
+        if (room.id === this.activeId) this.renderPresence();
         for (const post of room.pending.values()) if (post.state === 'sent') post.state = 'queued';
         if (code !== 'too_many_rooms') setTimeout(() => room.joinState === 'idle' && this.join(room), RETRY_MS);
         else toast(text, 'error');
@@ -472,6 +499,7 @@ export class Chat {
     const back = h('a', { class: 'back-link', href: '#/chat' }, h('span', { 'aria-hidden': 'true' }, '‹ '), 'Rooms');
     const title = h('h2', { class: 'room-title', id: 'room-title' }, h('span', { class: 'hash', 'aria-hidden': 'true' }, '#'), room.name);
     const status = h('p', { class: 'room-status', id: 'room-status' });
+    const online = h('div', { class: 'room-online', id: 'room-online', 'aria-live': 'polite' });
     const leave = h('button', { type: 'button', class: 'button subtle small', id: 'leave-room' }, 'Leave');
     leave.addEventListener('click', () => this.leave(room.id));
     const older = h('button', { type: 'button', class: 'load-older', id: 'load-older' }, 'Load older messages');
@@ -517,10 +545,11 @@ export class Chat {
     composer.addEventListener('input', () => grow(composer));
     const invite = h('div', { class: 'invite-slot' });
     replace(pane,
-      h('header', { class: 'room-head' }, back, h('div', { class: 'room-heading' }, title, status), invite, leave),
+      h('header', { class: 'room-head' }, back, h('div', { class: 'room-heading' }, title, status, online), invite, leave),
       scroller, form);
-    Object.assign(this.view, { list, scroller, composer, older, status, title, invite });
+    Object.assign(this.view, { list, scroller, composer, older, status, title, invite, online });
     this.renderInvite();
+    this.renderPresence();
     this.renderRoomStatus();
     this.renderMessages({ stickToBottom: true });
     if (!matchMedia('(hover: none)').matches) composer.focus();
@@ -567,6 +596,29 @@ export class Chat {
       }
     });
     replace(this.view.invite, form);
+  }
+
+  /** Who is online in the open room: names (yours first), and how many more beyond the list. */
+  renderPresence() {
+    if (!this.view || !this.view.online) return;
+    const room = this.rooms.get(this.activeId);
+    if (!room || room.presentCount === 0) {
+      replace(this.view.online);
+      return;
+    }
+    const me = this.app.me.id;
+    const people = [...room.present.entries()]
+      .sort(([a, nameA], [b, nameB]) => {
+        if ((a === me) !== (b === me)) return a === me ? -1 : 1;
+        return nameA.localeCompare(nameB);
+      });
+    const more = room.presentCount - people.length;
+    replace(this.view.online,
+      h('span', { class: 'online-count' }, `${room.presentCount} online`),
+      h('ul', { class: 'online-list', 'aria-label': 'Online in this room' },
+        ...people.map(([id, name]) => h('li', { class: `online-user${id === me ? ' me' : ''}`, dataset: { user: id } },
+          id === me ? `${name} (you)` : name)),
+        more > 0 ? h('li', { class: 'online-more' }, `and ${more} more`) : null));
   }
 
   renderRoomStatus() {
