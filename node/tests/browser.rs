@@ -261,6 +261,22 @@ async fn two_people_on_two_nodes_sign_up_and_chat() {
 
     let (ada, grace, design_review) =
         two_people_in_a_room_showing(&driver, &cluster, Some("check-mail.png")).await;
+    // Each sees the other online in the room, though they use different nodes.
+    for (browser, other, me) in [
+        (&ada, "Grace Hopper", "Ada Lovelace (you)"),
+        (&grace, "Ada Lovelace", "Grace Hopper (you)"),
+    ] {
+        let online = browser
+            .wait_until(
+                "the other person listed online",
+                "const names = [...document.querySelectorAll('#room-online .online-user')]\
+                   .map((item) => item.textContent);\
+                 return names.includes(arguments[0]) ? names : null;",
+                vec![json!(other)],
+            )
+            .await;
+        assert_eq!(online, json!([me, other]), "yourself first");
+    }
     ada.post("Morning! Is the cluster dashboard ready for the review?")
         .await;
     grace
