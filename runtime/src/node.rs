@@ -581,31 +581,44 @@ fn janitor_scope(
 
 /// Keeps the journal's partitions in line with the view: the node holds the partitions
 /// placement gives it among the members that are up, once the view has settled (before,
-/// it would take everything and hand it back at once). Re-applied every second too, which
-/// retries takeovers that failed.
+/// it would take everything and hand it back at once). Re-applied every half second too,
+/// which retries takeovers that failed. A node that sees at most half of the members up
+/// holds off claiming back what another node fenced it off.
 fn drive_partitions(
     journal: crate::journal::NodeJournal,
     mut view: watch::Receiver<View>,
 ) -> tokio::task::JoinHandle<()> {
     /// How often the desired partitions are re-applied without a view change.
     const REAPPLY_INTERVAL: Duration = Duration::from_millis(500);
+    /// How long a node that sees a minority of the members up waits before it claims back a
+    /// partition another node fenced it off (one fence each way per partition, not a fencing
+    /// match for as long as a network partition lasts; a majority node claims back at once).
+    const MINORITY_RECLAIM_HOLD_OFF: Duration = Duration::from_secs(10);
     tokio::spawn(async move {
         loop {
             let desired = {
                 let view = view.borrow_and_update();
+                // At most half of the members up: the others may be up and serving on the far
+                // side of a network partition.
+                let minority = view.up_members().count() * 2 <= view.members.len();
                 view.settled.then(|| {
-                    (0..crate::cluster::placement::PARTITIONS)
+                    let desired = (0..crate::cluster::placement::PARTITIONS)
                         .filter(|partition| {
                             crate::cluster::placement::partition_owner(
                                 *partition,
                                 view.up_members(),
                             ) == Some(view.me.as_str())
                         })
-                        .collect::<std::collections::BTreeSet<u32>>()
+                        .collect::<std::collections::BTreeSet<u32>>();
+                    (desired, minority)
                 })
             };
-            if let Some(desired) = desired {
-                journal.set_desired(desired);
+            match desired {
+                Some((desired, true)) => {
+                    journal.set_desired_holding_off(desired, MINORITY_RECLAIM_HOLD_OFF)
+                }
+                Some((desired, false)) => journal.set_desired(desired),
+                None => {}
             }
             if tokio::time::timeout(REAPPLY_INTERVAL, view.changed())
                 .await

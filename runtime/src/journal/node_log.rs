@@ -154,6 +154,8 @@ pub(super) struct State {
     pub parts: BTreeMap<u32, Part>,
     /// The partitions the view gives this node.
     pub desired: BTreeSet<u32>,
+    /// When each partition was last taken from this node by another's fence.
+    pub fenced_off: HashMap<u32, tokio::time::Instant>,
     /// Per foreign log, the first fence slot not known to exist (slots fill in order).
     pub fence_slots: HashMap<String, u64>,
     pub next_generation: u64,
@@ -254,6 +256,7 @@ impl NodeJournal {
                 own_objects: BTreeMap::new(),
                 parts: BTreeMap::new(),
                 desired: BTreeSet::new(),
+                fenced_off: HashMap::new(),
                 fence_slots: HashMap::new(),
                 next_generation: 0,
                 stopping: false,
@@ -318,7 +321,16 @@ impl NodeJournal {
     /// The partitions this node should hold (from its view): takes over those it lacks and
     /// lets go of the others. Call again to retry takeovers that failed.
     pub fn set_desired(&self, desired: BTreeSet<u32>) {
-        super::partitions::set_desired(&self.shared, desired);
+        super::partitions::set_desired(&self.shared, desired, None);
+    }
+
+    /// [`Self::set_desired`], except that a partition another node's fence took from this one
+    /// less than `hold_off` ago is not claimed back yet. A node that sees only a minority of
+    /// the cluster up passes its hold-off: the nodes it cannot see may be serving, and
+    /// claiming back at once would fence them again and again for as long as a network
+    /// partition lasts.
+    pub fn set_desired_holding_off(&self, desired: BTreeSet<u32>, hold_off: Duration) {
+        super::partitions::set_desired(&self.shared, desired, Some(hold_off));
     }
 
     /// Appends `records` (events from `first_seq`) of `entity`, written at `epoch` of its
@@ -611,6 +623,9 @@ async fn flush(shared: &Shared, number: u64, pending: Vec<Pending>) {
         lost.dedup();
         for (partition, _) in &lost {
             state.parts.remove(partition);
+            state
+                .fenced_off
+                .insert(*partition, tokio::time::Instant::now());
         }
         state.own_objects.insert(number, present);
         state.acked_through = Some(number);
@@ -668,6 +683,9 @@ pub(super) async fn check_fences(shared: &Shared) -> Result<()> {
                 );
                 if held {
                     state.parts.remove(partition);
+                    state
+                        .fenced_off
+                        .insert(*partition, tokio::time::Instant::now());
                     lost.push((*partition, *epoch));
                 }
             }

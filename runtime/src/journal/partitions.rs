@@ -25,7 +25,11 @@ use crate::metrics as names;
 /// Fence slots tried on one log before giving up.
 const FENCE_SLOTS_MAX: u64 = 1 << 20;
 
-pub(super) fn set_desired(shared: &Arc<Shared>, desired: BTreeSet<u32>) {
+pub(super) fn set_desired(
+    shared: &Arc<Shared>,
+    desired: BTreeSet<u32>,
+    hold_off: Option<std::time::Duration>,
+) {
     let mut start = Vec::new();
     let mut lost = Vec::new();
     {
@@ -33,9 +37,17 @@ pub(super) fn set_desired(shared: &Arc<Shared>, desired: BTreeSet<u32>) {
         if state.stopping {
             return;
         }
+        let now = tokio::time::Instant::now();
         for partition in 0..shared.settings.partitions {
             let want = desired.contains(&partition);
+            let held_off = hold_off.is_some_and(|hold_off| {
+                state
+                    .fenced_off
+                    .get(&partition)
+                    .is_some_and(|at| now.duration_since(*at) < hold_off)
+            });
             match state.parts.get(&partition) {
+                None if want && held_off => {}
                 None if want => {
                     state.next_generation += 1;
                     let generation = state.next_generation;
