@@ -470,13 +470,11 @@ async fn a_user_with_two_connections_is_present_once_and_a_room_lists_a_bounded_
         .await
         .expect("leave");
     eve.client.until("left", WAIT).await.expect("left");
-    let after_eve = |users: &BTreeMap<String, String>, count: u64| count == 2 && users.len() == 2;
-    watcher.wait(&room, after_eve).await;
-    assert_eq!(
-        watcher.rooms[&room].keys().collect::<Vec<_>>(),
-        ["dan", "watcher"],
-        "dan stays while one connection remains"
-    );
+    // dan stays while one connection remains: the watcher ends up listing him and itself,
+    // counted two (a dan dropped with his first connection would leave it at `watcher`
+    // alone, and this waits out). Presence converges: a passing state in between is not
+    // asserted on (a cluster link that drops and reconnects makes one).
+    watcher.wait_for(&room, &["dan", "watcher"]).await;
 
     // Now his last connection closes: he leaves.
     dan_n2.client.close().await;
