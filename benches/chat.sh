@@ -64,3 +64,13 @@ for i in $(seq 1 "$nodes"); do
     exit 1
 done
 "$bin/loadgen" --config "$config" --pids "$(IFS=,; echo "${pids[*]}")" "$@"
+# What the journal wrote meanwhile, per node (from its /metrics, which loopback may read): node-log
+# objects created (one per flush) and the append's time to durability.
+for i in $(seq 1 "$nodes"); do
+    curl -sf "http://127.0.0.1:$((8100 + i))/metrics" | awk -v node="n$i" '
+        /^actorhub_journal_appends_total / { appends = $2 }
+        /^actorhub_journal_append_seconds\{quantile="0.5"\}/ { p50 = $2 * 1000 }
+        /^actorhub_journal_append_seconds\{quantile="0.99"\}/ { p99 = $2 * 1000 }
+        END { printf "{\"node\":\"%s\",\"journal_objects_written\":%d,\"append_p50_ms\":%.3f,\"append_p99_ms\":%.3f}\n", node, appends, p50, p99 }' ||
+        echo "n$i: /metrics unreadable" >&2
+done
