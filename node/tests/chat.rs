@@ -33,16 +33,7 @@ async fn cluster_over(tls: bool, settings: &[(&str, &str, i64)]) -> TestCluster 
 }
 
 async fn create_room(cluster: &TestCluster, node: &str, name: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", cluster.http_url(node)))
-        .bearer_auth(test_token("room-maker"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .expect("create room");
-    assert_eq!(response.status(), 201, "create room");
-    let body: Value = response.json().await.expect("json");
-    body["room"]["id"].as_str().expect("room id").to_string()
+    cluster.create_room(node, name).await.expect("create room")
 }
 
 async fn history(cluster: &TestCluster, node: &str, room: &str) -> Vec<Value> {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use chaos::client::{ChatClient, test_token};
 use chaos::cluster::{ClusterBuilder, TestCluster};
 use runtime::placement;
-use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -64,16 +63,7 @@ fn resident_bytes(pid: u32) -> u64 {
 }
 
 async fn create_room(cluster: &TestCluster, node: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", cluster.http_url(node)))
-        .bearer_auth(test_token("room-maker"))
-        .json(&json!({ "name": "big" }))
-        .send()
-        .await
-        .expect("create room");
-    assert_eq!(response.status(), 201, "create room");
-    let body: Value = response.json().await.expect("json");
-    body["room"]["id"].as_str().expect("room id").to_string()
+    cluster.create_room(node, "big").await.expect("create room")
 }
 
 /// Posts `count` messages of `text` from one connection to `node`, waiting for every ack.

@@ -198,16 +198,7 @@ async fn down_transitions(cluster: &TestCluster) -> u64 {
 // An honest pair of clients.
 
 async fn create_room(cluster: &TestCluster, node: &str, name: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", cluster.http_url(node)))
-        .bearer_auth(test_token("room-maker"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .expect("create room");
-    assert_eq!(response.status(), 201, "create room");
-    let body: Value = response.json().await.expect("json");
-    body["room"]["id"].as_str().expect("room id").to_string()
+    cluster.create_room(node, name).await.expect("create room")
 }
 
 /// Alice on the attacked node, Bob on another, both in one room.

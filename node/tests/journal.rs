@@ -11,23 +11,14 @@ use chaos::client::{ChatClient, test_token};
 use chaos::cluster::{ClusterBuilder, TestCluster};
 use chaos::s3::MotoServer;
 use runtime::placement;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::Mutex;
 
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn create_room(cluster: &TestCluster, node: &str, name: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", cluster.http_url(node)))
-        .bearer_auth(test_token("room-maker"))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .expect("create room");
-    assert_eq!(response.status(), 201, "create room");
-    let body: Value = response.json().await.expect("json");
-    body["room"]["id"].as_str().expect("room id").to_string()
+    cluster.create_room(node, name).await.expect("create room")
 }
 
 /// Every message of `room`, paging through the history from `node`.

@@ -41,16 +41,7 @@ async fn cluster(settings: &[(&str, &str, i64)]) -> TestCluster {
 }
 
 async fn create_room(cluster: &TestCluster, name: &str) -> String {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/rooms", cluster.http_url("n1")))
-        .bearer_auth(test_token_named("room-maker", None))
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .expect("create room");
-    assert_eq!(response.status(), 201, "create room");
-    let body: Value = response.json().await.expect("json");
-    body["room"]["id"].as_str().expect("room id").to_string()
+    cluster.create_room("n1", name).await.expect("create room")
 }
 
 fn trials() -> usize {

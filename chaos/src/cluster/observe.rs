@@ -15,6 +15,29 @@ use super::{
 };
 
 impl TestCluster {
+    /// Creates a public room called `name` through node `node`'s API (as the test user
+    /// `room-maker`); returns its id.
+    pub async fn create_room(&self, node: &str, name: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/api/rooms", self.http_url(node)))
+            .bearer_auth(crate::client::test_token("room-maker"))
+            .json(&serde_json::json!({ "name": name }))
+            .timeout(HTTP_REQUEST_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("POST /api/rooms on {node}"))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.as_u16() != 201 {
+            bail!("POST /api/rooms on {node} answered {status}: {body}");
+        }
+        body["room"]["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("POST /api/rooms on {node} gave no room id: {body}"))
+    }
+
     /// `GET /api/cluster` of node `observer`.
     pub async fn cluster_view(&self, observer: &str) -> anyhow::Result<Value> {
         self.get_json(observer, "/api/cluster", HTTP_REQUEST_TIMEOUT)
