@@ -392,6 +392,11 @@ mod tests {
         let distinct: HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
         assert!(!distinct.contains(&0));
+        // Below the ephemeral range: no outgoing connection's source port can take one.
+        if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+            let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+            assert!(ports.iter().all(|port| *port < low), "{ports:?} vs {low}");
+        }
     }
 
     #[test]

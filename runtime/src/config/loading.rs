@@ -19,14 +19,65 @@ pub struct ConfigOverrides {
     pub base_dir: Option<PathBuf>,
 }
 
-/// Distinct free loopback ports.
+/// Distinct free loopback ports for test and benchmark clusters.
 ///
-/// Every listener is held until all ports are known, so the ports are distinct from each other;
-/// they are released on return, so they are free only until someone else binds them.
+/// The ports come from below the kernel's ephemeral range (`ip_local_port_range`): a port
+/// picked there cannot be taken, between this call and the node's own bind, by the source port
+/// of some outgoing connection (a node dialing its peers did exactly that to a port reserved
+/// for another node's HTTP listener). Each process starts at its own place in that range and
+/// moves on with every call, so parallel tests and test processes pick different ports. Every
+/// listener is held until all ports are known, so the ports are distinct from each other; they
+/// are released on return, so they are free only until someone else binds them. Where the
+/// range is unknown, the kernel picks (port 0).
 pub fn free_loopback_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Ports below this are left to services that use well-known or registered ports.
+    const LOWEST: u32 = 20_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+
+    let bind = |port: u16| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port));
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000 && *low <= u32::from(u16::MAX));
+    let mut listeners = Vec::with_capacity(count);
+    match ephemeral_low {
+        Some(low) => {
+            let span = low - LOWEST;
+            if NEXT.load(Ordering::Relaxed) == u32::MAX {
+                let seed = std::process::id()
+                    ^ std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.subsec_nanos());
+                let _ = NEXT.compare_exchange(
+                    u32::MAX,
+                    seed % span,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            let mut tries = 0;
+            while listeners.len() < count {
+                if tries == span {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("no {count} free loopback ports below {low}"),
+                    ));
+                }
+                tries += 1;
+                let port = LOWEST + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+                if let Ok(listener) = bind(port as u16) {
+                    listeners.push(listener);
+                }
+            }
+        }
+        None => {
+            for _ in 0..count {
+                listeners.push(bind(0)?);
+            }
+        }
+    }
     listeners
         .iter()
         .map(|listener| listener.local_addr().map(|address| address.port()))
