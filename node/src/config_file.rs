@@ -2,7 +2,7 @@
 //! The only place that reads the environment.
 //!
 //! The file is assembled from the sections each crate owns: the runtime's (`[cluster]`,
-//! `[entities]`, `[storage]`, `[limits]`, `[journal]`, `[[node]]`), the application's
+//! `[entities]`, `[storage]`, `[limits]`, `[journal]`, `[reminders]`, `[[node]]`), the application's
 //! (`[users]`, `[jobs]`, `[sessions]`, `[rooms]`: `actors::config`), the web layer's
 //! (`[web]`: `web::config`) and this crate's own (`[telemetry]`: `crate::telemetry`).
 //! [`FileConfig`] lists them all, so a key that no crate owns is an error naming it. Each
@@ -14,7 +14,7 @@ use actors::config::{AppConfig, JobsSection, RoomsSection, SessionsSection, User
 use anyhow::Context;
 use runtime::config::{
     ClusterConfig, ClusterSection, ConfigOverrides, EntitySection, JournalSection, LimitsSection,
-    NodeConfig, StorageSection,
+    NodeConfig, RemindersSection, StorageSection,
 };
 use serde::Deserialize;
 use web::config::WebSection;
@@ -34,6 +34,8 @@ struct FileConfig {
     limits: LimitsSection,
     #[serde(default)]
     journal: JournalSection,
+    #[serde(default)]
+    reminders: RemindersSection,
     #[serde(default)]
     web: WebSection,
     #[serde(default)]
@@ -335,6 +337,7 @@ fn parse_with(
         storage,
         limits,
         journal,
+        reminders,
         web,
         sessions,
         users,
@@ -360,6 +363,7 @@ fn parse_with(
         storage,
         limits,
         journal,
+        reminders,
         nodes,
     }
     .resolve(origin, overrides)?;

@@ -1,5 +1,5 @@
 //! The runtime's part of `cluster.toml`: `[cluster]`, `[entities]`, `[storage]`, `[limits]`,
-//! `[journal]` and `[[node]]`, with their defaults and validation.
+//! `[journal]`, `[reminders]` and `[[node]]`, with their defaults and validation.
 //!
 //! Parsing rejects unknown keys and missing fields in these sections with a message that names
 //! the key; [`ClusterConfig::validate`] then checks what serde cannot (duplicate ids and ports,
@@ -37,6 +37,8 @@ pub struct ClusterConfig {
     pub limits: LimitsSection,
     #[serde(default)]
     pub journal: JournalSection,
+    #[serde(default)]
+    pub reminders: RemindersSection,
     #[serde(rename = "node")]
     pub nodes: Vec<NodeConfig>,
 }
@@ -197,6 +199,37 @@ impl Default for JournalSection {
             fence_check_interval_ms: 1_000,
             janitor_interval_ms: 30_000,
             retain_events: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// `[reminders]`: durable reminders (see `crate::reminder`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemindersSection {
+    /// Reminder shards (`sys.reminders` entities) per journal partition: the entities of a
+    /// partition spread their reminders over them. Fixed for a store's life (a shard's
+    /// reminders stay where they were registered).
+    pub shards_per_partition: u32,
+    /// Reminders one shard holds; a registration beyond it is refused (the command fails).
+    pub per_shard_max: usize,
+    /// Firings one shard has in flight (delivered, not yet acknowledged) at once.
+    pub in_flight_max: usize,
+    /// Firings per second of one node, all its shards together: a backlog after an outage
+    /// drains at this rate instead of flooding the entities.
+    pub fires_per_second_max: u32,
+    /// Deadline of one firing (the target's `on_reminder` made durable); then it is retried.
+    pub fire_timeout_ms: u64,
+}
+
+impl Default for RemindersSection {
+    fn default() -> Self {
+        Self {
+            shards_per_partition: 4,
+            per_shard_max: 100_000,
+            in_flight_max: 64,
+            fires_per_second_max: 500,
+            fire_timeout_ms: 5_000,
         }
     }
 }

@@ -70,6 +70,20 @@ pub trait Entity: Sized + Send + 'static {
 
     /// Runs once the state is loaded, before any command: resume work, schedule timers.
     fn on_ready(&mut self, _state: &Self::State, _context: &mut Context<'_, Self>) {}
+
+    /// Runs when one of this entity's reminders (see [`Context::remind`]) is due, like a
+    /// command: it may persist events and register or forget reminders, and the firing counts
+    /// as delivered only once they are durable. It runs at least once per due time, never
+    /// before it, on whichever node owns the entity then: make it idempotent (a firing may be
+    /// repeated after a crash, and a reminder may fire that a failed command registered
+    /// without its own events being journaled; ignore what the state does not expect).
+    fn on_reminder(
+        &mut self,
+        _state: &Self::State,
+        _reminder: &crate::reminder::Reminder,
+        _context: &mut Context<'_, Self>,
+    ) {
+    }
 }
 
 /// What an entity can do while handling a command.
@@ -82,6 +96,9 @@ pub struct Context<'a, E: Entity> {
     pub(crate) events: Vec<E::Event>,
     pub(crate) persist_allowed: bool,
     pub(crate) passivate: bool,
+    /// `remind` and `forget` calls of this command, in order: registered with the reminder
+    /// shards before its events are appended.
+    pub(crate) reminder_ops: Vec<crate::reminder::ReminderOp>,
 }
 
 impl<E: Entity> Context<'_, E> {
@@ -98,6 +115,60 @@ impl<E: Entity> Context<'_, E> {
         let seq = self.next_seq + self.events.len() as u64;
         self.events.push(event);
         seq
+    }
+
+    /// Registers (or replaces) this entity's reminder `name`: `on_reminder` runs at `due_ms`
+    /// (unix ms, [`crate::clock::unix_ms`]) or later, then every `period` after it if one is
+    /// given. Durable once the command's reply is sent: the registration is journaled before
+    /// the command's events.
+    ///
+    /// # Panics
+    /// Where `persist` is not allowed (`on_durable`, `on_ready`).
+    pub fn remind(
+        &mut self,
+        name: impl Into<String>,
+        due_ms: u64,
+        period: Option<std::time::Duration>,
+    ) -> Result<(), crate::reminder::ReminderError> {
+        self.assert_reminders_allowed("remind");
+        let name = name.into();
+        let period_ms = period.map(|period| u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
+        crate::reminder::validate(&name, period_ms)?;
+        self.reminder_ops.push(crate::reminder::ReminderOp::Upsert {
+            entity: self.entity.clone(),
+            reminder: crate::reminder::Reminder {
+                name,
+                due_ms,
+                period_ms,
+            },
+        });
+        Ok(())
+    }
+
+    /// Removes this entity's reminder `name`, if it has one (durably, as [`Context::remind`]).
+    ///
+    /// # Panics
+    /// Where `persist` is not allowed (`on_durable`, `on_ready`).
+    pub fn forget(
+        &mut self,
+        name: impl Into<String>,
+    ) -> Result<(), crate::reminder::ReminderError> {
+        self.assert_reminders_allowed("forget");
+        let name = name.into();
+        crate::reminder::validate(&name, None)?;
+        self.reminder_ops.push(crate::reminder::ReminderOp::Forget {
+            entity: self.entity.clone(),
+            name,
+        });
+        Ok(())
+    }
+
+    fn assert_reminders_allowed(&self, what: &str) {
+        assert!(
+            self.persist_allowed,
+            "{}: {what}() is allowed only in handle and on_reminder",
+            self.entity
+        );
     }
 
     pub fn key(&self) -> &str {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{ClusterConfig, JournalSection, NodeConfig};
+use super::{ClusterConfig, JournalSection, NodeConfig, RemindersSection};
 use crate::error::{Result, RuntimeError};
 
 /// Secrets and paths that come from outside the file (the environment, the file's location).
@@ -274,6 +274,7 @@ http_addr = "127.0.0.1:{http_port}"
             ));
         }
         self.journal.validate().map_err(RuntimeError::Config)?;
+        self.reminders.validate().map_err(RuntimeError::Config)?;
         Ok(())
     }
 
@@ -318,6 +319,21 @@ impl JournalSection {
             || self.compact_records_max == 0
         {
             return Err("`journal.compact_interval_ms` (>= 100), `journal.fence_check_interval_ms` (>= 10), `journal.janitor_interval_ms` (>= 100) and `journal.compact_records_max` (> 0) out of range".into());
+        }
+        Ok(())
+    }
+}
+
+impl RemindersSection {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=64).contains(&self.shards_per_partition) {
+            return Err("`reminders.shards_per_partition`: 1 to 64".into());
+        }
+        if self.per_shard_max == 0 || self.in_flight_max == 0 || self.fires_per_second_max == 0 {
+            return Err("`reminders.per_shard_max`, `reminders.in_flight_max` and `reminders.fires_per_second_max` must be above 0".into());
+        }
+        if !(100..=600_000).contains(&self.fire_timeout_ms) {
+            return Err("`reminders.fire_timeout_ms`: 100 to 600000".into());
         }
         Ok(())
     }

@@ -124,6 +124,11 @@ impl<E: Entity> EntityState<E> {
             "{}: on_ready must not persist; send a command with context.spawn",
             self.id
         );
+        assert!(
+            context.reminder_ops.is_empty(),
+            "{}: on_ready must not remind or forget; send a command with context.spawn",
+            self.id
+        );
         if context.passivate {
             self.passivation_requested = true;
         }
@@ -422,6 +427,7 @@ fn context_for<'a, E: Entity>(
         events: Vec::new(),
         persist_allowed,
         passivate: false,
+        reminder_ops: Vec::new(),
     }
 }
 
