@@ -10,7 +10,11 @@
 # ${CHAT_BENCH_DIR:-target/chat-bench}; nothing is deleted (deleting many files just before a run
 # makes ext4 without a journal slow at creating new ones, which would skew the next run).
 # The per-connection limits are raised so the generator, not the limits, sets the pace.
-# CHAT_BENCH_NODE names another `node` binary (an older build, for a before/after comparison).
+# CHAT_BENCH_NODE names another `node` binary (an older build, for a before/after comparison);
+# CHAT_BENCH_CONFIG another cluster.toml to take the shared sections from (that build's own,
+# since a node refuses keys it does not know).
+# The nodes run on CHAT_BENCH_SERVER_CPUS (default 0) and the generator on CHAT_BENCH_LOAD_CPUS
+# (default 1), as the issue's reference numbers were measured; set both empty not to pin.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
@@ -39,12 +43,18 @@ awk -v dir="$dir" -v fsync="$fsync" '
     /^outbound_queue_max *=/ { print "outbound_queue_max = 4096"; print "connections_max = 20000"; next }
     /^\[/ { section = $0; gsub(/[\[\] ]/, "", section) }
     { print }
-' "$root/cluster.toml" >"$config"
+' "${CHAT_BENCH_CONFIG:-$root/cluster.toml}" >"$config"
 for i in $(seq 1 "$nodes"); do
     printf '\n[[node]]\nid = "n%d"\ncluster_addr = "127.0.0.1:%d"\nhttp_addr = "127.0.0.1:%d"\n' \
         "$i" $((7100 + i)) $((8100 + i)) >>"$config"
 done
 
+server_cpus=${CHAT_BENCH_SERVER_CPUS-0}
+load_cpus=${CHAT_BENCH_LOAD_CPUS-1}
+# taskset execs its command, so a node's pid (for its CPU time and its stop) is taskset's.
+server_pin=() load_pin=()
+[[ -n $server_cpus ]] && server_pin=(taskset -c "$server_cpus")
+[[ -n $load_cpus ]] && load_pin=(taskset -c "$load_cpus")
 pids=()
 stop() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -52,7 +62,7 @@ stop() {
 }
 trap stop EXIT
 for i in $(seq 1 "$nodes"); do
-    RUST_LOG=${RUST_LOG:-warn} "${CHAT_BENCH_NODE:-$bin/node}" run --config "$config" --id "n$i" >"$dir/n$i.log" 2>&1 &
+    RUST_LOG=${RUST_LOG:-warn} "${server_pin[@]}" "${CHAT_BENCH_NODE:-$bin/node}" run --config "$config" --id "n$i" >"$dir/n$i.log" 2>&1 &
     pids+=($!)
 done
 for i in $(seq 1 "$nodes"); do
@@ -63,7 +73,7 @@ for i in $(seq 1 "$nodes"); do
     echo "node n$i did not become ready; see $dir/n$i.log" >&2
     exit 1
 done
-"$bin/loadgen" --config "$config" --pids "$(IFS=,; echo "${pids[*]}")" "$@"
+"${load_pin[@]}" "$bin/loadgen" --config "$config" --pids "$(IFS=,; echo "${pids[*]}")" "$@"
 # What the journal wrote meanwhile, per node (from its /metrics, which loopback may read): node-log
 # objects created (one per flush) and the append's time to durability.
 for i in $(seq 1 "$nodes"); do

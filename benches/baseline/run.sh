@@ -17,11 +17,11 @@ mkdir -p "$dir"
 secret=$(awk -F'"' '/^jwt_secret/ { print $2; exit }' "$root/cluster.toml")
 printf '[web]\njwt_secret = "%s"\n\n[[node]]\nid = "n1"\nhttp_addr = "127.0.0.1:8101"\n' \
     "$secret" >"$dir/cluster.toml"
-taskset -c 0 node "$here/server.js" 8101 &
+taskset -c "${CHAT_BENCH_SERVER_CPUS:-0}" node "$here/server.js" 8101 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
     curl -sf http://127.0.0.1:8101/readyz >/dev/null && break
     sleep 0.1
 done
-"$root/target/release/loadgen" --config "$dir/cluster.toml" --pids "$server" "$@"
+taskset -c "${CHAT_BENCH_LOAD_CPUS:-1}" "$root/target/release/loadgen" --config "$dir/cluster.toml" --pids "$server" "$@"
