@@ -377,7 +377,13 @@ impl Actor for MembershipActor {
                     .insert(session.actor.get_id(), (Instant::now(), session.actor));
             }
             MembershipMsg::SessionReady(session) => state.session_ready(session),
-            MembershipMsg::SessionClosed(session) => state.session_closed(session),
+            MembershipMsg::SessionClosed(session) => {
+                let elected = match state.last_session_of(&session) {
+                    Some(peer) => state.elected_session_of(&peer, &session).await,
+                    None => false,
+                };
+                state.session_closed(session, elected);
+            }
             MembershipMsg::DialFinished { peer, result } => state.dial_finished(&peer, result),
             MembershipMsg::Heartbeat(beat) => state.heartbeat(beat),
             MembershipMsg::Table(table) => state.table(table),

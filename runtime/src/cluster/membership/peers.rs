@@ -159,7 +159,45 @@ impl MembershipState {
         self.send_beat(index, false, self.micros_since_start());
     }
 
-    pub(super) fn session_closed(&mut self, session: NodeServerSessionInformation) {
+    /// The peer whose last ready session `session` is, if closing it would leave that peer
+    /// with none.
+    pub(super) fn last_session_of(&self, session: &NodeServerSessionInformation) -> Option<String> {
+        let session_id = session.actor.get_id();
+        self.peers
+            .iter()
+            .find(|peer| peer.sessions.contains_key(&session_id))
+            .filter(|peer| peer.sessions.len() == 1 && peer.state != MemberState::Down)
+            .map(|peer| peer.address.id.clone())
+    }
+
+    /// Whether ractor_cluster holds another authenticated session with `peer` than `closed`.
+    ///
+    /// When both nodes dial each other at once, ractor_cluster elects one connection and stops
+    /// the other with "duplicate_connection"; the loser's close can reach this actor before the
+    /// winner's "ready" does. Without this check the peer was marked down for those few
+    /// milliseconds, and partitions moved and were fenced back for nothing.
+    pub(super) async fn elected_session_of(
+        &self,
+        peer: &str,
+        closed: &NodeServerSessionInformation,
+    ) -> bool {
+        let closed_id = closed.actor.get_id();
+        match ractor::call_t!(
+            self.node_server,
+            ractor_cluster::NodeServerMessage::GetSessions,
+            ELECTED_SESSION_QUERY_MS
+        ) {
+            Ok(sessions) => sessions.values().any(|session| {
+                session.actor.get_id() != closed_id && peer_id_of(session).as_deref() == Some(peer)
+            }),
+            // The node server did not answer: treat the connection as gone, as before.
+            Err(_) => false,
+        }
+    }
+
+    /// A session closed; `elected`: ractor_cluster holds another authenticated session with
+    /// the same peer (see [`Self::elected_session_of`]), whose "ready" is on its way.
+    pub(super) fn session_closed(&mut self, session: NodeServerSessionInformation, elected: bool) {
         let session_id = session.actor.get_id();
         self.handshaking.remove(&session_id);
         let Some(index) = self
@@ -170,6 +208,10 @@ impl MembershipState {
             return;
         };
         self.peers[index].sessions.remove(&session_id);
+        if elected {
+            tracing::debug!(peer = %self.peers[index].address.id, "a duplicate cluster connection closed; the elected one stays");
+            return;
+        }
         if self.peers[index].sessions.is_empty() && self.peers[index].state != MemberState::Down {
             self.mark_down(index, "connection closed");
         }
@@ -472,6 +514,10 @@ impl MembershipState {
 }
 
 /// `"n2@127.0.0.1"` → `"n2"`.
+/// How long the membership actor waits for the node server's list of sessions when a peer's
+/// last session closes (a local call; beyond it the peer is marked down as before).
+const ELECTED_SESSION_QUERY_MS: u64 = 200;
+
 fn peer_id_of(session: &NodeServerSessionInformation) -> Option<String> {
     let name = &session.peer_name.as_ref()?.name;
     Some(name.split('@').next().unwrap_or(name).to_string())
