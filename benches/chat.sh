@@ -13,6 +13,8 @@
 # CHAT_BENCH_NODE names another `node` binary (an older build, for a before/after comparison);
 # CHAT_BENCH_CONFIG another cluster.toml to take the shared sections from (that build's own,
 # since a node refuses keys it does not know).
+# CHAT_BENCH_STORE_LATENCY_MS adds that much to every object-store request (S3's first-byte
+# latency, on a local directory); CHAT_BENCH_FLUSH_MS sets `journal.flush_interval_ms`.
 # The nodes run on CHAT_BENCH_SERVER_CPUS (default 0) and the generator on CHAT_BENCH_LOAD_CPUS
 # (default 1), as the issue's reference numbers were measured; set both empty not to pin.
 set -euo pipefail
@@ -35,15 +37,20 @@ mkdir -p "$dir"
 config=$dir/cluster.toml
 
 # The shared sections of cluster.toml, with this run's paths and limits, then N nodes.
-awk -v dir="$dir" -v fsync="$fsync" '
+awk -v dir="$dir" -v fsync="$fsync" -v latency="${CHAT_BENCH_STORE_LATENCY_MS:-}" '
     /^\[\[node\]\]/ { exit }
     /^data_dir *=/ { print "data_dir = \"" dir "/data\""; next }
-    /^url *=/ && section == "storage" { print "url = \"file:" dir "/objects\""; print "fsync = " fsync; next }
+    /^url *=/ && section == "storage" { print "url = \"file:" dir "/objects\""; print "fsync = " fsync; if (latency != "") print "latency_ms = " latency; next }
     /^messages_per_second *=/ { print "messages_per_second = 1000"; next }
     /^outbound_queue_max *=/ { print "outbound_queue_max = 4096"; print "connections_max = 20000"; next }
     /^\[/ { section = $0; gsub(/[\[\] ]/, "", section) }
     { print }
 ' "${CHAT_BENCH_CONFIG:-$root/cluster.toml}" >"$config"
+[[ -n ${CHAT_BENCH_FLUSH_MS:-} ]] && printf '\n[journal]\nflush_interval_ms = %d\n' "$CHAT_BENCH_FLUSH_MS" >>"$config"
+# The abuse limits (a build that has them) let the generator create its rooms at once.
+[[ -z ${CHAT_BENCH_CONFIG:-} ]] && printf '\n[web.limits]\n%s\n%s\n' \
+    'room_create_per_address = { count = 100000, per_s = 60 }' \
+    'room_create_per_user = { count = 100000, per_s = 60 }' >>"$config"
 for i in $(seq 1 "$nodes"); do
     printf '\n[[node]]\nid = "n%d"\ncluster_addr = "127.0.0.1:%d"\nhttp_addr = "127.0.0.1:%d"\n' \
         "$i" $((7100 + i)) $((8100 + i)) >>"$config"
