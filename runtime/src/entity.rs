@@ -202,6 +202,7 @@ impl<E: Entity> Context<'_, E> {
                 payload: codec::encode(&command),
                 reply: None,
                 span: tracing::Span::none(),
+                kind: crate::entity::shards::DeliveryKind::Command,
             };
             // The entity may have stopped meanwhile; its next activation re-derives the work.
             let _ = myself.cast(crate::entity::actor::EntityMsg::Deliver(delivery));

@@ -1,5 +1,6 @@
 //! ActorHub's distributed actor runtime: membership, failure detection, placement, virtual
-//! actors (entities) with an event journal, supervision, cluster pub/sub and presence.
+//! actors (entities) with an event journal, supervision, cluster pub/sub, presence and durable
+//! reminders.
 //!
 //! It knows nothing of chat, jobs or users: the application registers entity kinds
 //! ([`entity::Entity`]) and talks to them through [`entity::EntityRef`]. See ARCHITECTURE.md.

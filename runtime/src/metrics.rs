@@ -34,6 +34,12 @@ pub const CLUSTER_CONNECTIONS_REFUSED_TOTAL: &str = "actorhub_cluster_connection
 pub const MESSAGES_TOO_LARGE_TOTAL: &str = "actorhub_messages_too_large_total";
 pub const PROCESS_RESIDENT_BYTES: &str = "actorhub_process_resident_bytes";
 pub const MEMORY_PRESSURE: &str = "actorhub_memory_pressure";
+pub const REMINDERS_REGISTERED: &str = "actorhub_reminders_registered";
+pub const REMINDERS_BACKLOG: &str = "actorhub_reminders_backlog";
+pub const REMINDERS_FIRED_TOTAL: &str = "actorhub_reminders_fired_total";
+pub const REMINDER_LATENESS_SECONDS: &str = "actorhub_reminder_lateness_seconds";
+pub const REMINDER_FIRE_RETRIES_TOTAL: &str = "actorhub_reminder_fire_retries_total";
+pub const REMINDERS_REFUSED_TOTAL: &str = "actorhub_reminders_refused_total";
 
 /// Registers help texts with the installed recorder; call once after installing it.
 pub fn describe() {
@@ -57,7 +63,10 @@ pub fn describe() {
         SESSIONS_CLOSED_TOTAL,
         "Cluster sessions this node closed, by reason"
     );
-    describe_gauge!(ENTITIES_ACTIVE, "Entities active on this node");
+    describe_gauge!(
+        ENTITIES_ACTIVE,
+        "Entities active on this node (reminder shards not counted)"
+    );
     describe_counter!(
         ENTITY_ACTIVATIONS_TOTAL,
         "Entity activations (journal rehydrations), by kind"
@@ -163,6 +172,31 @@ pub fn describe() {
     describe_gauge!(
         MEMORY_PRESSURE,
         "1 while the node is above its memory pressure threshold"
+    );
+    describe_gauge!(
+        REMINDERS_REGISTERED,
+        "Durable reminders held by the reminder shards of this node's partitions"
+    );
+    describe_gauge!(
+        REMINDERS_BACKLOG,
+        "Reminders due and not yet fired in this node's shards (counted up to 1000 per shard)"
+    );
+    describe_counter!(
+        REMINDERS_FIRED_TOTAL,
+        "Reminder firings acknowledged by their entities"
+    );
+    describe_histogram!(
+        REMINDER_LATENESS_SECONDS,
+        metrics::Unit::Seconds,
+        "How long after its due time a reminder's firing was acknowledged"
+    );
+    describe_counter!(
+        REMINDER_FIRE_RETRIES_TOTAL,
+        "Reminder firings that failed and are retried with backoff"
+    );
+    describe_counter!(
+        REMINDERS_REFUSED_TOTAL,
+        "Reminder registrations refused because the shard is full (reminders.per_shard_max)"
     );
     // The series that alerts watch (deploy/prometheus/alerts.yaml) exist from the start, at
     // zero: a counter born at its first event hides that event from `increase()`, and a

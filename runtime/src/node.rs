@@ -62,6 +62,7 @@ impl NodeBuilder {
         config.node(node_id)?;
         let mut kinds = Kinds::default();
         kinds.register::<crate::builtin::Register>(node_id.to_string());
+        kinds.register::<crate::reminder::ReminderShard>(());
         Ok(Self {
             config: Arc::new(config),
             node_id: node_id.to_string(),
@@ -193,6 +194,7 @@ impl NodeBuilder {
             active_entities: active_count.clone(),
             memory: memory.clone(),
         });
+        let reminder_waker = crate::reminder::waker::start(runtime.clone());
         let shedder = runtime.clone();
         let memory_watchdog = crate::memory::MemoryBudget::start_watchdog(&memory, move || {
             if let Ok(shards) = shedder.shards() {
@@ -275,7 +277,12 @@ impl NodeBuilder {
             root,
             root_handle,
             node_server,
-            background: vec![cluster_port, memory_watchdog, partition_driver],
+            background: vec![
+                cluster_port,
+                memory_watchdog,
+                partition_driver,
+                reminder_waker,
+            ],
         })
     }
 }

@@ -10,13 +10,26 @@
 //! into the target's `on_reminder`, at least once, and records the firing once the target has
 //! acknowledged it. See ARCHITECTURE.md, "Durable reminders".
 //!
-//! `shard` is the shard entity and its state, `bucket` the node's firing rate limit, `fire`
-//! the delivery of a firing to its target, `waker` the node task that keeps the shards of the
-//! partitions this node holds active, `register` the registration from an entity's commit path.
+//! `shard` is the shard entity, `state` its durable state, `bucket` the node's firing rate
+//! limit, `node` what a node's shards share (the shard of an entity, the bucket, the counts),
+//! `fire` the delivery of a firing to its target, `waker` the node task that keeps the shards
+//! of the partitions this node holds active, `register` the registration from an entity's
+//! commit path.
+
+pub mod bucket;
+pub(crate) mod fire;
+pub(crate) mod node;
+pub(crate) mod register;
+pub mod shard;
+mod state;
+pub(crate) mod waker;
 
 use serde::{Deserialize, Serialize};
 
 use crate::id::EntityId;
+
+pub use fire::FireOutcome;
+pub use shard::{ReminderShard, ShardCommand, ShardEvent, ShardReply, ShardState};
 
 /// Longest reminder name, in bytes.
 pub const REMINDER_NAME_BYTES_MAX: usize = 128;

@@ -39,6 +39,8 @@ struct RuntimeInner {
     pubsub: PubSub,
     deadlines: Arc<crate::entity::reply::Deadlines>,
     memory: Arc<crate::memory::MemoryBudget>,
+    /// What this node's reminder shards share (the firing rate limit, the shard table).
+    reminders: crate::reminder::node::NodeReminders,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -72,6 +74,7 @@ impl Runtime {
     pub(crate) fn new(parts: RuntimeParts) -> Self {
         let ids = MsgIdGenerator::new(&parts.node_id, parts.incarnation);
         let shards_name = shards_name(&parts.node_id);
+        let reminders = crate::reminder::node::NodeReminders::new(&parts.config.reminders);
         Self {
             inner: Arc::new(RuntimeInner {
                 node_id: parts.node_id,
@@ -88,6 +91,7 @@ impl Runtime {
                 pubsub: PubSub::default(),
                 deadlines: Arc::default(),
                 memory: parts.memory,
+                reminders,
             }),
         }
     }
@@ -171,6 +175,11 @@ impl Runtime {
     /// The node's memory budget: ask it before taking on new work.
     pub fn memory(&self) -> &crate::memory::MemoryBudget {
         &self.inner.memory
+    }
+
+    /// What this node's reminder shards share.
+    pub(crate) fn reminders(&self) -> &crate::reminder::node::NodeReminders {
+        &self.inner.reminders
     }
 
     /// This node's pub/sub registry (subscribe here; publish with [`Runtime::publish`]).

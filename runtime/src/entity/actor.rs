@@ -41,6 +41,9 @@ pub enum EntityMsg {
     Deliver(Delivery),
     Loaded(Result<(u64, Loaded), RuntimeError>),
     Appended(Result<(), AppendError>),
+    /// The batch in flight could not register its reminders (see `crate::reminder`): it fails
+    /// as a failed append would, its callers get this outcome.
+    RemindersFailed(AskOutcome),
     SnapshotDone,
     IdleCheck,
     /// To itself, while its journal is empty: passivate soon if nothing else comes.
@@ -79,6 +82,8 @@ struct Entry {
     events: usize,
     /// The command's `entity.command` span: it ends when the command is answered.
     span: tracing::Span,
+    /// Its `remind`/`forget` calls, registered before its events are appended.
+    reminder_ops: Vec<crate::reminder::ReminderOp>,
 }
 
 struct Batch<E: Entity> {
@@ -250,6 +255,7 @@ impl<E: Entity> Actor for EntityActor<E> {
                 state.loaded(&myself, epoch, loaded)?
             }
             EntityMsg::Appended(result) => state.appended(&myself, result),
+            EntityMsg::RemindersFailed(outcome) => state.reminders_failed(&myself, outcome),
             EntityMsg::SnapshotDone => state.snapshot_in_flight = false,
             EntityMsg::IdleCheck => state.idle_check(),
             EntityMsg::ProbeCheck => state.probe_check(&myself),

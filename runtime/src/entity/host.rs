@@ -94,6 +94,8 @@ impl Actor for HostActor {
             payload: envelope.payload,
             reply: reply.map(|port| Reply::Peer { port, bytes_max }),
             span,
+            // Reminders are fired by a shard on the target's own node, never from a peer.
+            kind: crate::entity::shards::DeliveryKind::Command,
         };
         match runtime.shards() {
             Ok(shards) => {

@@ -173,6 +173,7 @@ impl<E: Entity> EntityRef<E> {
                 payload,
                 reply: Some(Reply::Callback(callback)),
                 span: command_span,
+                kind: crate::entity::shards::DeliveryKind::Command,
             },
         });
     }
@@ -288,6 +289,7 @@ impl<E: Entity> EntityRef<E> {
             payload: codec::encode(&command),
             reply: None,
             span: trace::command_span(&span, &self.id),
+            kind: crate::entity::shards::DeliveryKind::Command,
         };
         if owner == self.runtime.node_id() {
             let shards = self.runtime.shards()?;
@@ -355,6 +357,7 @@ impl<E: Entity> EntityRef<E> {
             payload: envelope.payload.clone(),
             reply: Some(Reply::Port(sender.into())),
             span: trace::command_span(span, &self.id),
+            kind: crate::entity::shards::DeliveryKind::Command,
         };
         shards
             .cast(ShardMsg::Deliver {

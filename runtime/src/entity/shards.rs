@@ -35,6 +35,19 @@ pub struct Delivery {
     /// The command's `entity.command` span (see `crate::trace`), kept until it is answered;
     /// `Span::none()` when not traced.
     pub span: tracing::Span,
+    /// What the payload is: a command, or a reminder's firing (for `on_reminder`).
+    pub kind: DeliveryKind,
+}
+
+/// What a delivery's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeliveryKind {
+    /// The entity's wire command, for `handle`.
+    #[default]
+    Command,
+    /// A [`crate::reminder::Reminder`] that is due, for `on_reminder` (from a reminder shard
+    /// on this node; never from the network).
+    Reminder,
 }
 
 #[derive(RactorMessage)]
@@ -167,6 +180,9 @@ pub struct ShardsState {
     /// them.
     waiting: HashMap<u32, std::collections::VecDeque<(EntityId, Delivery)>>,
     forwarders: Vec<tokio::task::JoinHandle<()>>,
+    /// Active reminder shards (`sys.reminders`), left out of the count operators see: they
+    /// run wherever a partition is held, whatever the application does.
+    reminder_shards_active: usize,
 }
 
 pub struct ShardsActor;
@@ -222,6 +238,7 @@ impl Actor for ShardsActor {
             active_count: args.active_count,
             waiting: HashMap::new(),
             forwarders: vec![view_forwarder, partition_forwarder],
+            reminder_shards_active: 0,
         })
     }
 
@@ -395,6 +412,9 @@ impl ShardsState {
             .map_err(|error| format!("cannot start {entity}: {error}"))?;
         self.by_actor.insert(actor.get_id(), entity.clone());
         self.clock.push_back(entity.clone());
+        if is_reminder_shard(&entity) {
+            self.reminder_shards_active += 1;
+        }
         self.active.insert(
             entity,
             Active {
@@ -446,6 +466,9 @@ impl ShardsState {
             .is_some_and(|current| current.actor.get_id() == actor)
         {
             self.active.remove(&entity);
+            if is_reminder_shard(&entity) {
+                self.reminder_shards_active -= 1;
+            }
         }
         self.update_count();
         Some(entity)
@@ -485,6 +508,9 @@ impl ShardsState {
 
     fn passivate(&mut self, entity: &EntityId, reason: &'static str) {
         if let Some(active) = self.active.remove(entity) {
+            if is_reminder_shard(entity) {
+                self.reminder_shards_active -= 1;
+            }
             metrics::counter!(names::ENTITY_PASSIVATIONS_TOTAL, "kind" => entity.kind.clone(), "reason" => reason).increment(1);
             let _ = active.actor.cast(EntityMsg::Stop);
             self.update_count();
@@ -545,8 +571,12 @@ impl ShardsState {
     }
 
     fn update_count(&self) {
-        self.active_count
-            .store(self.active.len(), Ordering::Relaxed);
-        metrics::gauge!(names::ENTITIES_ACTIVE).set(self.active.len() as f64);
+        let active = self.active.len() - self.reminder_shards_active;
+        self.active_count.store(active, Ordering::Relaxed);
+        metrics::gauge!(names::ENTITIES_ACTIVE).set(active as f64);
     }
+}
+
+fn is_reminder_shard(entity: &EntityId) -> bool {
+    entity.kind == <crate::reminder::ReminderShard as Entity>::KIND
 }

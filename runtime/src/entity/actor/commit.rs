@@ -9,12 +9,19 @@ use ractor::{ActorProcessingErr, ActorRef};
 use super::{Batch, EntityMsg, EntityState, Entry, Phase, RecentReplies};
 use crate::codec;
 use crate::entity::reply::respond;
-use crate::entity::shards::Delivery;
+use crate::entity::shards::{Delivery, DeliveryKind};
 use crate::entity::{AskOutcome, Context, Entity, Reply};
 use crate::id::{EntityId, MsgId};
 use crate::journal::{AppendError, Loaded, Record};
 use crate::metrics as names;
+use crate::reminder::{Reminder, ReminderOp};
 use crate::runtime::Runtime;
+
+/// A delivery's payload, decoded.
+enum Input<E: Entity> {
+    Command(E::Command),
+    Reminder(Reminder),
+}
 
 impl<E: Entity> EntityState<E> {
     pub(super) fn start_load(&self, myself: &ActorRef<EntityMsg>) {
@@ -161,8 +168,17 @@ impl<E: Entity> EntityState<E> {
             shed(delivery.reply, &self.id);
             return;
         }
-        let command: E::Command = match codec::decode(&delivery.payload, "entity command") {
-            Ok(command) => command,
+        let input = match delivery.kind {
+            DeliveryKind::Command => {
+                codec::decode::<E::Command>(&delivery.payload, "entity command")
+                    .map(Input::<E>::Command)
+            }
+            DeliveryKind::Reminder => {
+                codec::decode::<Reminder>(&delivery.payload, "reminder").map(Input::<E>::Reminder)
+            }
+        };
+        let input = match input {
+            Ok(input) => input,
             Err(error) => {
                 reject(delivery.reply, &self.id, &error.to_string());
                 return;
@@ -177,22 +193,39 @@ impl<E: Entity> EntityState<E> {
             true,
         );
         // What the entity does (its logs, its own asks) belongs to the command's trace.
-        let reply = span.in_scope(|| self.entity.handle(&self.state, command, &mut context));
+        let reply = span.in_scope(|| match input {
+            Input::Command(command) => {
+                codec::encode(&self.entity.handle(&self.state, command, &mut context))
+            }
+            Input::Reminder(reminder) => {
+                self.entity
+                    .on_reminder(&self.state, &reminder, &mut context);
+                // The shard only needs to know the firing is durable.
+                Vec::new()
+            }
+        });
         let Context {
-            events, passivate, ..
+            events,
+            passivate,
+            reminder_ops,
+            ..
         } = context;
         if passivate {
             self.passivation_requested = true;
         }
-        let reply = codec::encode(&reply);
         let entry = Entry {
             msg_id: delivery.msg_id,
             reply,
             ports: delivery.reply.into_iter().collect(),
             events: events.len(),
             span,
+            reminder_ops,
         };
-        if events.is_empty() && self.inflight.is_none() && self.open.is_empty() {
+        if events.is_empty()
+            && entry.reminder_ops.is_empty()
+            && self.inflight.is_none()
+            && self.open.is_empty()
+        {
             // Read-only and nothing pending before it: answer now.
             for port in entry.ports {
                 port.send(AskOutcome::Reply(entry.reply.clone()));
@@ -247,15 +280,19 @@ impl<E: Entity> EntityState<E> {
         if self.inflight.is_some() || self.open.is_empty() {
             return;
         }
-        let batch = self.take_open_batch();
-        if batch.records.is_empty() {
+        let mut batch = self.take_open_batch();
+        let reminder_ops: Vec<ReminderOp> = batch
+            .entries
+            .iter_mut()
+            .flat_map(|entry| std::mem::take(&mut entry.reminder_ops))
+            .collect();
+        if batch.records.is_empty() && reminder_ops.is_empty() {
             // Only reads that queued behind an append that has landed since.
             complete(batch.entries);
             return;
         }
         let records = batch.records.clone();
         let first_seq = batch.first_seq;
-        let mut batch = batch;
         batch.span = crate::trace::append_span(
             &self.id,
             records.len(),
@@ -271,6 +308,19 @@ impl<E: Entity> EntityState<E> {
         );
         self.inflight = Some(batch);
         let reply_to = myself.clone();
+        if !reminder_ops.is_empty() {
+            // The reminders first: an acknowledged command's reminders always exist.
+            crate::reminder::register::register_then_append(
+                self.runtime.clone(),
+                self.id.clone(),
+                self.epoch,
+                first_seq,
+                records,
+                reminder_ops,
+                reply_to,
+            );
+            return;
+        }
         self.runtime.node_journal().append(
             &self.id,
             self.epoch,
@@ -349,6 +399,25 @@ impl<E: Entity> EntityState<E> {
                 self.request_passivation(myself);
             }
         }
+    }
+
+    /// The batch in flight could not register its reminders: nothing of it was appended.
+    /// Its callers get `outcome`; as after a conflict, the state (which holds its events
+    /// already) is rebuilt from the journal and everything else pending retries.
+    pub(super) fn reminders_failed(&mut self, myself: &ActorRef<EntityMsg>, outcome: AskOutcome) {
+        let Some(batch) = self.inflight.take() else {
+            tracing::error!(entity = %self.id, "a reminder registration failed with no batch in flight");
+            return;
+        };
+        tracing::warn!(entity = %self.id, ?outcome, "a batch's reminders could not be registered; failing it and reloading");
+        for entry in batch.entries {
+            for port in entry.ports {
+                port.send(outcome.clone());
+            }
+        }
+        self.fail_all_pending(|| AskOutcome::Unavailable("the entity is reloading; retry".into()));
+        self.phase = Phase::Loading;
+        self.start_load(myself);
     }
 
     fn batch_durable(&mut self, myself: &ActorRef<EntityMsg>, batch: Batch<E>) {
