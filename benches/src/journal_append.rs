@@ -115,6 +115,7 @@ pub fn small_record(seq: u64) -> Record {
         writes: seq,
         seq,
         node: "bench".into(),
+        fired: Vec::new(),
     });
     Record {
         msg_id: Some(MsgId(u128::from(seq))),
