@@ -102,6 +102,10 @@ pub struct SessionsSection {
     pub text_bytes_max: usize,
     /// Open WebSocket connections per node.
     pub connections_max: usize,
+    /// A session whose actor had nothing to do for this long stops its actor and keeps only a
+    /// compact record on the connection (see `session::hibernation`); the next frame or event
+    /// that needs the actor starts it again from that record. 0 keeps every actor running.
+    pub hibernate_after_ms: u64,
 }
 
 impl Default for SessionsSection {
@@ -113,6 +117,7 @@ impl Default for SessionsSection {
             idle_timeout_ms: 60_000,
             text_bytes_max: 4 * 1024,
             connections_max: 20_000,
+            hibernate_after_ms: 10_000,
         }
     }
 }

@@ -21,6 +21,9 @@
 //! (`room::presence`) until it leaves, is removed or ends, and writes the room's `presence`
 //! frames (the whole state first, then the changes) while the room is joined.
 //!
+//! Hibernation (`hibernation.rs`): an idle session stops its actor and keeps its state on the
+//! connection until a message needs the actor again; the fast paths above never need it.
+//!
 //! **Architecture Invariant:** the session never awaits a remote call in its handler; the
 //! answers to its asks come back as messages (`EntityRef::ask_then`), so a slow room never
 //! stalls the connection.
@@ -39,6 +42,11 @@ use crate::config::SessionsSection;
 use crate::metrics as names;
 use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use crate::room::{self, RenderedMessage, Room, RoomError, RoomNotice, RoomPublication};
+
+mod hibernation;
+
+use hibernation::Mailbox;
+pub use hibernation::{SessionEnded, SessionHandle, SessionStart, SpawnSession, Started};
 
 /// Rooms one connection may have joined at once.
 pub const ROOMS_PER_SESSION_MAX: usize = 100;
@@ -85,6 +93,18 @@ pub trait FrameSink: Send + Sync + 'static {
 /// The pub/sub topic of a user's personal notifications (job progress).
 pub fn user_topic(user: &str) -> String {
     format!("user:{user}")
+}
+
+/// The payload of the [`VIEW_TOPIC`] publication that tells every session the node stops.
+const NODE_STOPPING: &[u8] = b"stopping";
+
+/// Tells every session of this node that the node stops: each closes its connection with
+/// [`CLOSE_SHUTDOWN`], a hibernated one without starting its actor again.
+pub fn announce_node_stopping(runtime: &Runtime) {
+    runtime.pubsub().publish_local(&Arc::new(Publication::new(
+        VIEW_TOPIC,
+        NODE_STOPPING.to_vec(),
+    )));
 }
 
 /// Announces every membership change of this node on [`VIEW_TOPIC`], so sessions learn of
@@ -147,6 +167,11 @@ pub enum SessionMsg {
     Removed {
         room: String,
     },
+    /// The node stops: close the connection.
+    NodeStopping,
+    /// Time to see whether the session has been idle for `sessions.hibernate_after_ms`
+    /// (sent by the actor's own timer, not through its handle).
+    HibernateCheck,
 }
 
 enum Phase {
@@ -179,7 +204,8 @@ struct Cursor {
 /// The part of the session that pub/sub callbacks use directly.
 struct Shared {
     sink: Arc<dyn FrameSink>,
-    myself: ActorRef<SessionMsg>,
+    /// Where the session's own messages go; through its handle, so they reach it asleep too.
+    mailbox: Mailbox,
     session_id: String,
     /// The session's user, whose removal from a private room ends its delivery there.
     user: String,
@@ -275,7 +301,7 @@ impl Shared {
                     let mut buffered = vec![first];
                     buffered.extend(rest.cloned());
                     cursor.phase = Phase::joining(attempt, buffered);
-                    let _ = self.myself.cast(SessionMsg::Gap {
+                    let _ = self.mailbox.cast(SessionMsg::Gap {
                         room: broadcast.room.clone(),
                         since,
                         attempt,
@@ -302,7 +328,7 @@ impl Shared {
             reference: Some(room),
         }
         .to_json()]);
-        let _ = self.myself.cast(SessionMsg::Removed {
+        let _ = self.mailbox.cast(SessionMsg::Removed {
             room: room.to_string(),
         });
         open
@@ -331,6 +357,14 @@ pub struct SessionState {
     tokens_at: std::time::Instant,
     _subscriptions: [Subscription; 2],
     _close_on_drop: CloseOnDrop,
+    /// Idle this long, the session hibernates (`None`: never, it has no handle).
+    hibernate_after: Option<std::time::Duration>,
+    /// Messages this incarnation of the actor handled (its handle counts those it sent).
+    handled: u64,
+    /// When the actor last handled a message.
+    last_activity: std::time::Instant,
+    /// Whether a `HibernateCheck` is on its way.
+    check_scheduled: bool,
 }
 
 /// Ends the connection when the session's state goes, a crash included.
@@ -349,81 +383,37 @@ pub struct SessionActor;
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
-    type State = SessionState;
-    type Arguments = SessionArgs;
+    type State = Option<Box<SessionState>>;
+    type Arguments = SessionStart;
 
     async fn pre_start(
         &self,
         myself: ActorRef<SessionMsg>,
-        args: SessionArgs,
-    ) -> Result<SessionState, ActorProcessingErr> {
-        let shared = Arc::new(Shared {
-            sink: args.sink.clone(),
-            myself: myself.clone(),
-            session_id: args.session_id.clone(),
-            user: args.user.clone(),
-            queue_max: args.limits.outbound_queue_max,
-            rooms: Mutex::new(HashMap::new()),
-            next_attempt: AtomicU64::new(0),
-        });
-        let pubsub = args.runtime.pubsub();
-        let notifications = {
-            let shared = shared.clone();
-            // Personal notifications are rendered frames already.
-            pubsub.subscribe(
-                user_topic(&args.user),
-                Arc::new(move |publication: &Arc<Publication>| {
-                    match std::str::from_utf8(&publication.payload) {
-                        Ok(frame) => shared.write(&[frame]),
-                        Err(_) => {
-                            tracing::warn!(topic = %publication.topic, "dropped a notification that is not UTF-8");
-                            true
-                        }
-                    }
-                }),
-            )
+        start: SessionStart,
+    ) -> Result<Option<Box<SessionState>>, ActorProcessingErr> {
+        let mut state = match start {
+            SessionStart::Alone(args) => SessionState::new(args, Mailbox::Actor(myself.clone())),
+            SessionStart::Attached(args, handle) => {
+                SessionState::new(args, Mailbox::Handle(handle))
+            }
+            SessionStart::Resume(state) => state,
         };
-        let views = {
-            let target = myself.clone();
-            pubsub.subscribe(
-                VIEW_TOPIC,
-                Arc::new(move |_: &Arc<Publication>| target.cast(SessionMsg::ViewChanged).is_ok()),
-            )
-        };
-        metrics::gauge!(names::SESSIONS_ACTIVE).increment(1.0);
-        let burst = f64::from(args.limits.messages_per_second) * 2.0;
-        let close_on_drop = CloseOnDrop(args.sink.clone());
-        Ok(SessionState {
-            args,
-            shared,
-            rooms: HashMap::new(),
-            tokens: burst,
-            tokens_at: std::time::Instant::now(),
-            _subscriptions: [notifications, views],
-            _close_on_drop: close_on_drop,
-        })
+        state.handled = 0;
+        state.last_activity = std::time::Instant::now();
+        state.check_scheduled = false;
+        state.schedule_check(&myself, state.hibernate_after);
+        Ok(Some(state))
     }
 
     async fn post_stop(
         &self,
         _myself: ActorRef<SessionMsg>,
-        state: &mut SessionState,
+        state: &mut Option<Box<SessionState>>,
     ) -> Result<(), ActorProcessingErr> {
-        let node = state.args.runtime.node_id().to_string();
-        for room in state.rooms.keys() {
-            let leave = room::Leave {
-                node: node.clone(),
-                session: state.args.session_id.clone(),
-            };
-            // Best effort: a room that misses it drops us when it next finds our node empty.
-            let _ = state.args.runtime.entity::<Room>(room.clone()).tell(leave);
+        // No state: it hibernated, and lives on in the handle.
+        if let Some(state) = state {
+            state.end();
         }
-        // Stopped while the client is still there: the node is shutting down.
-        state.shared.sink.close(CloseReason {
-            code: CLOSE_SHUTDOWN,
-            reason: "this node is leaving the cluster; reconnect to another node now".into(),
-        });
-        metrics::gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
         Ok(())
     }
 
@@ -431,12 +421,48 @@ impl Actor for SessionActor {
         &self,
         myself: ActorRef<SessionMsg>,
         message: SessionMsg,
-        state: &mut SessionState,
+        slot: &mut Option<Box<SessionState>>,
     ) -> Result<(), ActorProcessingErr> {
+        let Some(state) = slot.as_mut() else {
+            // Hibernated: only a timer set before can still arrive.
+            return Ok(());
+        };
+        if matches!(message, SessionMsg::HibernateCheck) {
+            state.check_scheduled = false;
+            if state.hibernate_check(&myself) {
+                let handle = match &state.shared.mailbox {
+                    Mailbox::Handle(handle) => handle.upgrade(),
+                    Mailbox::Actor(_) => None,
+                };
+                let handled = state.handled;
+                if let Some(handle) = handle
+                    && handle.hibernate(handled, slot)
+                {
+                    myself.stop(Some("hibernated".into()));
+                    return Ok(());
+                }
+                // A message is on its way (or the connection is gone): look again later.
+                if let Some(state) = slot.as_mut() {
+                    let after = state.hibernate_after;
+                    state.schedule_check(&myself, after);
+                }
+            }
+            return Ok(());
+        }
+        state.handled += 1;
+        state.last_activity = std::time::Instant::now();
+        if !state.check_scheduled {
+            let after = state.hibernate_after;
+            state.schedule_check(&myself, after);
+        }
         match message {
+            SessionMsg::HibernateCheck => {}
             SessionMsg::ClientText(text) => state.client_text(&text),
             SessionMsg::ClientGone => {
                 myself.stop(Some("client gone".into()));
+            }
+            SessionMsg::NodeStopping => {
+                myself.stop(Some("node stopping".into()));
             }
             SessionMsg::JoinDone {
                 room,
@@ -465,6 +491,139 @@ impl Actor for SessionActor {
 }
 
 impl SessionState {
+    fn new(args: SessionArgs, mailbox: Mailbox) -> Box<SessionState> {
+        let hibernate_after = match (&mailbox, args.limits.hibernate_after_ms) {
+            (Mailbox::Actor(_), _) | (_, 0) => None,
+            (Mailbox::Handle(_), ms) => Some(std::time::Duration::from_millis(ms)),
+        };
+        let shared = Arc::new(Shared {
+            sink: args.sink.clone(),
+            mailbox,
+            session_id: args.session_id.clone(),
+            user: args.user.clone(),
+            queue_max: args.limits.outbound_queue_max,
+            rooms: Mutex::new(HashMap::new()),
+            next_attempt: AtomicU64::new(0),
+        });
+        let pubsub = args.runtime.pubsub();
+        let notifications = {
+            let shared = shared.clone();
+            // Personal notifications are rendered frames already.
+            pubsub.subscribe(
+                user_topic(&args.user),
+                Arc::new(move |publication: &Arc<Publication>| {
+                    match std::str::from_utf8(&publication.payload) {
+                        Ok(frame) => shared.write(&[frame]),
+                        Err(_) => {
+                            tracing::warn!(topic = %publication.topic, "dropped a notification that is not UTF-8");
+                            true
+                        }
+                    }
+                }),
+            )
+        };
+        let views = {
+            let shared = shared.clone();
+            pubsub.subscribe(
+                VIEW_TOPIC,
+                Arc::new(move |publication: &Arc<Publication>| {
+                    let message = if publication.payload.as_slice() == NODE_STOPPING {
+                        SessionMsg::NodeStopping
+                    } else {
+                        SessionMsg::ViewChanged
+                    };
+                    shared.mailbox.cast(message)
+                }),
+            )
+        };
+        metrics::gauge!(names::SESSIONS_ACTIVE).increment(1.0);
+        let burst = f64::from(args.limits.messages_per_second) * 2.0;
+        let close_on_drop = CloseOnDrop(args.sink.clone());
+        Box::new(SessionState {
+            args,
+            shared,
+            rooms: HashMap::new(),
+            tokens: burst,
+            tokens_at: std::time::Instant::now(),
+            _subscriptions: [notifications, views],
+            _close_on_drop: close_on_drop,
+            hibernate_after,
+            handled: 0,
+            last_activity: std::time::Instant::now(),
+            check_scheduled: false,
+        })
+    }
+
+    /// The session ends (its client went, the node stops, or it crashed): its rooms are told,
+    /// and a connection still open is closed as the node's.
+    fn end(&mut self) {
+        let node = self.args.runtime.node_id().to_string();
+        for room in self.rooms.keys() {
+            let leave = room::Leave {
+                node: node.clone(),
+                session: self.args.session_id.clone(),
+            };
+            // Best effort: a room that misses it drops us when it next finds our node empty.
+            let _ = self.args.runtime.entity::<Room>(room.clone()).tell(leave);
+        }
+        // Ended while the client is still there: the node is shutting down.
+        self.shared.sink.close(CloseReason {
+            code: CLOSE_SHUTDOWN,
+            reason: "this node is leaving the cluster; reconnect to another node now".into(),
+        });
+        metrics::gauge!(names::SESSIONS_ACTIVE).decrement(1.0);
+    }
+
+    /// Sends the actor a `HibernateCheck` after `after` (nothing when `None`).
+    fn schedule_check(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        after: Option<std::time::Duration>,
+    ) {
+        let Some(after) = after else {
+            return;
+        };
+        self.check_scheduled = true;
+        // The timer's task runs detached; it ends with the cast (refused once the actor stopped).
+        drop(myself.send_after(after, || SessionMsg::HibernateCheck));
+    }
+
+    /// Whether the session may hibernate now: idle for `hibernate_after` and nothing in flight
+    /// (no join or replay, no post queued or waiting for its answer). When idle but not
+    /// quiescent, or not idle long enough, the next check is scheduled here.
+    fn hibernate_check(&mut self, myself: &ActorRef<SessionMsg>) -> bool {
+        let Some(after) = self.hibernate_after else {
+            return false;
+        };
+        let idle = self.last_activity.elapsed();
+        if idle < after {
+            self.schedule_check(myself, Some(after - idle));
+            return false;
+        }
+        let posting = self
+            .rooms
+            .values()
+            .any(|entry| entry.post_in_flight || !entry.posts.is_empty());
+        let joining = self
+            .shared
+            .rooms()
+            .values()
+            .any(|cursor| !matches!(cursor.phase, Phase::Joined));
+        if posting || joining {
+            self.schedule_check(myself, Some(after));
+            return false;
+        }
+        true
+    }
+
+    /// Whether the owner of a joined room changed since it was joined (see `view_changed`).
+    fn owners_changed(&self) -> bool {
+        let view = self.args.runtime.view();
+        self.rooms
+            .iter()
+            .any(|(room, entry)| view.owner(Room::KIND, room) != entry.owner.as_deref())
+    }
+
     fn client_text(&mut self, text: &str) {
         metrics::counter!(names::FRAMES_IN_TOTAL).increment(1);
         if text.len() > self.args.limits.frame_bytes_max {
@@ -561,10 +720,10 @@ impl SessionState {
             since,
             user: self.args.user.clone(),
         };
-        let myself = self.shared.myself.clone();
+        let shared = self.shared.clone();
         let entity = runtime.entity::<Room>(room.clone());
         entity.ask_then(join, move |result| {
-            let _ = myself.cast(SessionMsg::JoinDone {
+            let _ = shared.mailbox.cast(SessionMsg::JoinDone {
                 room,
                 attempt,
                 result,
@@ -662,11 +821,11 @@ impl SessionState {
             limit: room::HISTORY_PAGE_MAX,
             user: self.args.user.clone(),
         };
-        let myself = self.shared.myself.clone();
+        let shared = self.shared.clone();
         let room = room.to_string();
         let entity = self.args.runtime.entity::<Room>(room.clone());
         entity.ask_then(page, move |result| {
-            let _ = myself.cast(SessionMsg::ReplayPage {
+            let _ = shared.mailbox.cast(SessionMsg::ReplayPage {
                 room,
                 attempt,
                 result,
@@ -864,7 +1023,7 @@ impl SessionState {
             text,
             now_ms: runtime::clock::unix_ms(),
         };
-        let myself = self.shared.myself.clone();
+        let shared = self.shared.clone();
         let room = room.to_string();
         let entity = runtime.entity::<Room>(room.clone());
         // The post's trace span (see runtime::trace) ends when its answer comes back.
@@ -873,7 +1032,9 @@ impl SessionState {
         span.in_scope(|| {
             entity.ask_then(post, move |result| {
                 drop(in_flight);
-                let _ = myself.cast(SessionMsg::PostDone { room, id, result });
+                let _ = shared
+                    .mailbox
+                    .cast(SessionMsg::PostDone { room, id, result });
             });
         });
     }

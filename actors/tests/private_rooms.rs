@@ -245,7 +245,7 @@ async fn session(
         sink: sink.clone(),
         presence: presence.clone(),
     };
-    let (actor, _) = Actor::spawn(None, SessionActor, args)
+    let (actor, _) = Actor::spawn(None, SessionActor, args.into())
         .await
         .expect("session starts");
     (actor, sink)

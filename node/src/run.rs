@@ -262,6 +262,9 @@ async fn run_node(config: Config, node_id: &str) -> anyhow::Result<()> {
         tracing::warn!("HTTP connections still open at the deadline; closing them");
     }
     view_relay.abort();
+    // Hibernated sessions have no actor for the supervision tree to stop: they close their
+    // connections on this announcement (running ones too, as the tree's stop would).
+    actors::session::announce_node_stopping(&node.runtime());
     node.shutdown(shutdown_timeout).await;
     tracing::info!(
         node = node_id,

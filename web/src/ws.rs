@@ -1,6 +1,7 @@
 //! The WebSocket gateway: `GET /ws?token=JWT`. The token is checked before the upgrade (401
-//! otherwise); each connection gets a session actor under the node's sessions supervisor and
-//! one reader task (socket → session, pings, idle timeout). Frames to the client do not go
+//! otherwise); each connection gets a session actor under the node's sessions supervisor
+//! (reached through its `SessionHandle`, which starts the actor again under the same supervisor
+//! after it hibernated) and one reader task (socket → session, pings, idle timeout). Frames to the client do not go
 //! through a task: the session writes them to the connection's [`Outbound`], which writes to
 //! the socket directly (see `outbound.rs`).
 //!
@@ -33,7 +34,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use actors::session::{CLOSE_IDLE, CloseReason, FrameSink, SessionActor, SessionArgs, SessionMsg};
+use actors::session::{
+    CLOSE_IDLE, CloseReason, FrameSink, SessionActor, SessionArgs, SessionHandle, SessionMsg,
+    SessionStart, SpawnSession,
+};
 use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -457,27 +461,39 @@ async fn start_session(
     state: &AppState,
     session_id: &str,
     args: SessionArgs,
-) -> Result<ActorRef<SessionMsg>, String> {
+) -> Result<Arc<SessionHandle>, String> {
     let supervisor: ActorRef<SupervisorMsg> =
         ractor::registry::where_is(sessions_supervisor_name(state.runtime.node_id()))
             .map(ActorRef::from)
             .ok_or_else(|| "the sessions supervisor is not running".to_string())?;
-    let args = Arc::new(std::sync::Mutex::new(Some(args)));
-    let spec = ChildSpec::new(
-        format!("session-{session_id}"),
-        Restart::Temporary,
-        move |supervisor: ActorCell| {
-            let args = args.lock().ok().and_then(|mut args| args.take());
-            async move {
-                let args = args.ok_or(ractor::SpawnErr::StartupFailed(
-                    "a session starts only once".into(),
-                ))?;
-                let (actor, _) = Actor::spawn_linked(None, SessionActor, args, supervisor).await?;
-                Ok(actor.get_cell())
-            }
-        },
-    );
-    let cell = ractor::call!(supervisor, SupervisorMsg::StartChild, spec)
-        .map_err(|error| error.to_string())??;
-    Ok(ActorRef::from(cell))
+    SessionHandle::start(args, session_spawner(supervisor, session_id.to_string())).await
+}
+
+/// Starts the session's actor as a temporary child of the sessions supervisor, the first time
+/// and after each hibernation. Each incarnation has its own child name: the supervisor may
+/// not have seen the previous one stop when the next one starts.
+fn session_spawner(supervisor: ActorRef<SupervisorMsg>, session_id: String) -> SpawnSession {
+    let incarnations = AtomicU64::new(0);
+    Arc::new(move |start: SessionStart| {
+        let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+        let name = format!("session-{session_id}.{incarnation}");
+        let supervisor = supervisor.clone();
+        Box::pin(async move {
+            let start = Arc::new(std::sync::Mutex::new(Some(start)));
+            let spec = ChildSpec::new(name, Restart::Temporary, move |supervisor: ActorCell| {
+                let start = start.lock().ok().and_then(|mut start| start.take());
+                async move {
+                    let start = start.ok_or(ractor::SpawnErr::StartupFailed(
+                        "a session incarnation starts only once".into(),
+                    ))?;
+                    let (actor, _) =
+                        Actor::spawn_linked(None, SessionActor, start, supervisor).await?;
+                    Ok(actor.get_cell())
+                }
+            });
+            let cell = ractor::call!(supervisor, SupervisorMsg::StartChild, spec)
+                .map_err(|error| error.to_string())??;
+            Ok(ActorRef::from(cell))
+        })
+    })
 }
