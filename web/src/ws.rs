@@ -348,11 +348,47 @@ async fn connection(
         outbound: outbound.clone(),
         budget,
     };
-    let mut socket =
+    let socket =
         WebSocketStream::from_partially_read(reader, read_buf, Role::Server, Some(config)).await;
-    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    // The reader is a task of its own: this start-up's future (the node's state, the claims)
+    // ends here instead of living as long as the connection.
+    tokio::spawn(read_until_closed(Connection {
+        socket,
+        session,
+        outbound,
+        stream,
+        session_id,
+        idle_timeout_ms: limits.idle_timeout_ms,
+        _guard,
+    }));
+}
+
+/// What the reader task of a connection holds for the connection's life.
+struct Connection {
+    socket: WebSocketStream<ReadHalf>,
+    session: Arc<SessionHandle>,
+    outbound: Arc<Outbound>,
+    stream: Arc<TcpStream>,
+    session_id: String,
+    idle_timeout_ms: u64,
+    _guard: ConnectionGuard,
+}
+
+/// The reader loop: client frames to the session, pings, the idle timeout; then the end of
+/// the session and the connection.
+async fn read_until_closed(connection: Connection) {
+    let Connection {
+        mut socket,
+        session,
+        outbound,
+        stream,
+        session_id,
+        idle_timeout_ms,
+        _guard,
+    } = connection;
+    let idle = Duration::from_millis(idle_timeout_ms);
     let mut ping = tokio::time::interval(
-        Duration::from_millis(limits.idle_timeout_ms / 3).max(Duration::from_millis(100)),
+        Duration::from_millis(idle_timeout_ms / 3).max(Duration::from_millis(100)),
     );
     ping.tick().await;
     let mut closed = outbound.closed();
