@@ -7,7 +7,13 @@
 //! cargo run --release -p benches --bin loadgen -- --config cluster.toml \
 //!     --rooms 50 --clients-per-room 20 --rate 2 --duration 20 --pids 123,124,125
 //! cargo run --release -p benches --bin loadgen -- --config cluster.toml --idle 5000 --pids ...
+//! cargo run --release -p benches --bin loadgen -- --config cluster.toml --idle 10000 \
+//!     --idle-rooms 100 --pids ...
 //! ```
+//! In idle mode each connection sends nothing after its join (`--idle-rooms R`: connection i
+//! joins room i % R, the rooms created first) and keeps reading what the server sends (presence
+//! frames, pings); RSS is read `--idle-wait` seconds after the last join, by default 3 s past
+//! the config's `sessions.hibernate_after_ms`, so that idle sessions have hibernated.
 //! Tokens are minted with the config's `web.jwt_secret`. Every loop is bounded in time.
 
 use std::collections::HashMap;
@@ -35,6 +41,10 @@ struct Options {
     duration: Duration,
     pids: Vec<u32>,
     idle: Option<usize>,
+    /// Rooms the idle connections join (none when 0).
+    idle_rooms: usize,
+    /// How long the idle connections stay idle before RSS is read.
+    idle_wait: Option<Duration>,
     nodes: Option<Vec<String>>,
 }
 
@@ -47,6 +57,8 @@ fn parse_options() -> anyhow::Result<Options> {
         duration: Duration::from_secs(10),
         pids: Vec::new(),
         idle: None,
+        idle_rooms: 0,
+        idle_wait: None,
         nodes: None,
     };
     let mut args = std::env::args().skip(1);
@@ -65,10 +77,14 @@ fn parse_options() -> anyhow::Result<Options> {
                     .collect::<Result<_, _>>()?
             }
             "--idle" => options.idle = Some(value()?.parse()?),
+            "--idle-rooms" => options.idle_rooms = value()?.parse()?,
+            "--idle-wait" => {
+                options.idle_wait = Some(Duration::from_secs_f64(value()?.parse()?));
+            }
             "--nodes" => options.nodes = Some(value()?.split(',').map(str::to_string).collect()),
             "--help" | "-h" => {
                 println!(
-                    "loadgen --config cluster.toml [--nodes n1,n2] --rooms R --clients-per-room C --rate MSGS_PER_S_PER_CLIENT --duration S [--pids P1,P2] [--idle N]"
+                    "loadgen --config cluster.toml [--nodes n1,n2] --rooms R --clients-per-room C --rate MSGS_PER_S_PER_CLIENT --duration S [--pids P1,P2] [--idle N [--idle-rooms R] [--idle-wait S]]"
                 );
                 std::process::exit(0);
             }
@@ -81,10 +97,18 @@ fn parse_options() -> anyhow::Result<Options> {
     Ok(options)
 }
 
-/// What the generator needs from the config: node URLs and the token secret.
+/// Sessions hibernate after this long unless the config says otherwise (actors' default).
+const HIBERNATE_AFTER_DEFAULT: Duration = Duration::from_secs(10);
+/// Time past the hibernation delay before RSS is read: the sessions' checks and the
+/// allocator settle.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
+/// What the generator needs from the config: node URLs, the token secret, and when idle
+/// sessions hibernate.
 struct Target {
     urls: Vec<String>,
     secret: String,
+    hibernate_after: Duration,
 }
 
 fn load_target(options: &Options) -> anyhow::Result<Target> {
@@ -127,7 +151,18 @@ fn load_target(options: &Options) -> anyhow::Result<Target> {
     if urls.is_empty() {
         bail!("no node selected");
     }
-    Ok(Target { urls, secret })
+    let hibernate_after = value
+        .get("sessions")
+        .and_then(|sessions| sessions.get("hibernate_after_ms"))
+        .and_then(toml::Value::as_integer)
+        .map_or(HIBERNATE_AFTER_DEFAULT, |ms| {
+            Duration::from_millis(ms.max(0) as u64)
+        });
+    Ok(Target {
+        urls,
+        secret,
+        hibernate_after,
+    })
 }
 
 fn token(secret: &str, user: &str) -> String {
@@ -391,30 +426,123 @@ async fn traffic(options: &Options, target: &Target) -> anyhow::Result<Value> {
     }))
 }
 
+/// Joins `room` and waits for its `joined` frame.
+async fn join_idle(socket: &mut Socket, room: &str) -> anyhow::Result<()> {
+    socket
+        .send(Message::text(
+            json!({"type":"join","room":room}).to_string(),
+        ))
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .context("no joined frame within 20 s")?
+            .context("closed before joined")??;
+        if let Message::Text(text) = message
+            && let Ok(frame) = serde_json::from_str::<Value>(text.as_str())
+        {
+            match frame["type"].as_str() {
+                Some("joined") => return Ok(()),
+                Some("error") => bail!("join refused: {frame}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads and drops what the server sends (and answers its pings) until `stop` fires, so an
+/// idle connection stays as a real idle client keeps it: open and drained.
+async fn read_idle(mut socket: Socket, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            received = socket.next() => if !matches!(received, Some(Ok(_))) { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sessions hibernated on each node, from its /metrics (`None` for a server without it).
+async fn sessions_hibernated(http: &reqwest::Client, urls: &[String]) -> Vec<Option<f64>> {
+    let mut counts = Vec::with_capacity(urls.len());
+    for url in urls {
+        let text = match http.get(format!("{url}/metrics")).send().await {
+            Ok(response) if response.status().is_success() => {
+                response.text().await.unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        counts.push(
+            text.lines()
+                .find(|line| line.split_whitespace().next() == Some("actorhub_sessions_hibernated"))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|value| value.parse().ok()),
+        );
+    }
+    counts
+}
+
 async fn idle(options: &Options, target: &Target, count: usize) -> anyhow::Result<Value> {
+    let http = reqwest::Client::new();
+    let rooms = create_rooms(
+        &http,
+        &target.urls[0],
+        &token(&target.secret, "loadgen"),
+        options.idle_rooms,
+    )
+    .await?;
     let rss_before: Vec<Option<u64>> = options.pids.iter().map(|pid| rss_bytes(*pid)).collect();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(CONNECT_CONCURRENCY));
     let connected = Arc::new(AtomicU64::new(0));
-    let sockets = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let joined = Arc::new(AtomicU64::new(0));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let readers = Arc::new(Mutex::new(Vec::with_capacity(count)));
     let mut tasks = Vec::new();
     for client in 0..count {
         let url = target.urls[client % target.urls.len()].clone();
         let token = token(&target.secret, &format!("idle-{client}"));
-        let (permit, sockets, connected) = (semaphore.clone(), sockets.clone(), connected.clone());
+        let room = (!rooms.is_empty()).then(|| rooms[client % rooms.len()].clone());
+        let (permit, readers, connected, joined, stopped) = (
+            semaphore.clone(),
+            readers.clone(),
+            connected.clone(),
+            joined.clone(),
+            stopped.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let _permit = permit.acquire_owned().await;
-            if let Ok(socket) = connect(&url, &token).await {
-                sockets.lock().await.push(socket);
-                connected.fetch_add(1, Ordering::Relaxed);
+            let Ok(mut socket) = connect(&url, &token).await else {
+                return;
+            };
+            connected.fetch_add(1, Ordering::Relaxed);
+            if let Some(room) = room {
+                match join_idle(&mut socket, &room).await {
+                    Ok(()) => joined.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        eprintln!("idle client {client}: {error:#}");
+                        return;
+                    }
+                };
             }
+            readers
+                .lock()
+                .await
+                .push(tokio::spawn(read_idle(socket, stopped)));
         }));
     }
     for task in tasks {
         task.await?;
     }
-    // Let the nodes settle their allocations before reading RSS.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let wait = options
+        .idle_wait
+        .unwrap_or(target.hibernate_after + IDLE_SETTLE);
+    tokio::time::sleep(wait).await;
     let rss_after: Vec<Option<u64>> = options.pids.iter().map(|pid| rss_bytes(*pid)).collect();
+    let hibernated = sessions_hibernated(&http, &target.urls).await;
+    let _ = stop.send(true);
+    for reader in readers.lock().await.drain(..) {
+        let _ = reader.await;
+    }
     let grown: i64 = rss_before
         .iter()
         .zip(&rss_after)
@@ -426,6 +554,10 @@ async fn idle(options: &Options, target: &Target, count: usize) -> anyhow::Resul
     Ok(json!({
         "mode": "idle",
         "clients_connected": connected,
+        "rooms": rooms.len(),
+        "clients_joined": joined.load(Ordering::Relaxed),
+        "idle_wait_s": wait.as_secs_f64(),
+        "sessions_hibernated": hibernated,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
         "rss_per_idle_connection_bytes": if connected > 0 { grown as f64 / connected as f64 } else { 0.0 },
