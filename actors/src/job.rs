@@ -1,12 +1,15 @@
-//! The conversion job entity (`job`, keyed by a random job id): queued → running → done |
-//! failed, journaled, with its files in the object store (see `store`).
+//! The conversion job entity (`job`, keyed by a random job id): (scheduled →) queued →
+//! running → done | failed, journaled, with its files in the object store (see `store`).
 //!
 //! The web layer streams the upload to `jobs/<id>/input`, marks the job unfinished
 //! (`jobs/active/<id>`) and sends `Submit`. The entity journals it and starts a run on its
 //! node's pool (`pool`, `run`); the run waits for a conversion slot, asks `Running` (journaled
 //! before any work: an attempt now belongs to this node), converts in a worker process owned by
 //! a converter port (`port`) while telling `Progress`, writes the output create-only and asks
-//! `Finish`. Every state change is pushed, once durable, as a `job` frame to the owner's
+//! `Finish`. A job submitted with a `not_before` time (`Schedule`) is journaled as
+//! `scheduled` and registers the durable reminder [`START_REMINDER`] at that time; it starts no
+//! run until the reminder fires (`on_reminder`, on whichever node owns the job then), which
+//! journals `Due` (queued) and starts the run as a submission does. Every state change is pushed, once durable, as a `job` frame to the owner's
 //! WebSocket sessions on every node (pub/sub topic `user:<owner>`); progress steps are pushed
 //! as they come and kept in memory only.
 //!
@@ -24,6 +27,12 @@
 //! already finished, whichever run sends it. The output is written once: a second run finds the
 //! first run's output in place and adopts it. After the final state the user's job index is told
 //! (which frees the user's slot), `Released` is journaled and the marker is deleted.
+//!
+//! Expiry: the command that journals the final state also registers the reminder
+//! [`EXPIRE_REMINDER`] at the finish time + `jobs.finished_ttl_s`; when it fires, the job
+//! journals `Expired` and its clean-up deletes its files, markers and index entry, as `Delete`
+//! does. The reviver's scan of `jobs/finished/` markers stays only as the fallback for jobs
+//! finished before reminders existed, and for a deletion a crash interrupted (`reviver`).
 //!
 //! **Architecture Invariant:** an accepted job ends done or failed exactly once, and a done
 //! job's output object exists exactly once, whatever nodes die meanwhile.
@@ -60,6 +69,14 @@ use crate::session::user_topic;
 
 /// Longest file name kept from an upload (in characters).
 pub const FILE_NAME_CHARS_MAX: usize = 200;
+
+/// The reminder that starts a scheduled job at its `not_before` time.
+pub const START_REMINDER: &str = "start";
+/// The reminder that deletes a finished job `jobs.finished_ttl_s` after it finished.
+pub const EXPIRE_REMINDER: &str = "expire";
+/// A scheduled job that comes due while its node's queue is full waits this long, then tries
+/// again (so `jobs.queue_max` holds for scheduled jobs too).
+pub const START_RETRY_MS: u64 = 5_000;
 
 /// What the node hands every job: `[jobs]`, its conversion pool (created on first use from
 /// `[jobs]`) and how to start converter workers.
@@ -111,6 +128,9 @@ pub enum Phase {
     Running,
     Done,
     Failed,
+    /// Submitted with a `not_before` time still to come: no run until it fires. Appended
+    /// (schema 3).
+    Scheduled,
 }
 
 impl Phase {
@@ -120,6 +140,7 @@ impl Phase {
             Phase::Running => "running",
             Phase::Done => "done",
             Phase::Failed => "failed",
+            Phase::Scheduled => "scheduled",
         }
     }
 
@@ -186,6 +207,16 @@ pub enum JobEvent {
     Expired {
         at_ms: u64,
     },
+    /// Submitted with a start time still to come: scheduled until then, when the reminder
+    /// [`START_REMINDER`] fires. Journaled right after `Submitted`. Appended (schema 3).
+    Scheduled {
+        not_before_ms: u64,
+    },
+    /// A scheduled job's time came (its reminder fired): queued, a run starts. Appended
+    /// (schema 3).
+    Due {
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,6 +254,12 @@ pub enum JobCommand {
     },
     /// From the reviver: delete a job finished more than `jobs.finished_ttl_s` ago. Appended.
     Expire,
+    /// Submits a job that must not start before `not_before_ms` (unix ms, in the future).
+    /// Appended.
+    Schedule {
+        info: JobInfo,
+        not_before_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,8 +340,8 @@ pub struct Job {
 
 impl Entity for Job {
     const KIND: &'static str = "job";
-    /// 2: `JobEvent::Expired`.
-    const SCHEMA: u32 = 2;
+    /// 2: `JobEvent::Expired`; 3: `Phase::Scheduled`, `JobEvent::Scheduled` and `Due`.
+    const SCHEMA: u32 = 3;
     type Command = JobCommand;
     type Reply = Result<JobReply, JobError>;
     type Event = JobEvent;
@@ -350,6 +387,16 @@ impl Entity for Job {
             }
             JobEvent::Released => state.released = true,
             JobEvent::Expired { .. } => state.deleted = true,
+            JobEvent::Scheduled { .. } => {
+                if state.phase == Phase::Queued {
+                    state.phase = Phase::Scheduled;
+                }
+            }
+            JobEvent::Due { .. } => {
+                if state.phase == Phase::Scheduled {
+                    state.phase = Phase::Queued;
+                }
+            }
             JobEvent::Deleted { at_ms } => {
                 state.deleted = true;
                 if !state.phase.is_final() {
@@ -368,7 +415,11 @@ impl Entity for Job {
         context: &mut Context<'_, Self>,
     ) -> Self::Reply {
         match command {
-            JobCommand::Submit(info) => self.submit(state, info, context),
+            JobCommand::Submit(info) => self.submit(state, info, None, context),
+            JobCommand::Schedule {
+                info,
+                not_before_ms,
+            } => self.submit(state, info, Some(not_before_ms), context),
             JobCommand::Status => self
                 .view(state, context)
                 .map(|view| JobReply::View(Box::new(view))),
@@ -418,12 +469,20 @@ impl Entity for Job {
         let publish = |frame: String| {
             runtime.publish_everywhere(&user_topic(&info.owner), frame.into_bytes())
         };
+        let scheduled = events
+            .iter()
+            .any(|(_, event)| matches!(event, JobEvent::Scheduled { .. }));
         for (_, event) in events {
             match event {
                 JobEvent::Submitted(info) => {
                     ::metrics::counter!(names::JOBS_SUBMITTED_TOTAL, "target" => info.target.name()).increment(1);
-                    publish(job_frame(&job, Phase::Queued, 0, None));
+                    // A scheduled submission's first frame is `scheduled`, just below.
+                    if !scheduled {
+                        publish(job_frame(&job, Phase::Queued, 0, None));
+                    }
                 }
+                JobEvent::Scheduled { .. } => publish(job_frame(&job, Phase::Scheduled, 0, None)),
+                JobEvent::Due { .. } => publish(job_frame(&job, Phase::Queued, 0, None)),
                 JobEvent::Started { .. } => publish(job_frame(&job, Phase::Running, 0, None)),
                 JobEvent::Succeeded { .. } => {
                     ::metrics::counter!(names::JOBS_FINISHED_TOTAL, "outcome" => "done")
@@ -457,6 +516,19 @@ impl Entity for Job {
 
     fn on_ready(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
         self.resume(state, context);
+    }
+
+    fn on_reminder(
+        &mut self,
+        state: &JobState,
+        reminder: &runtime::Reminder,
+        context: &mut Context<'_, Self>,
+    ) {
+        match reminder.name.as_str() {
+            START_REMINDER => self.start_due(state, context),
+            EXPIRE_REMINDER => self.expire_due(state, context),
+            name => tracing::warn!(job = %context.key(), name, "unknown job reminder; ignored"),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! | route | success |
 //! |---|---|
 //! | `GET /api/converters` | 200 the supported conversions, with availability on this node |
-//! | `POST /api/jobs` multipart `file`, `target` (+ `width`, `height` for images) | 202 `{job, state:"queued", ..}` |
+//! | `POST /api/jobs` multipart `file`, `target` (+ `width`, `height` for images, `not_before` in unix ms to start later) | 202 `{job, state:"queued", ..}` (`"scheduled"` with a `not_before` to come) |
 //! | `GET /api/jobs` | 200 `{jobs:[..]}`, mine, newest first |
 //! | `GET /api/jobs/{id}` | 200 the job |
 //! | `GET /api/jobs/{id}/download` | 200 the output, streamed |
@@ -15,6 +15,8 @@
 //! `invalid_id`. Failures: 413 `too_large`, 422 `unsupported_conversion` (the message
 //! lists what the input converts to), 429 `queue_full` (the owner node's queue) or
 //! `too_many_jobs` (the user's), 409 `not_ready` for a download before `done`, 400
+//! `invalid_not_before` for a `not_before` that is not unix milliseconds, more than a minute
+//! in the past or more than 30 days ahead, 400
 //! `invalid_parameter` for a `limit` that is not a whole number (a larger one is clamped to
 //! [`LIST_MAX`]).
 
@@ -297,6 +299,7 @@ fn api_error(error: JobsError) -> ApiError {
         JobsError::EmptyFile => unprocessable("empty_file", message),
         JobsError::UnsupportedConversion(_) => unprocessable("unsupported_conversion", message),
         JobsError::InvalidOptions(_) => unprocessable("invalid_options", message),
+        JobsError::InvalidNotBefore(_) => ApiError::bad_request("invalid_not_before", message),
         JobsError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", message),
         JobsError::NotReady { .. } => ApiError::new(StatusCode::CONFLICT, "not_ready", message),
         JobsError::Gone => ApiError::new(StatusCode::GONE, "gone", message),

@@ -18,7 +18,7 @@ const LABELS = {
   xlsx: 'Excel workbook', ods: 'OpenDocument spreadsheet', docx: 'Word document', odt: 'OpenDocument text',
   pptx: 'PowerPoint', odp: 'OpenDocument presentation',
 };
-const STATES = { uploading: 'Uploading', queued: 'Queued', running: 'Converting', done: 'Done', failed: 'Failed' };
+const STATES = { uploading: 'Uploading', scheduled: 'Scheduled', queued: 'Queued', running: 'Converting', done: 'Done', failed: 'Failed' };
 /** Jobs listed at once (the server keeps the newest). */
 const JOBS_SHOWN_MAX = 50;
 

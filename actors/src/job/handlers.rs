@@ -1,5 +1,6 @@
-//! The job's command handlers (submit, status, resume, running, progress, finish, a failed
-//! attempt, delete, expire) and the clean-up after a final state (release the owner's slot,
+//! The job's command handlers (submit or schedule, status, resume, running, progress, finish,
+//! a failed attempt, delete, expire), its reminders' handlers (a scheduled job's start, a
+//! finished job's expiry) and the clean-up after a final state (release the owner's slot,
 //! delete the files of a deleted job, drop the marker).
 
 use std::time::Duration;
@@ -10,8 +11,8 @@ use runtime::{Context, Runtime};
 use super::index::{self, JobIndex};
 use super::pool::WorkerPool;
 use super::{
-    Job, JobError, JobEvent, JobInfo, JobReply, JobState, JobView, OutputInfo, Phase, job_frame,
-    request, run, store,
+    EXPIRE_REMINDER, Job, JobError, JobEvent, JobInfo, JobReply, JobState, JobView, OutputInfo,
+    Phase, START_REMINDER, START_RETRY_MS, job_frame, request, run, store,
 };
 use crate::session::user_topic;
 
@@ -35,7 +36,7 @@ impl Job {
             _ => return Err(JobError::NotFound),
         };
         let progress = match state.phase {
-            Phase::Queued => 0,
+            Phase::Queued | Phase::Scheduled => 0,
             Phase::Running => self.progress,
             Phase::Done => 100,
             Phase::Failed => self.progress,
@@ -51,7 +52,7 @@ impl Job {
                 .attempts
                 .latest()
                 .map(|attempt| attempt.node.clone())
-                .filter(|_| state.phase != Phase::Queued)
+                .filter(|_| !matches!(state.phase, Phase::Queued | Phase::Scheduled))
                 .unwrap_or_else(|| context.runtime().node_id().to_string()),
             created_ms: info.created_ms,
             started_ms: state.attempts.latest().map(|attempt| attempt.started_ms),
@@ -65,10 +66,14 @@ impl Job {
         })
     }
 
+    /// Submits the job: queued and started now, or, with `not_before_ms`, scheduled with a
+    /// reminder at that time (no run, so this node's queue bound does not apply yet: it does
+    /// when the reminder fires).
     pub(super) fn submit(
         &mut self,
         state: &JobState,
         info: JobInfo,
+        not_before_ms: Option<u64>,
         context: &mut Context<'_, Self>,
     ) -> Result<JobReply, JobError> {
         if let Some(existing) = &state.info {
@@ -82,18 +87,29 @@ impl Job {
             };
         }
         let pool = self.pool();
-        if !pool.has_room() {
+        if not_before_ms.is_none() && !pool.has_room() {
             return Err(JobError::QueueFull {
                 max: pool.queue_max(),
             });
         }
         context.persist(JobEvent::Submitted(info.clone()));
-        // The worker's first message (`Running`) is handled after the submission is durable.
-        self.start_worker(&info, context);
+        let phase = match not_before_ms {
+            Some(not_before_ms) => {
+                context.persist(JobEvent::Scheduled { not_before_ms });
+                remind(context, START_REMINDER, not_before_ms);
+                Phase::Scheduled
+            }
+            None => {
+                // The worker's first message (`Running`) is handled after the submission is
+                // durable.
+                self.start_worker(&info, context);
+                Phase::Queued
+            }
+        };
         Ok(JobReply::View(Box::new(JobView {
             id: context.key().to_string(),
             owner: info.owner.clone(),
-            phase: Phase::Queued,
+            phase,
             progress: 0,
             step: None,
             error: None,
@@ -110,11 +126,14 @@ impl Job {
         })))
     }
 
-    /// Gives an unfinished job a worker on this node, or finishes the clean-up of a finished one.
+    /// Gives an unfinished job a worker on this node (a scheduled one waits for its reminder),
+    /// or finishes the clean-up of a finished one.
     pub(super) fn resume(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
         let Some(info) = &state.info else { return };
         if !state.deleted && !state.phase.is_final() {
-            self.start_worker(info, context);
+            if state.phase != Phase::Scheduled {
+                self.start_worker(info, context);
+            }
             // A submission whose node died before it confirmed the user's slot: confirm it
             // now (a no-op once confirmed), so the slot counts until the job finishes.
             let index = context.runtime().entity::<JobIndex>(info.owner.clone());
@@ -154,7 +173,12 @@ impl Job {
         attempt: String,
         context: &mut Context<'_, Self>,
     ) -> bool {
-        if state.info.is_none() || state.deleted || state.phase.is_final() {
+        // A scheduled job runs only once its reminder made it due (never before `not_before`).
+        if state.info.is_none()
+            || state.deleted
+            || state.phase.is_final()
+            || state.phase == Phase::Scheduled
+        {
             return false;
         }
         if state.phase == Phase::Running && state.attempts.is_running(&attempt) {
@@ -163,10 +187,7 @@ impl Job {
         let max_attempts = self.deps.settings.max_attempts;
         if let Err(quarantined) = state.attempts.admit(max_attempts) {
             tracing::warn!(job = %context.key(), attempts = quarantined.attempts, last = ?quarantined.last_failure, "job quarantined: its attempts all ended without a result");
-            context.persist(JobEvent::Failed {
-                reason: quarantine_reason(&quarantined),
-                at_ms: runtime::clock::unix_ms(),
-            });
+            self.finish_with(Err(quarantine_reason(&quarantined)), context);
             return false;
         }
         if let Some(previous) = state.attempts.latest() {
@@ -219,11 +240,30 @@ impl Job {
             tracing::debug!(job = %context.key(), attempt, "finish of a job already final; ignored");
             return;
         }
+        self.finish_with(outcome, context);
+    }
+
+    /// Journals the final state and registers the reminder that expires the job
+    /// `jobs.finished_ttl_s` later. Every final state but a deletion goes through here.
+    fn finish_with(
+        &mut self,
+        outcome: Result<OutputInfo, String>,
+        context: &mut Context<'_, Self>,
+    ) {
         let at_ms = runtime::clock::unix_ms();
         match outcome {
             Ok(output) => context.persist(JobEvent::Succeeded { output, at_ms }),
             Err(reason) => context.persist(JobEvent::Failed { reason, at_ms }),
         };
+        remind(
+            context,
+            EXPIRE_REMINDER,
+            at_ms.saturating_add(self.ttl_ms()),
+        );
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.deps.settings.finished_ttl_s.saturating_mul(1000)
     }
 
     /// A run's worker died without a result: the attempt ends without one; answers whether
@@ -252,10 +292,7 @@ impl Job {
             // `state` does not hold the event persisted just above yet.
             quarantined.last_failure = Some(reason);
             tracing::warn!(job = %context.key(), attempts = quarantined.attempts, "job quarantined: its attempts all ended without a result");
-            context.persist(JobEvent::Failed {
-                reason: quarantine_reason(&quarantined),
-                at_ms: runtime::clock::unix_ms(),
-            });
+            self.finish_with(Err(quarantine_reason(&quarantined)), context);
             return false;
         }
         true
@@ -274,8 +311,59 @@ impl Job {
         context.persist(JobEvent::Deleted {
             at_ms: runtime::clock::unix_ms(),
         });
+        // Nothing left to start or expire (a reminder that fires anyway is ignored).
+        if state.phase == Phase::Scheduled {
+            forget(context, START_REMINDER);
+        } else if state.phase.is_final() {
+            forget(context, EXPIRE_REMINDER);
+        }
         self.pool().cancel(context.key());
         Ok(JobReply::Ack)
+    }
+
+    /// The reminder [`START_REMINDER`] fired: a scheduled job becomes queued and starts a run
+    /// here, if this node's queue has room (otherwise it tries again [`START_RETRY_MS`] later).
+    /// Anything else (started already, deleted, a repeated firing) is ignored.
+    pub(super) fn start_due(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
+        let Some(info) = state.info.as_ref().filter(|_| !state.deleted) else {
+            return;
+        };
+        if state.phase != Phase::Scheduled {
+            return;
+        }
+        let now_ms = runtime::clock::unix_ms();
+        let pool = self.pool();
+        if !pool.has_room() {
+            tracing::info!(job = %context.key(), retry_ms = START_RETRY_MS, "scheduled job due while this node's queue is full; waiting");
+            remind(
+                context,
+                START_REMINDER,
+                now_ms.saturating_add(START_RETRY_MS),
+            );
+            return;
+        }
+        context.persist(JobEvent::Due { at_ms: now_ms });
+        // As for a submission: the run's first message is handled after `Due` is durable.
+        self.start_worker(info, context);
+    }
+
+    /// The reminder [`EXPIRE_REMINDER`] fired: expires the job (idempotent; not before its
+    /// finish time + `jobs.finished_ttl_s`, which a configuration change may have moved: then
+    /// the reminder is moved there).
+    pub(super) fn expire_due(&mut self, state: &JobState, context: &mut Context<'_, Self>) {
+        if state.info.is_none() || state.deleted || !state.phase.is_final() {
+            return;
+        }
+        let Some(finished_ms) = state.finished_ms else {
+            return;
+        };
+        let due_ms = finished_ms.saturating_add(self.ttl_ms());
+        let now_ms = runtime::clock::unix_ms();
+        if now_ms < due_ms {
+            remind(context, EXPIRE_REMINDER, due_ms);
+        } else {
+            context.persist(JobEvent::Expired { at_ms: now_ms });
+        }
     }
 
     /// Expires the job if it finished `jobs.finished_ttl_s` ago or more (the reviver asks once
@@ -288,7 +376,7 @@ impl Job {
         if state.info.is_none() || state.deleted {
             return Err(JobError::NotFound);
         }
-        let ttl_ms = self.deps.settings.finished_ttl_s.saturating_mul(1000);
+        let ttl_ms = self.ttl_ms();
         let now_ms = runtime::clock::unix_ms();
         let due = state.phase.is_final()
             && state
@@ -329,6 +417,23 @@ impl Job {
                 store::delete_quietly(store, &store::marker_path(&job)).await;
             });
         }
+    }
+}
+
+/// Registers the job's reminder `name` at `due_ms`. The names are this module's constants,
+/// which the runtime accepts: a refusal is a programmer error.
+fn remind(context: &mut Context<'_, Job>, name: &str, due_ms: u64) {
+    if let Err(error) = context.remind(name, due_ms, None) {
+        debug_assert!(false, "job reminder {name} refused: {error}");
+        tracing::error!(job = %context.key(), name, %error, "job reminder refused");
+    }
+}
+
+/// Removes the job's reminder `name` (see [`remind`]).
+fn forget(context: &mut Context<'_, Job>, name: &str) {
+    if let Err(error) = context.forget(name) {
+        debug_assert!(false, "job reminder {name} refused: {error}");
+        tracing::error!(job = %context.key(), name, %error, "job reminder refused");
     }
 }
 

@@ -12,6 +12,14 @@ type Answer = Result<JobReply, JobError>;
 #[derive(Debug, Clone)]
 pub struct Submit(pub JobInfo);
 
+/// Submits a job that must not start before `not_before_ms` (unix ms, in the future; its input
+/// is in the store already). Answers the job as scheduled.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub info: JobInfo,
+    pub not_before_ms: u64,
+}
+
 /// The job as the API shows it.
 #[derive(Debug, Clone, Copy)]
 pub struct Status;
@@ -91,6 +99,21 @@ impl Request<Job> for Submit {
 
     fn into_command(self) -> JobCommand {
         JobCommand::Submit(self.0)
+    }
+
+    fn from_reply(reply: Answer) -> Option<Self::Reply> {
+        map_ok(reply, view)
+    }
+}
+
+impl Request<Job> for Schedule {
+    type Reply = Result<JobView, JobError>;
+
+    fn into_command(self) -> JobCommand {
+        JobCommand::Schedule {
+            info: self.info,
+            not_before_ms: self.not_before_ms,
+        }
     }
 
     fn from_reply(reply: Answer) -> Option<Self::Reply> {

@@ -9,12 +9,15 @@
 //! none here. A marker without a job (the uploading node died between the upload and the submit)
 //! is deleted with its files once older than [`ORPHAN_GRACE_MS`].
 //!
-//! Expiry: a finished job leaves a marker under `jobs/finished/` (written create-only when it
-//! is released, so its age is the job's). Each scan also lists those markers and asks each job
-//! this node owns whose marker is older than `jobs.finished_ttl_s` to `Expire`; the job checks
-//! its own finish time, journals `Expired` and deletes its files, markers and index entry.
-//! Nothing lives in memory only, so an expiry due while every node was down happens on the
-//! first scan after a start.
+//! Expiry is the job's own reminder's (`job::EXPIRE_REMINDER`, registered with its final
+//! state). This scan is only its fallback, for jobs that finished before reminders existed (they
+//! have no reminder) and for a deletion that a crash interrupted (the job is deleted, some
+//! files are left): a finished job leaves a marker under `jobs/finished/` (written create-only
+//! when it is released, so its age is the job's), each scan also lists those markers and asks
+//! each job this node owns whose marker is older than `jobs.finished_ttl_s` +
+//! [`EXPIRY_FALLBACK_GRACE_MS`] to `Expire` (the grace leaves the reminder time to do it
+//! first); the job checks its own finish time, journals `Expired` and deletes its files,
+//! markers and index entry; a job already deleted has its leftovers deleted here.
 //!
 //! Bounded: at most [`SCAN_MARKERS_MAX`] markers per scan, [`RESUME_CONCURRENCY_MAX`] asks at
 //! once, one scan at a time (changes during a scan trigger exactly one more).
@@ -39,6 +42,9 @@ pub const SCAN_MARKERS_MAX: usize = 10_000;
 pub const RESUME_CONCURRENCY_MAX: usize = 16;
 /// A marker whose job was never submitted is removed after this long.
 pub const ORPHAN_GRACE_MS: u64 = 5 * 60 * 1000;
+/// How long after `jobs.finished_ttl_s` the fallback expiry steps in: a job finished by this
+/// build has expired through its reminder by then.
+pub const EXPIRY_FALLBACK_GRACE_MS: u64 = 60 * 60 * 1000;
 
 /// Registry name of a node's reviver.
 pub fn reviver_name(node: &str) -> String {
@@ -46,8 +52,8 @@ pub fn reviver_name(node: &str) -> String {
 }
 
 /// The reviver as a permanent child of the node's root supervisor; it also scans every
-/// `interval` (`jobs.revive_interval_ms`), and expires jobs finished `finished_ttl`
-/// (`jobs.finished_ttl_s`) ago.
+/// `interval` (`jobs.revive_interval_ms`), and expires (as the fallback of their reminders)
+/// jobs finished `finished_ttl` (`jobs.finished_ttl_s`) + [`EXPIRY_FALLBACK_GRACE_MS`] ago.
 pub fn child_spec(runtime: Runtime, interval: Duration, finished_ttl: Duration) -> ChildSpec {
     let name = reviver_name(runtime.node_id());
     ChildSpec::new(
@@ -214,7 +220,8 @@ pub async fn scan(runtime: &Runtime) {
 }
 
 /// One pass over the finished markers after `after` (from the first without it): expires the
-/// due jobs this node owns. Reads at most [`SCAN_MARKERS_MAX`] markers; returns the last one
+/// jobs this node owns whose markers are older than `finished_ttl` +
+/// [`EXPIRY_FALLBACK_GRACE_MS`] (the fallback of the jobs' reminders). Reads at most [`SCAN_MARKERS_MAX`] markers; returns the last one
 /// read when it stopped there, for the next pass to go on from.
 pub async fn expire(
     runtime: &Runtime,
@@ -226,7 +233,9 @@ pub async fn expire(
         return after;
     }
     let prefix = Path::from(store::FINISHED_PREFIX);
-    let ttl_ms = u64::try_from(finished_ttl.as_millis()).unwrap_or(u64::MAX);
+    let ttl_ms = u64::try_from(finished_ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(EXPIRY_FALLBACK_GRACE_MS);
     let now_ms = runtime::clock::unix_ms();
     let objects = runtime.object_store();
     // S3 lists in key order; a store that does not is still covered: a pass that reads fewer

@@ -1,6 +1,7 @@
 //! [`Jobs`]: the conversion job flows as the web layer calls them: submit (a slot in the
-//! user's index, the upload, checks, the job itself, each undone when a later step fails), a
-//! job's status, the user's list, the output, deletion. It knows nothing of HTTP; the web layer
+//! user's index, the upload, checks, the job itself, each undone when a later step fails;
+//! scheduled for later with `not_before`), a job's status, the user's list, the output,
+//! deletion. It knows nothing of HTTP; the web layer
 //! reads the multipart upload into the store and maps [`JobsError`] to status codes.
 //!
 //! A node that dies in the middle of a submission leaves nothing that stays wrong: a slot
@@ -20,12 +21,18 @@ use runtime::{Runtime, RuntimeError};
 use super::convert::{Availability, Options, Pair, Target, catalogue, check_pair};
 use super::format::{self, Format};
 use super::index::{self, JobIndex, Reservation};
-use super::request::{Delete, Status, Submit};
+use super::request::{Delete, Schedule, Status, Submit};
 use super::{FILE_NAME_CHARS_MAX, Job, JobError, JobInfo, JobView, OutputInfo, Phase, store};
 use crate::config::JobsSection;
 
 /// Status requests in flight at once for one listing.
 const LIST_CONCURRENCY_MAX: usize = 8;
+/// A `not_before` up to this far in the past (clock skew between the client and us) means
+/// "now"; further back it is refused (likely seconds sent for milliseconds).
+pub const NOT_BEFORE_PAST_MS_MAX: u64 = 60_000;
+/// The furthest ahead a job may be scheduled: its upload is stored, and its slot in the
+/// user's `jobs.per_user_max` held, until then.
+pub const NOT_BEFORE_AHEAD_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
 
 /// What the client sent with its file (the file itself is in the store at the job's input).
 #[derive(Debug, Default)]
@@ -40,6 +47,8 @@ pub struct Upload {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub duration_ms: Option<u64>,
+    /// Start no sooner than this (unix ms); `None`: now.
+    pub not_before_ms: Option<u64>,
 }
 
 /// Why a job flow did not succeed. The web layer maps each to a status and code.
@@ -65,6 +74,9 @@ pub enum JobsError {
     UnsupportedConversion(String),
     #[error("{0}")]
     InvalidOptions(String),
+    /// `not_before` is too far in the past or ahead; the message says which and the bounds.
+    #[error("{0}")]
+    InvalidNotBefore(String),
     /// No such job, or not the caller's (the same answer, on purpose).
     #[error("no such job")]
     NotFound,
@@ -137,8 +149,14 @@ impl Jobs {
     /// Submits a job of `owner`. Takes a slot in the owner's job index first (so that a user at
     /// the limit uploads nothing), then lets `upload` stream the file to the store at
     /// `store::input_path(job)` for the job id it is given, checks what was uploaded, records
-    /// the job and submits it, and confirms the slot. A step that fails undoes the earlier
-    /// ones: the slot is freed and the input deleted.
+    /// the job and submits it (or schedules it, for an upload with a `not_before` to come), and
+    /// confirms the slot. A step that fails undoes the earlier ones: the slot is freed and the
+    /// input deleted.
+    ///
+    /// A scheduled job holds its slot (it counts in `jobs.per_user_max`) from now on, as its
+    /// upload is stored from now on: so a user cannot park more jobs than that. It counts in
+    /// its node's `jobs.queue_max` only from its start: which node owns it then is not known
+    /// now, and that node starts it only when its queue has room.
     pub async fn submit<F, Fut, E>(&self, owner: &str, upload: F) -> Result<JobView, SubmitError<E>>
     where
         F: FnOnce(String) -> Fut,
@@ -181,11 +199,12 @@ impl Jobs {
         };
         let within_quota = stored.saturating_add(upload.file_bytes) <= quota;
         let checked = if within_quota {
-            self.job_info(owner, upload)
+            scheduled_start(upload.not_before_ms, runtime::clock::unix_ms())
+                .and_then(|not_before_ms| Ok((self.job_info(owner, upload)?, not_before_ms)))
         } else {
             Err(JobsError::QuotaExceeded { limit: quota })
         };
-        let info = match checked {
+        let (info, not_before_ms) = match checked {
             Ok(info) => info,
             Err(error) => {
                 store::delete_quietly(store, &store::input_path(&job)).await;
@@ -200,12 +219,19 @@ impl Jobs {
             release_slot().await;
             return Err(JobsError::Store(format!("cannot record the job: {error}")).into());
         }
-        let view = match self
-            .runtime
-            .entity::<Job>(job.clone())
-            .ask(Submit(info))
-            .await
-        {
+        let entity = self.runtime.entity::<Job>(job.clone());
+        let submitted = match not_before_ms {
+            Some(not_before_ms) => {
+                entity
+                    .ask(Schedule {
+                        info,
+                        not_before_ms,
+                    })
+                    .await
+            }
+            None => entity.ask(Submit(info)).await,
+        };
+        let view = match submitted {
             Ok(Ok(view)) => view,
             Ok(Err(JobError::QueueFull { max })) => {
                 store::delete_job_files(store, &job).await;
@@ -364,6 +390,29 @@ impl Jobs {
     }
 }
 
+/// When a job asked to start no sooner than `not_before_ms` is to be scheduled, at `now_ms`:
+/// `None` to start now (no time given, or one already past by at most
+/// [`NOT_BEFORE_PAST_MS_MAX`]), or the time; refused further in the past or more than
+/// [`NOT_BEFORE_AHEAD_MS_MAX`] ahead.
+pub fn scheduled_start(not_before_ms: Option<u64>, now_ms: u64) -> Result<Option<u64>, JobsError> {
+    let Some(not_before_ms) = not_before_ms else {
+        return Ok(None);
+    };
+    if not_before_ms.saturating_add(NOT_BEFORE_PAST_MS_MAX) < now_ms {
+        return Err(JobsError::InvalidNotBefore(format!(
+            "`not_before` {not_before_ms} is more than {} s in the past (now is {now_ms}; it is unix milliseconds)",
+            NOT_BEFORE_PAST_MS_MAX / 1000
+        )));
+    }
+    if not_before_ms > now_ms.saturating_add(NOT_BEFORE_AHEAD_MS_MAX) {
+        return Err(JobsError::InvalidNotBefore(format!(
+            "`not_before` {not_before_ms} is more than {} days ahead (now is {now_ms}; it is unix milliseconds)",
+            NOT_BEFORE_AHEAD_MS_MAX / (24 * 3600 * 1000)
+        )));
+    }
+    Ok((not_before_ms > now_ms).then_some(not_before_ms))
+}
+
 /// The base name of a client's file name, without control characters, bounded.
 fn clean_file_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
@@ -382,6 +431,37 @@ fn clean_file_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_before_is_now_later_or_refused() {
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(scheduled_start(None, now_ms).ok(), Some(None));
+        assert_eq!(
+            scheduled_start(Some(now_ms - 5_000), now_ms).ok(),
+            Some(None)
+        );
+        assert_eq!(scheduled_start(Some(now_ms), now_ms).ok(), Some(None));
+        assert_eq!(
+            scheduled_start(Some(now_ms + 3_000), now_ms).ok(),
+            Some(Some(now_ms + 3_000))
+        );
+        let ahead = now_ms + NOT_BEFORE_AHEAD_MS_MAX;
+        assert_eq!(scheduled_start(Some(ahead), now_ms).ok(), Some(Some(ahead)));
+        for refused in [
+            0,
+            1_800_000_000,
+            now_ms - NOT_BEFORE_PAST_MS_MAX - 1,
+            ahead + 1,
+        ] {
+            assert!(
+                matches!(
+                    scheduled_start(Some(refused), now_ms),
+                    Err(JobsError::InvalidNotBefore(_))
+                ),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn file_names_are_cleaned() {

@@ -5,7 +5,8 @@
 //! jobs/<id>/output.<ext>    the converted file, written once (create-only)
 //! jobs/active/<id>          marker: the job is not finished; the reviver looks here
 //! jobs/finished/<id>        marker: the job finished (written when it is released); the
-//!                           reviver expires it `jobs.finished_ttl_s` later
+//!                           job's `expire` reminder deletes it with the job's files, the
+//!                           reviver's fallback scan an hour after `jobs.finished_ttl_s`
 //! ```
 //! Job ids are 32 lowercase hex characters, so they are safe in paths and never collide with
 //! the `active` and `finished` folders.

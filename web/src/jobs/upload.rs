@@ -1,6 +1,6 @@
 //! Reading a job upload: a `multipart/form-data` body with a `file` part, streamed into the
 //! object store at `jobs/<id>/input` as it arrives, and small text fields (`target`, `width`,
-//! `height`, `duration_ms`). The file's first and last bytes are kept for sniffing its type.
+//! `height`, `duration_ms`, `not_before`: unix milliseconds). The file's first and last bytes are kept for sniffing its type.
 //!
 //! **API Boundary:** nothing of the body is trusted: the file is counted as it streams and the
 //! upload is aborted (its staged parts deleted) past `jobs.input_bytes_max`; fields and parts
@@ -30,7 +30,7 @@ pub const FIELD_BYTES_MAX: usize = 256;
 /// Bytes a form may add around its file (boundaries, part headers, the small fields).
 pub const FORM_OVERHEAD_BYTES_MAX: u64 = 64 * 1024;
 /// The form's field names.
-const FIELD_NAMES: &str = "file, target, width, height, duration_ms";
+const FIELD_NAMES: &str = "file, target, width, height, duration_ms, not_before";
 /// Upload parts sent to the object store at once (each up to the store's chunk size).
 const STORE_WRITES_IN_FLIGHT_MAX: usize = 2;
 
@@ -114,6 +114,7 @@ pub async fn read_form(
                 "duration_ms" => {
                     upload.duration_ms = Some(number_field(part, "duration_ms").await?)
                 }
+                "not_before" => upload.not_before_ms = Some(not_before_field(part).await?),
                 other => {
                     let shown: String = other.chars().take(32).collect();
                     let message = format!("unknown form field {shown:?}; expected {FIELD_NAMES}");
@@ -224,6 +225,19 @@ async fn number_field<T: std::str::FromStr>(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_options",
             format!("`{name}` must be a whole number, not {text:?}"),
+        )
+    })
+}
+
+/// `not_before`: unix milliseconds, a whole number (its range is the service's to judge).
+async fn not_before_field(part: Field<'static>) -> Result<u64, ApiError> {
+    let text = read_field(part).await?;
+    text.trim().parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_not_before",
+            format!(
+                "`not_before` must be a time in unix milliseconds (a whole number), not {text:?}"
+            ),
         )
     })
 }
