@@ -2,7 +2,9 @@
 //! owner's session on another node and download from a third; a job finishing on another node
 //! after `kill -9` of the node running it, with one output and one final state; converter panics,
 //! timeouts and corrupt inputs failing only their job; upload limits (413 leaving nothing
-//! behind, 422, 429); and other users seeing nothing (404).
+//! behind, 422, 429); and other users seeing nothing (404); a job scheduled with `not_before`
+//! starting at its time and not before, on the new owner after `kill -9` of the old one; a
+//! finished job expiring through its reminder; bad `not_before` values refused (400).
 //!
 //! The failover and fault tests use the test-only converters (`jobs.test_converters = true`):
 //! `slow` copies its input after `duration_ms`, `panic` panics. Tests run one at a time (2-core
@@ -969,4 +971,260 @@ async fn measure_small_image_jobs_on_one_node() {
 async fn measure_small_image_jobs_on_three_nodes() {
     let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
     measure_small_image_jobs(3, 400, 16).await;
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis(),
+    )
+    .expect("ms fit u64")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_waits_for_its_time_and_runs_once_on_the_new_owner_after_a_kill() {
+    const AHEAD_MS: u64 = 5_000;
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster(3, &[]).await;
+    // A session on every node before the upload: whichever owns the job, two survive it.
+    let mut sessions = Vec::new();
+    for node in ["n1", "n2", "n3"] {
+        sessions.push((node, session(&cluster, node, "dora").await));
+    }
+    let not_before_ms = unix_ms() + AHEAD_MS;
+    let payload = b"the input of a scheduled job\n".repeat(50);
+    let (status, body) = upload(
+        &cluster,
+        "n1",
+        "dora",
+        "later.txt",
+        &payload,
+        &[
+            ("target", "slow"),
+            ("duration_ms", "300"),
+            ("not_before", &not_before_ms.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["state"], "scheduled", "{body}");
+    assert_eq!(body["started_ms"], Value::Null, "{body}");
+    let job = body["job"].as_str().expect("job id").to_string();
+    let owner = body["node"].as_str().expect("node").to_string();
+
+    // The owner dies before the job's time; its reminder must fire on the new owner.
+    cluster.kill(&owner);
+    sessions.retain(|(node, _)| *node != owner);
+    let survivor = sessions[0].0;
+    let (_, watcher) = &mut sessions[0];
+    // Until its time, the job answers `scheduled` wherever it is asked (an answer during the
+    // takeover may be unavailable; it never says anything else).
+    let mut scheduled_answers = 0;
+    while unix_ms() + 500 < not_before_ms {
+        let (status, body) = get(&cluster, survivor, "dora", &format!("/api/jobs/{job}")).await;
+        if status == 200 {
+            assert!(unix_ms() < not_before_ms || body["state"] != "scheduled");
+            if unix_ms() < not_before_ms {
+                assert_eq!(body["state"], "scheduled", "before its time: {body}");
+                scheduled_answers += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(scheduled_answers > 0, "the job answered while scheduled");
+
+    let frames = job_frames_until_final(watcher, &job).await;
+    let states: Vec<&str> = frames
+        .iter()
+        .filter_map(|frame| frame["state"].as_str())
+        .collect();
+    assert_eq!(states.first(), Some(&"scheduled"), "{frames:?}");
+    assert_eq!(states.get(1), Some(&"queued"), "{frames:?}");
+    assert_eq!(states.get(2), Some(&"running"), "{frames:?}");
+    assert_eq!(states.last(), Some(&"done"), "{frames:?}");
+    assert_eq!(
+        states.iter().filter(|state| **state == "queued").count(),
+        1,
+        "started once: {frames:?}"
+    );
+
+    let done = wait_final(&cluster, survivor, "dora", &job).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_ne!(done["node"], owner.as_str(), "ran on the new owner: {done}");
+    assert_eq!(done["attempts"], 1, "one run: {done}");
+    let started_ms = done["started_ms"].as_u64().expect("started_ms");
+    assert!(
+        started_ms >= not_before_ms,
+        "started at {started_ms}, not before {not_before_ms}: {done}"
+    );
+    println!(
+        "scheduled job: owner {owner} killed, started on {} {} ms after not_before",
+        done["node"],
+        started_ms - not_before_ms
+    );
+    let survivors: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|node| *node != owner)
+        .collect();
+    assert_eq!(finished_total(&cluster, &survivors, "done").await, 1.0);
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{}/api/jobs/{job}/download",
+            cluster.http_url(survivor)
+        ))
+        .bearer_auth(test_token("dora"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(
+        response.bytes().await.expect("body").as_ref(),
+        payload.as_slice()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_expires_through_its_reminder() {
+    const TTL_S: u64 = 2;
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // The reviver's periodic scan (the fallback for jobs finished before reminders) would not
+    // expire the job before an hour anyway; its interval is set out of reach to be sure.
+    let cluster = cluster(
+        1,
+        &[
+            ("jobs", "finished_ttl_s", toml::Value::Integer(TTL_S as i64)),
+            (
+                "jobs",
+                "revive_interval_ms",
+                toml::Value::Integer(3_600_000),
+            ),
+        ],
+    )
+    .await;
+    let job = submit(
+        &cluster,
+        "n1",
+        "erin",
+        "short.txt",
+        b"expires soon\n",
+        &[("target", "slow"), ("duration_ms", "100")],
+    )
+    .await;
+    let done = wait_final(&cluster, "n1", "erin", &job).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let finished_ms = done["finished_ms"].as_u64().expect("finished_ms");
+    assert!(
+        files_of(&cluster, &job).iter().any(|name| name == "input"),
+        "files stored while the job is kept: {:?}",
+        files_of(&cluster, &job)
+    );
+
+    let deadline = Instant::now() + WAIT;
+    let gone_ms = loop {
+        let (status, body) = get(&cluster, "n1", "erin", &format!("/api/jobs/{job}")).await;
+        if status == 404 {
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+            break unix_ms();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never expired: {status} {body}\n{}",
+            cluster.diagnostics().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        gone_ms >= finished_ms + TTL_S * 1000,
+        "expired at {gone_ms}, before {finished_ms} + {TTL_S} s"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left: Vec<PathBuf> = job_files(&cluster)
+            .into_iter()
+            .filter(|path| path.to_string_lossy().contains(&job))
+            .collect();
+        let (_, list) = get(&cluster, "n1", "erin", "/api/jobs").await;
+        let listed = list["jobs"].as_array().map_or(usize::MAX, Vec::len);
+        if left.is_empty() && listed == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "files left {left:?}, listed {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = get(&cluster, "n1", "erin", &format!("/api/jobs/{job}/download")).await;
+    assert_eq!(status, 404, "an expired job's output is not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_not_before_values_are_refused_with_a_reason() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = cluster(1, &[]).await;
+    let now_ms = unix_ms();
+    let days_31 = now_ms + 31 * 24 * 3600 * 1000;
+    let cases = [
+        ("tomorrow".to_string(), "unix milliseconds"),
+        ("-5".to_string(), "unix milliseconds"),
+        ("1.5e12".to_string(), "unix milliseconds"),
+        // Seconds instead of milliseconds: January 1970.
+        ((now_ms / 1000).to_string(), "in the past"),
+        ((now_ms - 5 * 60 * 1000).to_string(), "in the past"),
+        (days_31.to_string(), "days ahead"),
+    ];
+    for (value, reason) in &cases {
+        // Refused while reading the form (not a number) or once the file is stored (a time
+        // out of bounds): either way nothing stays.
+        let (status, body) = upload(
+            &cluster,
+            "n1",
+            "fay",
+            "a.txt",
+            b"text\n",
+            &[("target", "slow"), ("not_before", value)],
+        )
+        .await;
+        assert_eq!(status, 400, "not_before {value:?}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_not_before",
+            "{value:?}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains(reason)),
+            "not_before {value:?}: {body}"
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    while !job_files(&cluster).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "refused uploads left files: {:?}",
+            job_files(&cluster)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, list) = get(&cluster, "n1", "fay", "/api/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing listed: {list}");
+    // A few seconds past is clock skew: the job starts now.
+    let (status, body) = upload(
+        &cluster,
+        "n1",
+        "fay",
+        "a.txt",
+        b"text\n",
+        &[
+            ("target", "slow"),
+            ("not_before", &(unix_ms() - 5_000).to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (202, Some("queued")),
+        "{body}"
+    );
 }
