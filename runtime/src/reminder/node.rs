@@ -1,7 +1,7 @@
 //! What the reminder shards of one node share, kept in the `Runtime`: which shard serves which
 //! entity, the node's firing rate limit, and each shard's counts for the node's gauges.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,19 @@ pub struct NodeReminders {
     /// By shard key; read by the waker for the node's gauges (shards of partitions this node
     /// no longer holds are dropped there).
     counts: Mutex<HashMap<String, ShardCounts>>,
+    /// Shards whose marker (`reminders/marked/<shard>`) this node knows exists: registered
+    /// with by this node, or listed by the waker. Only these are woken: a shard nobody ever
+    /// registered with costs nothing, not even its load.
+    marked: Mutex<HashSet<String>>,
+}
+
+/// Where the markers of the shards that ever held a reminder live (one empty-ish object each,
+/// created once, before the first registration with that shard; never deleted).
+pub const MARKERS_PREFIX: &str = "reminders/marked";
+
+/// The marker of `shard`.
+pub fn marker_path(shard: &str) -> String {
+    format!("{MARKERS_PREFIX}/{shard}")
 }
 
 impl NodeReminders {
@@ -49,7 +62,28 @@ impl NodeReminders {
                 Instant::now(),
             )),
             counts: Mutex::new(HashMap::new()),
+            marked: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Whether `shard`'s marker is known to exist.
+    pub fn is_marked(&self, shard: &str) -> bool {
+        lock(&self.marked).contains(shard)
+    }
+
+    /// `shard`'s marker exists (created by this node, or listed).
+    pub fn mark(&self, shard: &str) {
+        lock(&self.marked).insert(shard.to_string());
+    }
+
+    /// The marked shards of `partition`.
+    pub fn marked_of_partition(&self, partition: u32) -> Vec<String> {
+        let marked = lock(&self.marked);
+        self.shards_of_partition(partition)
+            .iter()
+            .filter(|shard| marked.contains(shard.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// The key of the shard that holds `entity`'s reminders: one of its partition's shards,

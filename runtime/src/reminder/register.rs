@@ -62,7 +62,19 @@ pub fn register_then_append(
 ) {
     tokio::spawn(async move {
         let timeout = Duration::from_millis(runtime.config().entities.ask_timeout_ms);
-        let asks = by_shard(&runtime, ops).into_iter().map(|(shard, ops)| {
+        let groups = by_shard(&runtime, ops);
+        // The marker first: whoever holds the shard's partition later finds it and wakes the
+        // shard, so a registered reminder is never left in a shard nobody loads.
+        for (shard, _) in &groups {
+            if let Err(error) = ensure_marker(&runtime, shard).await {
+                let outcome = AskOutcome::Unavailable(format!(
+                    "the reminders could not be registered: {error}; retry"
+                ));
+                let _ = reply_to.cast(EntityMsg::RemindersFailed(outcome));
+                return;
+            }
+        }
+        let asks = groups.into_iter().map(|(shard, ops)| {
             let msg_id = registration_msg_id(&entity, first_seq, &shard, &ops);
             let shard_ref = runtime.entity::<ReminderShard>(shard);
             async move {
@@ -100,6 +112,24 @@ pub fn register_then_append(
                 let _ = reply_to.cast(EntityMsg::Appended(result));
             });
     });
+}
+
+/// Creates `shard`'s marker unless this node knows it exists.
+async fn ensure_marker(runtime: &Runtime, shard: &str) -> crate::error::Result<()> {
+    if runtime.reminders().is_marked(shard) {
+        return Ok(());
+    }
+    // Create-only: `Exists` (another node, or an earlier run, made it) is as good.
+    runtime
+        .journal()
+        .objects()
+        .create(
+            super::node::marker_path(shard),
+            vec![crate::journal::layout::FORMAT_V2],
+        )
+        .await?;
+    runtime.reminders().mark(shard);
+    Ok(())
 }
 
 #[cfg(test)]
