@@ -39,12 +39,14 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use tempfile::TempDir;
 
+mod asker;
 mod builder;
 mod config;
 mod logs;
 mod observe;
 mod process;
 
+pub use asker::start_with_asker;
 pub use builder::{ClusterBuilder, NodePlacement};
 pub use process::ProcessState;
 

@@ -8,48 +8,20 @@
 
 use std::time::{Duration, Instant};
 
-use chaos::cluster::{ClusterBuilder, free_loopback_ports};
+use chaos::cluster::{ClusterBuilder, start_with_asker};
 use runtime::builtin::{FiredReminder, Register, RegisterCommand};
 use runtime::clock::unix_ms;
-use runtime::config::{ClusterConfig, ConfigOverrides};
-use runtime::{Entity, EntityRef, NodeBuilder, placement};
+use runtime::{Entity, EntityRef, placement};
 
 const ASKER: &str = "t0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reminder_fires_on_the_new_owner_after_its_node_is_killed() {
-    let ports = free_loopback_ports(2).expect("ports");
-    let asker_entry = format!(
-        "\n[[node]]\nid = \"{ASKER}\"\ncluster_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n",
-        ports[0], ports[1]
-    );
-    let cluster = ClusterBuilder::new(env!("CARGO_BIN_EXE_node"))
-        .nodes(3)
-        .extra_toml(&asker_entry)
-        .start_without_waiting()
-        .await
-        .expect("start the node processes");
-    let text = std::fs::read_to_string(cluster.config_path()).expect("read config");
-    let overrides = ConfigOverrides {
-        base_dir: Some(cluster.dir().to_path_buf()),
-        ..Default::default()
-    };
-    let config = ClusterConfig::from_toml(&text, "test cluster.toml", overrides).expect("config");
-    let node = NodeBuilder::new(config, ASKER)
-        .expect("builder")
-        .start()
-        .await
-        .expect("in-process node starts");
+    let (cluster, node) =
+        start_with_asker(ClusterBuilder::new(env!("CARGO_BIN_EXE_node")), 3, ASKER)
+            .await
+            .expect("three node processes and the in-process asker, all up");
     let runtime = node.runtime();
-    wait_until(Duration::from_secs(20), || {
-        runtime.view().up_members().count() == 4
-    })
-    .await
-    .expect("t0 sees all four nodes up");
-    cluster
-        .wait_all_up(Duration::from_secs(20))
-        .await
-        .expect("processes see each other");
 
     // A key owned by n2 whose next owner is another process, so the reminder crosses nodes.
     let key = (0..10_000)
@@ -132,15 +104,4 @@ async fn wait_for_firing(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("no firing of {name} within {timeout:?}; {last}"))
-}
-
-async fn wait_until(timeout: Duration, condition: impl Fn() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        if Instant::now() > deadline {
-            return Err(format!("condition not met within {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
 }
