@@ -109,7 +109,15 @@ impl Objects for StoreObjects {
 
     fn get(&self, path: String) -> BoxFuture<'_, Result<Option<Bytes>>> {
         Box::pin(async move {
-            match self.store.get(&Path::from(path.as_str())).await {
+            let location = Path::from(path.as_str());
+            if let Some(local) = &self.local {
+                match local.read_small(&location) {
+                    Ok(Some(bytes)) => return Ok(bytes.map(Bytes::from)),
+                    Ok(None) => {}
+                    Err(error) => return Err(RuntimeError::Store(error)),
+                }
+            }
+            match self.store.get(&location).await {
                 Ok(result) => result
                     .bytes()
                     .await

@@ -254,6 +254,46 @@ impl LocalWrites {
     }
 }
 
+/// Objects at most this large are read on the caller's thread by [`LocalWrites::read_small`].
+pub const SMALL_READ_BYTES_MAX: u64 = 64 * 1024;
+
+impl LocalWrites {
+    /// Reads `location` on the caller's thread if it is missing or at most
+    /// [`SMALL_READ_BYTES_MAX`] bytes (a fence, a log object): `Ok(Some(None))` = missing,
+    /// `Ok(None)` = larger, read it through the store (tokio's blocking pool) instead.
+    ///
+    /// A fence check after every flush is a read of a fence slot that is almost always
+    /// missing; through the store it costs a hop to the blocking pool and back (two thread
+    /// wake-ups), here one failed `open`.
+    pub fn read_small(
+        &self,
+        location: &object_store::path::Path,
+    ) -> std::result::Result<Option<Option<Vec<u8>>>, String> {
+        use std::io::Read;
+        let path = self
+            .store
+            .path_to_filesystem(location)
+            .map_err(|error| error.to_string())?;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Some(None)),
+            Err(error) => return Err(format!("cannot read {location}: {error}")),
+        };
+        let metadata = file
+            .metadata()
+            .map_err(|error| format!("cannot read {location}: {error}"))?;
+        let length = metadata.len();
+        // A directory (a prefix, not an object): the store says what that is.
+        if metadata.is_dir() || length > SMALL_READ_BYTES_MAX {
+            return Ok(None);
+        }
+        let mut bytes = Vec::with_capacity(length as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|error| format!("cannot read {location}: {error}"))?;
+        Ok(Some(Some(bytes)))
+    }
+}
+
 /// Why [`create_unnamed`] did not publish.
 enum Unnamed {
     Exists,
@@ -520,6 +560,32 @@ fn syncfs(_root: &std::fs::File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_read_answers_missing_and_small_objects_and_leaves_the_rest_to_the_store() {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let store = Arc::new(LocalFileSystem::new_with_prefix(directory.path()).expect("store"));
+        let writes = LocalWrites::new(store);
+        let path = |name: &str| object_store::path::Path::from(name);
+        assert_eq!(writes.read_small(&path("fences/n1/0")), Ok(Some(None)));
+        writes
+            .create(&path("fences/n1/0"), b"a fence")
+            .expect("created");
+        assert_eq!(
+            writes.read_small(&path("fences/n1/0")),
+            Ok(Some(Some(b"a fence".to_vec())))
+        );
+        let large = vec![7u8; SMALL_READ_BYTES_MAX as usize + 1];
+        writes
+            .create(&path("segments/large"), &large)
+            .expect("created");
+        assert_eq!(writes.read_small(&path("segments/large")), Ok(None));
+        assert_eq!(
+            writes.read_small(&path("fences/n1")),
+            Ok(None),
+            "a directory"
+        );
+    }
 
     #[tokio::test]
     async fn concurrent_writers_all_return_flushed() {
