@@ -154,6 +154,10 @@ pub struct UsersSection {
     pub verification_ttl_s: u64,
     /// Least time between two verification mails of one account.
     pub resend_interval_s: u64,
+    /// An account still unverified this long after its sign-up is deleted (its `user` entity's
+    /// reminder `expire-unverified`), so that its email can be signed up again. At least
+    /// `verification_ttl_s` (the first link works until it expires), at most 10 years.
+    pub unverified_ttl_s: u64,
     /// Failed logins of one account, from any address, within `login_failure_window_s` before
     /// it is locked for everyone: only a backstop against guessing from many addresses. The
     /// lockout that counts is the web layer's, per (client address, account), which an
@@ -187,6 +191,7 @@ impl Default for UsersSection {
             argon2_parallelism: 1,
             verification_ttl_s: 24 * 3600,
             resend_interval_s: 60,
+            unverified_ttl_s: 7 * 24 * 3600,
             login_failures_max: 100,
             login_failure_window_s: 15 * 60,
             photo_bytes_max: 5 * 1024 * 1024,
@@ -202,6 +207,9 @@ impl Default for UsersSection {
         }
     }
 }
+
+/// The largest `users.unverified_ttl_s` accepted (10 years).
+pub const UNVERIFIED_TTL_S_LIMIT: u64 = 10 * 365 * 24 * 3600;
 
 impl UsersSection {
     fn validate(&self) -> Result<(), String> {
@@ -219,6 +227,12 @@ impl UsersSection {
             return Err(
                 "`users.verification_ttl_s` and `users.login_failures_max`: above 0".into(),
             );
+        }
+        if !(self.verification_ttl_s..=UNVERIFIED_TTL_S_LIMIT).contains(&self.unverified_ttl_s) {
+            return Err(format!(
+                "`users.unverified_ttl_s` = {}: from `users.verification_ttl_s` ({}) to {UNVERIFIED_TTL_S_LIMIT} (10 years)",
+                self.unverified_ttl_s, self.verification_ttl_s
+            ));
         }
         if !(1024..=64 * 1024 * 1024).contains(&self.photo_bytes_max)
             || !(16..=4096).contains(&self.photo_dimension_max)
@@ -420,6 +434,26 @@ mod tests {
         assert!(weak.contains("users.argon2_memory_kib"), "{weak}");
         let unknown = error_of("[users]\nargon2_memory = 4\n");
         assert!(unknown.contains("argon2_memory"), "{unknown}");
+    }
+
+    #[test]
+    fn unverified_accounts_live_at_least_as_long_as_their_first_link() {
+        let config = parse("").expect("valid");
+        assert_eq!(config.users.unverified_ttl_s, 7 * 24 * 3600);
+        let short = parse("[users]\nverification_ttl_s = 2\nunverified_ttl_s = 3\n")
+            .expect("a few seconds (the tests) are valid");
+        assert_eq!(short.users.unverified_ttl_s, 3);
+        for text in [
+            "[users]\nunverified_ttl_s = 60\n",
+            "[users]\nverification_ttl_s = 10\nunverified_ttl_s = 0\n",
+            "[users]\nunverified_ttl_s = 999999999999\n",
+        ] {
+            let message = error_of(text);
+            assert!(
+                message.contains("users.unverified_ttl_s"),
+                "{text}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -11,11 +11,17 @@
 //! ([`index::UserIndex`]) maps an id back to the email; it is written before the account, so
 //! an account never exists without its id being resolvable.
 //!
+//! An account still unverified `users.unverified_ttl_s` after its sign-up expires through its
+//! durable reminder [`expiry::EXPIRE_REMINDER`] (registered by the sign-up, forgotten by the
+//! verification): the entity journals `Expired` (the email is free again) and retires the id
+//! in `user.id` and the photo object (see [`expiry`]).
+//!
 //! Failed logins are journaled per account (at most `login_failures_max` per window, so an
 //! attacker cannot grow the journal); attempts in flight and failures for unknown emails live
 //! only in memory and are forgotten on passivation.
 
 pub mod blocking;
+pub mod expiry;
 pub mod index;
 pub mod metrics;
 pub mod password;
@@ -168,6 +174,12 @@ pub enum UserCommand {
     /// The profile of the account under this email, whatever its id (for server-side lookups
     /// such as a room invitation; never answered to another user as is). Appended.
     Identify,
+    /// From the entity itself: the clean-up after the expiry of the account `user_id` ended
+    /// (`retired`: its `user.id` entry and photo are gone). Appended.
+    IdRetired {
+        user_id: String,
+        retired: bool,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +206,12 @@ pub enum UserEvent {
         bio: String,
     },
     PhotoSet(PhotoInfo),
+    /// The account `id` was still unverified `users.unverified_ttl_s` after its sign-up: it is
+    /// gone and its email can be signed up again. Appended (schema 2).
+    Expired {
+        id: String,
+        at_ms: u64,
+    },
 }
 
 /// How a login attempt ended.
@@ -265,6 +283,8 @@ pub struct Limits {
     pub login_failures_max: usize,
     pub login_failure_window_ms: u64,
     pub resend_interval_ms: u64,
+    /// `users.unverified_ttl_s`: an unverified account expires this long after its sign-up.
+    pub unverified_ttl_ms: u64,
 }
 
 impl Default for Limits {
@@ -279,6 +299,7 @@ impl Limits {
             login_failures_max: users.login_failures_max as usize,
             login_failure_window_ms: users.login_failure_window_s.saturating_mul(1000),
             resend_interval_ms: users.resend_interval_s.saturating_mul(1000),
+            unverified_ttl_ms: users.unverified_ttl_s.saturating_mul(1000),
         }
     }
 }
@@ -303,6 +324,8 @@ pub struct User {
 
 impl Entity for User {
     const KIND: &'static str = "user";
+    /// 2: `UserEvent::Expired`.
+    const SCHEMA: u32 = 2;
     type Command = UserCommand;
     type Reply = UserResult;
     type Event = UserEvent;
@@ -326,6 +349,10 @@ impl Entity for User {
         command: UserCommand,
         context: &mut Context<'_, Self>,
     ) -> UserResult {
+        if let UserCommand::IdRetired { user_id, retired } = &command {
+            expiry::id_retired(state, user_id, *retired, context);
+            return Ok(UserReply::Done);
+        }
         let (reply, events) = decide(
             state,
             &mut self.attempts,
@@ -334,14 +361,35 @@ impl Entity for User {
             command,
         );
         for event in events {
+            expiry::follow(&event, self.limits, context);
             context.persist(event);
         }
         reply
+    }
+
+    fn on_reminder(
+        &mut self,
+        state: &UserState,
+        reminder: &runtime::Reminder,
+        context: &mut Context<'_, Self>,
+    ) {
+        expiry::on_reminder(state, self.limits, reminder, context);
     }
 }
 
 /// Applies one event; deterministic, no configuration.
 pub fn apply(state: &mut UserState, event: &UserEvent) {
+    if let UserEvent::Expired { id, .. } = event {
+        // Only the account it names: a new account under the same email is another id.
+        if state
+            .account
+            .as_ref()
+            .is_some_and(|account| account.id == *id)
+        {
+            state.account = None;
+        }
+        return;
+    }
     if let UserEvent::SignedUp {
         id,
         email,
@@ -370,7 +418,7 @@ pub fn apply(state: &mut UserState, event: &UserEvent) {
         return;
     };
     match event {
-        UserEvent::SignedUp { .. } => {}
+        UserEvent::SignedUp { .. } | UserEvent::Expired { .. } => {}
         UserEvent::VerificationIssued(verification) => {
             account.pending_verification = Some(*verification);
         }
@@ -441,6 +489,8 @@ pub fn decide(
             Ok(_) => with_events(state, vec![UserEvent::PhotoSet(photo)]),
             Err(error) => (Err(error), Vec::new()),
         },
+        // The entity's own message (handled before `decide` by `User::handle`).
+        UserCommand::IdRetired { .. } => (Ok(UserReply::Done), Vec::new()),
     }
 }
 

@@ -1,7 +1,8 @@
 //! User accounts over real `node run` processes and real HTTP: sign-up on one node, the mail
 //! read from whichever node's outbox wrote it, verification on another, login on a third;
 //! duplicate sign-ups racing on two nodes; an account surviving `kill -9` of its owner; bad
-//! input refused with specific errors and nothing stored; a profile photo round trip.
+//! input refused with specific errors and nothing stored; a profile photo round trip; an
+//! unverified account expiring through its durable reminder while a verified one stays.
 //!
 //! Each test starts its own cluster; a lock keeps them from running at once (2 cores). The
 //! clusters use cheap argon2 parameters: these tests check behaviour, the login benchmark
@@ -705,6 +706,128 @@ async fn an_expired_verification_link_is_refused() {
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "invalid_token")
     );
+}
+
+/// `users.unverified_ttl_s` of the expiry test: short, with room for the checks before it.
+const UNVERIFIED_TTL: Duration = Duration::from_secs(4);
+/// How long after its due time an expiry may take to show (a reminder fires within a second).
+const EXPIRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unverified_account_expires_after_its_ttl_and_a_verified_one_stays() {
+    let _guard = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // The test polls login: the per-address rate limits out of the way.
+    let limits: toml::Table = toml::from_str(
+        "login_per_address = { count = 100000, per_s = 1 }\n\
+         signup_per_address = { count = 100000, per_s = 1 }",
+    )
+    .expect("[web.limits] of the test");
+    let ttl_s = i64::try_from(UNVERIFIED_TTL.as_secs()).expect("a few seconds");
+    let cluster = cheap_hashing(ClusterBuilder::new(env!("CARGO_BIN_EXE_node")).nodes(2))
+        .setting("users", "verification_ttl_s", ttl_s)
+        .setting("users", "unverified_ttl_s", ttl_s)
+        .setting("web", "limits", toml::Value::Table(limits))
+        .start()
+        .await
+        .expect("cluster starts");
+    let client = client();
+    let [n1, n2] = ["n1", "n2"].map(|id| cluster.http_url(id));
+
+    let kept_email = "kept@example.com";
+    let (_, kept) = verified_user(&client, &cluster, &n1, kept_email).await;
+    let email = "lapsed@example.com";
+    // The account's creation time is after this instant, so its expiry is due no earlier
+    // than `UNVERIFIED_TTL` after it.
+    let signed_up_at = Instant::now();
+    let (status, lapsed) = sign_up(&client, &n2, email, "Lapsed").await;
+    assert_eq!(status, StatusCode::CREATED, "{lapsed}");
+    let lapsed_id = lapsed["id"].as_str().expect("id").to_string();
+    let token = token_in(&wait_for_mail(&cluster, email, 1).await);
+
+    // Before the due time the account is there: its email is taken.
+    let (status, body) = sign_up(&client, &n1, email, "Too Early").await;
+    let answered_within_ttl = signed_up_at.elapsed() < UNVERIFIED_TTL;
+    assert!(
+        answered_within_ttl,
+        "the sign-up took {:?}, the whole TTL: raise UNVERIFIED_TTL",
+        signed_up_at.elapsed()
+    );
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "email_taken"),
+        "{body}"
+    );
+
+    // The right password gets "not verified" until the account expires, then "no such
+    // account" (never before the TTL).
+    let deadline = Instant::now() + UNVERIFIED_TTL + EXPIRY_TIMEOUT;
+    let mut logins_refused_unverified = 0;
+    loop {
+        let (status, body) = login(&client, &n1, email, PASSWORD).await;
+        let elapsed = signed_up_at.elapsed();
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(error_code(&body), "invalid_credentials", "{body}");
+            assert!(
+                elapsed >= UNVERIFIED_TTL,
+                "the account expired {elapsed:?} after its sign-up, before the TTL"
+            );
+            break;
+        }
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "email_not_verified"),
+            "{body}"
+        );
+        logins_refused_unverified += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the unverified account still exists {elapsed:?} after its sign-up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        logins_refused_unverified > 0,
+        "the account was seen before it expired"
+    );
+
+    // Its link is dead, and the email signs up again as a new account.
+    let (status, body) = verify(&client, &n2, &token).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_token"),
+        "{body}"
+    );
+    let (status, again) = sign_up(&client, &n2, email, "Lapsed Again").await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_ne!(again["id"].as_str(), Some(lapsed_id.as_str()));
+    assert_eq!(again["verified"], false);
+    let (status, body) = verify(&client, &n1, &token).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_token"),
+        "the expired account's link does not verify the new account: {body}"
+    );
+
+    // The old id is retired in `user.id` (it resolves to nothing, not to the new account).
+    let retired = format!("expired account's id retired user={lapsed_id}");
+    let deadline = Instant::now() + EXPIRY_TIMEOUT;
+    while !["n1", "n2"]
+        .iter()
+        .any(|id| read_log(&cluster, id).contains(&retired))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no node logged `{retired}` within {EXPIRY_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The verified account, older than the TTL, stays.
+    for url in [&n1, &n2] {
+        let (status, body) = login(&client, url, kept_email, PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["user"]["id"], kept["id"]);
+    }
 }
 
 fn png_bytes(width: u32, height: u32) -> Vec<u8> {

@@ -4,6 +4,11 @@
 //! generated id here before it creates the account, so every account's id resolves. A sign-up
 //! that then loses (the email was taken meanwhile) leaves an unused binding behind: harmless,
 //! since the account entity checks that an id is its own before answering.
+//!
+//! An unverified account that expires retires its id here (`Retire`, from the account's
+//! `retire-id:` reminder, see `user::expiry`): the id resolves to nothing again, so it never
+//! leads to a later account under the same email. Ids are random (128 bits) and never
+//! generated twice, so a retired id is not bound again.
 
 use runtime::{Context, Entity};
 use serde::{Deserialize, Serialize};
@@ -17,11 +22,20 @@ pub enum IndexCommand {
         email: String,
     },
     Lookup,
+    /// Unbinds the id from `email` (its account expired); a no-op when it is not bound.
+    /// Appended.
+    Retire {
+        email: String,
+    },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IndexEvent {
-    Bound { email: String },
+    Bound {
+        email: String,
+    },
+    /// Appended (schema 2).
+    Retired,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +57,8 @@ pub struct UserIndex;
 
 impl Entity for UserIndex {
     const KIND: &'static str = "user.id";
+    /// 2: `IndexEvent::Retired`.
+    const SCHEMA: u32 = 2;
     type Command = IndexCommand;
     /// The email the id resolves to (after the command).
     type Reply = Result<Option<String>, IndexError>;
@@ -57,6 +73,7 @@ impl Entity for UserIndex {
     fn apply(state: &mut IndexState, _seq: u64, event: &IndexEvent) {
         match event {
             IndexEvent::Bound { email } => state.email = Some(email.clone()),
+            IndexEvent::Retired => state.email = None,
         }
     }
 
@@ -81,6 +98,11 @@ fn decide(
 ) -> (Result<Option<String>, IndexError>, Option<IndexEvent>) {
     match command {
         IndexCommand::Lookup => (Ok(state.email.clone()), None),
+        IndexCommand::Retire { email } => match &state.email {
+            None => (Ok(None), None),
+            Some(bound) if *bound == email => (Ok(None), Some(IndexEvent::Retired)),
+            Some(_) => (Err(IndexError::BoundElsewhere), None),
+        },
         IndexCommand::Bind { email } => {
             if !validate::is_user_id(key)
                 || validate::normalize_email(&email).as_ref() != Ok(&email)
@@ -123,6 +145,36 @@ mod tests {
         assert_eq!(
             decide(&state, ID, IndexCommand::Lookup).0,
             Ok(Some("alice@example.com".into()))
+        );
+    }
+
+    #[test]
+    fn a_retired_id_resolves_to_nothing_and_retiring_again_is_a_no_op() {
+        let mut state = IndexState::default();
+        let (_, event) = decide(
+            &state,
+            ID,
+            IndexCommand::Bind {
+                email: "alice@example.com".into(),
+            },
+        );
+        UserIndex::apply(&mut state, 1, &event.expect("bound"));
+        let retire = |email: &str| IndexCommand::Retire {
+            email: email.to_string(),
+        };
+        assert_eq!(
+            decide(&state, ID, retire("bob@example.com")),
+            (Err(IndexError::BoundElsewhere), None),
+            "only the email it is bound to retires it"
+        );
+        let (reply, event) = decide(&state, ID, retire("alice@example.com"));
+        assert_eq!(reply, Ok(None));
+        UserIndex::apply(&mut state, 2, &event.expect("journaled"));
+        assert_eq!(decide(&state, ID, IndexCommand::Lookup).0, Ok(None));
+        assert_eq!(
+            decide(&state, ID, retire("alice@example.com")),
+            (Ok(None), None),
+            "idempotent"
         );
     }
 

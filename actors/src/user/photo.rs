@@ -162,6 +162,14 @@ pub async fn load(
     }
 }
 
+/// Deletes the photo of `user_id`; nothing to delete is fine.
+pub async fn delete(store: &Arc<dyn ObjectStore>, user_id: &str) -> Result<(), PhotoError> {
+    match store.delete(&object_path(user_id)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(error) => Err(PhotoError::Store(error.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

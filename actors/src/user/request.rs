@@ -192,6 +192,24 @@ impl Request<UserIndex> for Bind {
     }
 }
 
+/// Unbinds the id from `email` (`user.id`; its account expired); a no-op when it is unbound.
+#[derive(Debug, Clone)]
+pub struct Retire {
+    pub email: String,
+}
+
+impl Request<UserIndex> for Retire {
+    type Reply = Result<(), IndexError>;
+
+    fn into_command(self) -> IndexCommand {
+        IndexCommand::Retire { email: self.email }
+    }
+
+    fn from_reply(reply: Result<Option<String>, IndexError>) -> Option<Self::Reply> {
+        Some(reply.map(drop))
+    }
+}
+
 impl Request<UserIndex> for Lookup {
     type Reply = Result<Option<String>, IndexError>;
 

@@ -33,7 +33,9 @@ use super::{
 use crate::config::UsersSection;
 use crate::mailer::{Mail, Mailer};
 
-/// id → email resolutions remembered per node (bindings never change, so they never go stale).
+/// id → email resolutions remembered per node. A binding changes only when its unverified
+/// account expires (the id is retired): a stale entry then names an email whose account, if
+/// any, has another id, and the account entity answers only its own id.
 pub const ID_CACHE_ENTRIES_MAX: usize = 10_000;
 /// Mails being sent at once per node; beyond it a mail is dropped (the user can ask again).
 pub const MAILS_IN_FLIGHT_MAX: usize = 64;

@@ -1,5 +1,6 @@
 //! The account rules, decided without a node: sign-up, verification tokens (expiry, single
-//! use, replacement), login lockout, resend rate limit, profile validation.
+//! use, replacement), login lockout, resend rate limit, profile validation, the expiry of
+//! unverified accounts.
 
 use super::*;
 use crate::user::token::{new_secret, new_user_id};
@@ -7,12 +8,14 @@ use crate::user::token::{new_secret, new_user_id};
 const EMAIL: &str = "alice@example.com";
 const T0: u64 = 1_700_000_000_000;
 const HOUR_MS: u64 = 3_600_000;
+const UNVERIFIED_TTL_MS: u64 = 7 * 24 * HOUR_MS;
 
 fn limits() -> Limits {
     Limits {
         login_failures_max: 3,
         login_failure_window_ms: 15 * 60_000,
         resend_interval_ms: 60_000,
+        unverified_ttl_ms: UNVERIFIED_TTL_MS,
     }
 }
 
@@ -385,4 +388,157 @@ fn profile_updates_are_validated_and_need_the_right_id() {
         .0,
         Err(UserError::NotFound)
     );
+}
+
+/// What the entity journals when [`expiry::EXPIRE_REMINDER`] fires at `now_ms`, applied.
+fn fire_expiry(state: &mut UserState, now_ms: u64) -> expiry::Expiry {
+    let decision = expiry::decide_expiry(state, limits(), now_ms);
+    if let expiry::Expiry::Expire { id } = &decision {
+        apply(
+            state,
+            &UserEvent::Expired {
+                id: id.clone(),
+                at_ms: now_ms,
+            },
+        );
+    }
+    decision
+}
+
+#[test]
+fn an_unverified_account_expires_once_due_and_not_before() {
+    let (mut state, id, _) = signed_up();
+    let due_ms = T0 + UNVERIFIED_TTL_MS;
+    assert_eq!(expiry::due_ms(T0, limits()), due_ms);
+    assert_eq!(
+        fire_expiry(&mut state, due_ms - 1),
+        expiry::Expiry::NotYet { due_ms },
+        "a firing before the due time (a raised TTL) moves the reminder"
+    );
+    assert!(state.account.is_some());
+    assert_eq!(
+        fire_expiry(&mut state, due_ms),
+        expiry::Expiry::Expire { id: id.clone() }
+    );
+    assert!(state.account.is_none(), "the account is gone");
+    let attempts = &mut LoginAttempts::default();
+    assert_eq!(
+        run(&mut state, attempts, UserCommand::Exists).0,
+        Ok(UserReply::Exists(false))
+    );
+    assert_eq!(
+        run(
+            &mut state,
+            attempts,
+            UserCommand::BeginLogin { now_ms: due_ms }
+        )
+        .0,
+        Ok(UserReply::Login(LoginTicket::NoAccount)),
+        "a login finds no account"
+    );
+    assert_eq!(
+        fire_expiry(&mut state, due_ms + HOUR_MS),
+        expiry::Expiry::Keep,
+        "a repeated firing does nothing"
+    );
+}
+
+#[test]
+fn a_verified_account_never_expires() {
+    let (mut state, id, digest) = signed_up();
+    let (reply, events) = run(
+        &mut state,
+        &mut LoginAttempts::default(),
+        UserCommand::Verify {
+            user_id: id.clone(),
+            digest,
+            now_ms: T0 + 1,
+        },
+    );
+    assert!(reply.is_ok(), "{reply:?}");
+    assert_eq!(events, 1);
+    let late_ms = T0 + 10 * UNVERIFIED_TTL_MS;
+    assert_eq!(fire_expiry(&mut state, late_ms), expiry::Expiry::Keep);
+    assert_eq!(fire_expiry(&mut state, late_ms), expiry::Expiry::Keep);
+    assert_eq!(state.account.expect("still there").id, id);
+}
+
+#[test]
+fn a_raised_ttl_moves_the_expiry_later() {
+    let (state, _, _) = signed_up();
+    let raised = Limits {
+        unverified_ttl_ms: 2 * UNVERIFIED_TTL_MS,
+        ..limits()
+    };
+    assert_eq!(
+        expiry::decide_expiry(&state, raised, T0 + UNVERIFIED_TTL_MS),
+        expiry::Expiry::NotYet {
+            due_ms: T0 + 2 * UNVERIFIED_TTL_MS
+        }
+    );
+}
+
+#[test]
+fn an_expired_email_signs_up_again_and_the_old_id_reaches_nothing() {
+    let (mut state, old_id, old_digest) = signed_up();
+    let due_ms = T0 + UNVERIFIED_TTL_MS;
+    fire_expiry(&mut state, due_ms);
+    let attempts = &mut LoginAttempts::default();
+    let new_id = new_user_id().expect("id");
+    let (_, verification) = verification(due_ms);
+    let UserCommand::SignUp(mut again) = sign_up_command(&new_id, verification) else {
+        unreachable!("a sign-up command");
+    };
+    again.now_ms = due_ms;
+    let (reply, events) = run(&mut state, attempts, UserCommand::SignUp(again));
+    assert!(reply.is_ok(), "the email is free again: {reply:?}");
+    assert_eq!(events, 1);
+    let verify_old = UserCommand::Verify {
+        user_id: old_id.clone(),
+        digest: old_digest,
+        now_ms: due_ms,
+    };
+    assert_eq!(
+        run(&mut state, attempts, verify_old).0,
+        Err(UserError::InvalidToken),
+        "the expired account's link does not verify the new account"
+    );
+    assert_eq!(
+        run(
+            &mut state,
+            attempts,
+            UserCommand::Profile {
+                user_id: old_id.clone()
+            }
+        )
+        .0,
+        Err(UserError::NotFound)
+    );
+    // A repeated `Expired` of the old account (a replay) leaves the new one alone.
+    apply(
+        &mut state,
+        &UserEvent::Expired {
+            id: old_id,
+            at_ms: due_ms,
+        },
+    );
+    assert_eq!(state.account.as_ref().expect("new account").id, new_id);
+    assert_eq!(
+        expiry::decide_expiry(&state, limits(), due_ms + 1),
+        expiry::Expiry::NotYet {
+            due_ms: due_ms + UNVERIFIED_TTL_MS
+        },
+        "the new account's own expiry counts from its own sign-up"
+    );
+}
+
+#[test]
+fn retire_reminders_name_the_id_within_the_runtime_limit() {
+    let id = new_user_id().expect("id");
+    let name = expiry::retire_reminder(&id);
+    assert_eq!(
+        name.strip_prefix(expiry::RETIRE_REMINDER_PREFIX),
+        Some(id.as_str())
+    );
+    assert!(name.len() <= runtime::reminder::REMINDER_NAME_BYTES_MAX);
 }
