@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the local entity paths on an in-process single-node runtime:
 //! `EntityRef::ask` of a read and of a persisting command, `tell` throughput, group-commit
-//! throughput of concurrent asks, and `Journal::append` itself.
+//! throughput of concurrent asks, `Journal::append` itself, and the fence-slot read every flush
+//! ends with.
 //!
 //! Run with `cargo bench -p benches --bench entity`. ractor's registries are process-global,
 //! so the nodes are started once (see [`fixture`]) and shared by every benchmark: `bench-nosync`
@@ -227,6 +228,34 @@ fn journal_append(criterion: &mut Criterion) {
     group.finish();
 }
 
+/// The read that ends every flush: the node's next fence slot, almost always missing. On a
+/// local directory, through `object_store` (a hop to tokio's blocking pool and back) and
+/// through the local fast path (one `open` on the caller's thread).
+fn fence_read(criterion: &mut Criterion) {
+    use runtime::journal::objects::{Objects, StoreObjects};
+    use runtime::storage::Durability;
+    let fixture = fixture();
+    let directory = fixture.directory.join("fence-read");
+    let storage = runtime::storage::open(&runtime::config::StorageSection {
+        url: format!("file://{}", directory.display()),
+        fsync: false,
+        ..runtime::config::StorageSection::default()
+    })
+    .expect("local store");
+    let mut group = criterion.benchmark_group("fence_read");
+    group.throughput(Throughput::Elements(1));
+    for (name, local) in [("object_store", None), ("local", storage.local.clone())] {
+        let objects = StoreObjects::new(storage.objects.clone(), Durability::on_put(), local);
+        group.bench_function(BenchmarkId::new("missing_slot", name), |bencher| {
+            bencher.to_async(&fixture.tokio).iter(|| async {
+                let read = objects.get("fences/bench/0".to_string()).await;
+                assert!(matches!(read, Ok(None)), "the slot is free");
+            });
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -237,7 +266,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = entity;
     config = config();
-    targets = local_ask, local_tell, group_commit, journal_append
+    targets = local_ask, local_tell, group_commit, journal_append, fence_read
 }
 /// `criterion_main!` plus clean-up: the nodes' directory is deleted (the process ends next,
 /// taking the nodes with it).
