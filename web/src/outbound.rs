@@ -23,12 +23,13 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use actors::session::{CLOSE_TOO_SLOW, CloseReason, FrameSink, SinkError};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 /// How long a closing connection may take to write its last frames.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -125,16 +126,45 @@ struct State {
     closing: bool,
 }
 
+/// A flag set once that tasks can wait for. It lives inside [`Outbound`]: a `watch` channel
+/// in its place was a separate allocation of about 340 bytes per flag and connection.
+#[derive(Default)]
+struct Flag {
+    set: AtomicBool,
+    changed: Notify,
+}
+
+impl Flag {
+    fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the flag is set.
+    async fn wait(&self) {
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before the check, so a `set` between the check and the await wakes us.
+            changed.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
 pub struct Outbound {
     stream: Arc<TcpStream>,
     frames_max: usize,
     state: Mutex<State>,
     /// Tells a writer stuck on an unwritable socket that a close was requested.
     close_requested: Notify,
-    /// Becomes true when the connection starts closing (for the reader).
-    closed: watch::Sender<bool>,
-    /// Becomes true once the socket is shut down (all written, or given up).
-    shut: watch::Sender<bool>,
+    /// Set when the connection starts closing (for the reader).
+    closed: Flag,
+    /// Set once the socket is shut down (all written, or given up).
+    shut: Flag,
     myself: Weak<Outbound>,
     frames_out: metrics::Counter,
 }
@@ -167,16 +197,16 @@ impl Outbound {
             frames_max: frames_max.max(1),
             state: Mutex::new(State::default()),
             close_requested: Notify::new(),
-            closed: watch::channel(false).0,
-            shut: watch::channel(false).0,
+            closed: Flag::default(),
+            shut: Flag::default(),
             myself: myself.clone(),
             frames_out: metrics::counter!(actors::metrics::FRAMES_OUT_TOTAL),
         })
     }
 
     /// Resolves once the connection is closing (close requested, socket failed).
-    pub fn closed(&self) -> watch::Receiver<bool> {
-        self.closed.subscribe()
+    pub async fn closed(&self) {
+        self.closed.wait().await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -257,7 +287,7 @@ impl Outbound {
         state.closing = true;
         state.queue.clear();
         state.frames = 0;
-        self.closed.send_replace(true);
+        self.closed.set();
     }
 
     /// A ping, for the client's liveness and to keep middleboxes from timing us out. It is a
@@ -280,7 +310,7 @@ impl Outbound {
         let mut state = self.state();
         if !state.closing {
             state.closing = true;
-            self.closed.send_replace(true);
+            self.closed.set();
         }
         if state.writer_running {
             // A writer waiting on a client that does not read now has a deadline.
@@ -381,8 +411,8 @@ impl Outbound {
 
     fn shutdown(&self, how: std::net::Shutdown) {
         let _ = socket2::SockRef::from(self.stream.as_ref()).shutdown(how);
-        self.closed.send_replace(true);
-        self.shut.send_replace(true);
+        self.closed.set();
+        self.shut.set();
     }
 }
 
@@ -438,7 +468,7 @@ impl FrameSink for Outbound {
                 self.start_writer(&mut state);
             }
         }
-        self.closed.send_replace(true);
+        self.closed.set();
     }
 }
 
@@ -566,8 +596,7 @@ mod tests {
         // Nobody reads: after the grace period the socket is shut down (the frame on the wire
         // is cut: the connection is aborted), so reading now drains the kernel's buffers and
         // then ends instead of waiting forever.
-        let mut shut = outbound.shut.subscribe();
-        let waited = tokio::time::timeout(CLOSE_GRACE * 5, crate::until_true(&mut shut)).await;
+        let waited = tokio::time::timeout(CLOSE_GRACE * 5, outbound.shut.wait()).await;
         assert!(waited.is_ok(), "the socket was never shut down");
         assert!(!outbound.state().writer_running, "the writer gave up");
         let frames = read_frames(client, true).await;
@@ -589,8 +618,7 @@ mod tests {
             assert!(outbound.state().frames <= 8 + 1);
         }
         assert_eq!(outbound.send(&["late"]), Err(SinkError::Closed));
-        let mut shut = outbound.shut.subscribe();
-        let waited = tokio::time::timeout(CLOSE_GRACE * 5, crate::until_true(&mut shut)).await;
+        let waited = tokio::time::timeout(CLOSE_GRACE * 5, outbound.shut.wait()).await;
         assert!(waited.is_ok(), "the socket was never shut down");
         let frames = read_frames(client, true).await;
         assert!(

@@ -67,6 +67,8 @@ const READ_BUFFER_BYTES: usize = 1024;
 const LINGER: Duration = crate::outbound::CLOSE_GRACE;
 /// Most bytes drained from a closed connection.
 const LINGER_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Bytes read at a time while draining a closed connection.
+const LINGER_READ_BYTES: usize = 4096;
 
 /// Connections closed by the gateway for misbehaving, by close code.
 pub const WS_CLOSES_TOTAL: &str = "actorhub_ws_protocol_closes_total";
@@ -391,7 +393,6 @@ async fn read_until_closed(connection: Connection) {
         Duration::from_millis(idle_timeout_ms / 3).max(Duration::from_millis(100)),
     );
     ping.tick().await;
-    let mut closed = outbound.closed();
     let mut last_activity = Instant::now();
     // A pong counts as activity only in answer to a ping of ours (it echoes the ping's
     // payload, RFC 6455 §5.5.3), once per ping.
@@ -462,7 +463,7 @@ async fn read_until_closed(connection: Connection) {
                     ping_outstanding = Some(payload);
                 }
             }
-            () = crate::until_true(&mut closed) => break,
+            () = outbound.closed() => break,
         }
     }
     drop(socket);
@@ -477,7 +478,9 @@ async fn read_until_closed(connection: Connection) {
 /// close frame to a flooding client, typically); this gives the close frame time to arrive.
 async fn linger(stream: &TcpStream) {
     let deadline = tokio::time::Instant::now() + LINGER;
-    let mut buf = [0u8; 4096];
+    // On the heap, and only while lingering: an array here would be part of the reader task's
+    // future, 4 KiB more for every open connection (heaptrack, benches/RESULTS.md).
+    let mut buf = vec![0u8; LINGER_READ_BYTES];
     let mut drained = 0;
     while drained <= LINGER_BYTES_MAX {
         tokio::select! {
