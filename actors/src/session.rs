@@ -28,7 +28,7 @@
 //! answers to its asks come back as messages (`EntityRef::ask_then`), so a slow room never
 //! stalls the connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -44,9 +44,11 @@ use crate::protocol::{ClientFrame, ServerFrame, parse_client_frame};
 use crate::room::{self, RenderedMessage, Room, RoomError, RoomNotice, RoomPublication};
 
 mod hibernation;
+mod room_map;
 
 use hibernation::Mailbox;
 pub use hibernation::{SessionEnded, SessionHandle, SessionStart, SpawnSession, Started};
+use room_map::RoomMap;
 
 /// Rooms one connection may have joined at once.
 pub const ROOMS_PER_SESSION_MAX: usize = 100;
@@ -210,12 +212,12 @@ struct Shared {
     /// The session's user, whose removal from a private room ends its delivery there.
     user: String,
     queue_max: usize,
-    rooms: Mutex<HashMap<String, Cursor>>,
+    rooms: Mutex<RoomMap<Cursor>>,
     next_attempt: AtomicU64,
 }
 
 impl Shared {
-    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Cursor>> {
+    fn rooms(&self) -> MutexGuard<'_, RoomMap<Cursor>> {
         self.rooms
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -352,7 +354,7 @@ struct JoinedRoom {
 pub struct SessionState {
     args: SessionArgs,
     shared: Arc<Shared>,
-    rooms: HashMap<String, JoinedRoom>,
+    rooms: RoomMap<JoinedRoom>,
     tokens: f64,
     tokens_at: std::time::Instant,
     _subscriptions: [Subscription; 2],
@@ -502,7 +504,7 @@ impl SessionState {
             session_id: args.session_id.clone(),
             user: args.user.clone(),
             queue_max: args.limits.outbound_queue_max,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(RoomMap::default()),
             next_attempt: AtomicU64::new(0),
         });
         let pubsub = args.runtime.pubsub();
@@ -542,7 +544,7 @@ impl SessionState {
         Box::new(SessionState {
             args,
             shared,
-            rooms: HashMap::new(),
+            rooms: RoomMap::default(),
             tokens: burst,
             tokens_at: std::time::Instant::now(),
             _subscriptions: [notifications, views],
@@ -678,7 +680,7 @@ impl SessionState {
         let attempt = self.shared.next_attempt();
         {
             let mut cursors = self.shared.rooms();
-            let cursor = cursors.entry(room.clone()).or_insert(Cursor {
+            let cursor = cursors.get_or_insert_with(&room, || Cursor {
                 last_seq: 0,
                 phase: Phase::Joined,
             });
