@@ -29,10 +29,46 @@ pub struct Diff {
     pub count: usize,
 }
 
+/// origin node → the meta it announced, sorted by origin. Almost always one origin (a user on
+/// one node): a vector costs one 48-byte slot where a `BTreeMap`'s first leaf took 544 bytes,
+/// for every user present in every room (issue 17's memory per idle connection).
+#[derive(Debug, Default)]
+struct Origins(Vec<(String, String)>);
+
+impl Origins {
+    fn get(&self, origin: &str) -> Option<&String> {
+        self.position(origin).ok().map(|at| &self.0[at].1)
+    }
+
+    fn insert(&mut self, origin: &str, meta: &str) {
+        match self.position(origin) {
+            Ok(at) => meta.clone_into(&mut self.0[at].1),
+            Err(at) => {
+                self.0.reserve_exact(1);
+                self.0.insert(at, (origin.to_string(), meta.to_string()));
+            }
+        }
+    }
+
+    fn remove(&mut self, origin: &str) {
+        if let Ok(at) = self.position(origin) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position(&self, origin: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|(held, _)| held.as_str().cmp(origin))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Key {
-    /// origin node → the meta it announced.
-    origins: BTreeMap<String, String>,
+    origins: Origins,
     /// The meta shown: the first one announced, kept while the key stays present.
     shown: String,
 }
@@ -268,7 +304,7 @@ impl Table {
         if new_key {
             entry.shown = meta.to_string();
         }
-        entry.origins.insert(origin.to_string(), meta.to_string());
+        entry.origins.insert(origin, meta);
         if new_key {
             state.insert(key, listed_max);
         }
