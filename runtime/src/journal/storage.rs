@@ -295,8 +295,11 @@ impl LocalWrites {
 }
 
 impl LocalWrites {
-    /// Deletes `location` on the caller's thread (a missing one is not an error), then its
-    /// directory if that is now empty, as `LocalFileSystem`'s automatic clean-up does.
+    /// Deletes `location` on the caller's thread (a missing one is not an error). Its
+    /// directory stays, even when empty: removing it raced with a create in the same directory
+    /// on another node (the create made the directory, the delete of the last other object
+    /// removed it, the create's `linkat` failed), which stopped a node at start on the
+    /// create-only probe.
     ///
     /// Compaction deletes a log object per flush it covers, a thousand or more per round.
     /// Through the store each is a task on tokio's blocking pool, and up to 16 of those threads
@@ -309,15 +312,10 @@ impl LocalWrites {
             .path_to_filesystem(location)
             .map_err(|error| error.to_string())?;
         match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) => return Err(format!("cannot delete {location}: {error}")),
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(format!("cannot delete {location}: {error}")),
         }
-        // Fails (not empty) unless this was the directory's last object.
-        if let Some(parent) = path.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
-        Ok(())
     }
 }
 
@@ -618,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn a_delete_removes_the_object_then_its_directory_once_empty() {
+    fn a_delete_removes_the_object_and_leaves_its_directory() {
         let directory = tempfile::tempdir().expect("temporary directory");
         let store = Arc::new(LocalFileSystem::new_with_prefix(directory.path()).expect("store"));
         let writes = LocalWrites::new(store);
@@ -633,9 +631,10 @@ mod tests {
         );
         writes.delete(&path("log/n1/2")).expect("deleted");
         assert!(
-            !directory.path().join("log/n1").exists(),
-            "empty, so removed"
+            directory.path().join("log/n1").is_dir(),
+            "kept, empty: a create in it may be under way"
         );
+        writes.create(&path("log/n1/3"), b"three").expect("created");
         assert_eq!(
             writes.delete(&path("log/n1/2")),
             Ok(()),
