@@ -70,15 +70,6 @@ impl StoreObjects {
     }
 }
 
-/// A local store's creates, small reads and deletes run on the caller's thread (no hop to the
-/// blocking pool). Each is followed by a yield, so that a loop over many of them (compaction's
-/// segment writes and deletions, the janitor, a takeover's reads of a dead node's log) lets
-/// the node's other tasks run between two instead of holding its worker thread for the whole
-/// loop: what a chat post waits behind is then at most one file operation.
-async fn yield_after_local_io() {
-    tokio::task::yield_now().await;
-}
-
 fn store_error(what: &str, path: &str, error: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Store(format!("{what} {path}: {error}"))
 }
@@ -88,15 +79,11 @@ impl Objects for StoreObjects {
         Box::pin(async move {
             let location = Path::from(path.as_str());
             let created = match &self.local {
-                Some(local) => {
-                    let created = local.create(&location, &bytes);
-                    yield_after_local_io().await;
-                    match created {
-                        Ok(()) => Created::Yes,
-                        Err(CreateError::Exists) => Created::Exists,
-                        Err(CreateError::Io(error)) => return Err(RuntimeError::Store(error)),
-                    }
-                }
+                Some(local) => match local.create(&location, &bytes) {
+                    Ok(()) => Created::Yes,
+                    Err(CreateError::Exists) => Created::Exists,
+                    Err(CreateError::Io(error)) => return Err(RuntimeError::Store(error)),
+                },
                 None => match self
                     .store
                     .put_opts(
@@ -124,9 +111,7 @@ impl Objects for StoreObjects {
         Box::pin(async move {
             let location = Path::from(path.as_str());
             if let Some(local) = &self.local {
-                let read = local.read_small(&location);
-                yield_after_local_io().await;
-                match read {
+                match local.read_small(&location) {
                     Ok(Some(bytes)) => return Ok(bytes.map(Bytes::from)),
                     Ok(None) => {}
                     Err(error) => return Err(RuntimeError::Store(error)),
@@ -175,11 +160,6 @@ impl Objects for StoreObjects {
 
     fn delete(&self, path: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if let Some(local) = &self.local {
-                let deleted = local.delete(&Path::from(path.as_str()));
-                yield_after_local_io().await;
-                return deleted.map_err(RuntimeError::Store);
-            }
             match self.store.delete(&Path::from(path.as_str())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(error) => Err(store_error("delete", &path, error)),

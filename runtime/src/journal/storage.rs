@@ -294,31 +294,6 @@ impl LocalWrites {
     }
 }
 
-impl LocalWrites {
-    /// Deletes `location` on the caller's thread (a missing one is not an error). Its
-    /// directory stays, even when empty: removing it raced with a create in the same directory
-    /// on another node (the create made the directory, the delete of the last other object
-    /// removed it, the create's `linkat` failed), which stopped a node at start on the
-    /// create-only probe.
-    ///
-    /// Compaction deletes a log object per flush it covers, a thousand or more per round.
-    /// Through the store each is a task on tokio's blocking pool, and up to 16 of those threads
-    /// competed with the node's worker for its core, which held every post up for tens of
-    /// milliseconds (the p99 at 50 × 20 × 2/s). Here it is one `unlink`, and `StoreObjects`
-    /// yields after it, so posts get through between two deletions.
-    pub fn delete(&self, location: &object_store::path::Path) -> std::result::Result<(), String> {
-        let path = self
-            .store
-            .path_to_filesystem(location)
-            .map_err(|error| error.to_string())?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(format!("cannot delete {location}: {error}")),
-        }
-    }
-}
-
 /// Why [`create_unnamed`] did not publish.
 enum Unnamed {
     Exists,
@@ -363,10 +338,7 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
         Ok(()) => Ok(()),
         Err(Errno::EXIST) => Err(Unnamed::Exists),
         // Without CAP_DAC_READ_SEARCH (before Linux 6.10) linkat says ENOENT for the
-        // descriptor. The directory was there when the unnamed file was made in it, but a
-        // delete of its last object may have removed it since (the automatic clean-up of
-        // empty directories): then this is a failed write, retried, not a refusal.
-        Err(Errno::NOENT) if !parent.is_dir() => Err(Unnamed::Io(Errno::NOENT.into())),
+        // descriptor; the directory itself exists, as the unnamed file was made in it.
         Err(Errno::NOENT) => Err(Unnamed::Refused(Errno::NOENT.into())),
         Err(errno) => Err(classify(errno.into())),
     }
@@ -612,33 +584,6 @@ mod tests {
             writes.read_small(&path("fences/n1")),
             Ok(None),
             "a directory"
-        );
-    }
-
-    #[test]
-    fn a_delete_removes_the_object_and_leaves_its_directory() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let store = Arc::new(LocalFileSystem::new_with_prefix(directory.path()).expect("store"));
-        let writes = LocalWrites::new(store);
-        let path = |name: &str| object_store::path::Path::from(name);
-        writes.create(&path("log/n1/1"), b"one").expect("created");
-        writes.create(&path("log/n1/2"), b"two").expect("created");
-        writes.delete(&path("log/n1/1")).expect("deleted");
-        assert_eq!(writes.read_small(&path("log/n1/1")), Ok(Some(None)));
-        assert!(
-            directory.path().join("log/n1").is_dir(),
-            "still holds log/n1/2"
-        );
-        writes.delete(&path("log/n1/2")).expect("deleted");
-        assert!(
-            directory.path().join("log/n1").is_dir(),
-            "kept, empty: a create in it may be under way"
-        );
-        writes.create(&path("log/n1/3"), b"three").expect("created");
-        assert_eq!(
-            writes.delete(&path("log/n1/2")),
-            Ok(()),
-            "missing is not an error"
         );
     }
 
