@@ -160,6 +160,12 @@ impl Objects for StoreObjects {
 
     fn delete(&self, path: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            if let Some(local) = &self.local {
+                return local
+                    .delete(&Path::from(path.as_str()))
+                    .await
+                    .map_err(RuntimeError::Store);
+            }
             match self.store.delete(&Path::from(path.as_str())).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                 Err(error) => Err(store_error("delete", &path, error)),
