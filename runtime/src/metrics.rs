@@ -30,6 +30,7 @@ pub const JOURNAL_FENCED_TOTAL: &str = "actorhub_journal_fenced_total";
 pub const JOURNAL_COMPACTIONS_TOTAL: &str = "actorhub_journal_compactions_total";
 pub const JOURNAL_COMPACTION_SECONDS: &str = "actorhub_journal_compaction_seconds";
 pub const JOURNAL_LOG_OBJECTS_DELETED_TOTAL: &str = "actorhub_journal_log_objects_deleted_total";
+pub const STORE_BACKGROUND_BYPASSED_TOTAL: &str = "actorhub_store_background_bypassed_total";
 pub const CLUSTER_CONNECTIONS_REFUSED_TOTAL: &str = "actorhub_cluster_connections_refused_total";
 pub const MESSAGES_TOO_LARGE_TOTAL: &str = "actorhub_messages_too_large_total";
 pub const PROCESS_RESIDENT_BYTES: &str = "actorhub_process_resident_bytes";
@@ -155,6 +156,10 @@ pub fn describe() {
     describe_counter!(
         JOURNAL_LOG_OBJECTS_DELETED_TOTAL,
         "Node-log objects deleted once compacted"
+    );
+    describe_counter!(
+        STORE_BACKGROUND_BYPASSED_TOTAL,
+        "Store operations (compaction's deletes) run at normal priority because the store's idle-priority thread made no progress for 250 ms: the node's CPU is saturated"
     );
     describe_counter!(
         CLUSTER_CONNECTIONS_REFUSED_TOTAL,

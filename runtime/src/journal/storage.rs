@@ -326,23 +326,70 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// One thread for a local store's bulk file work, at the lowest priority the kernel has
 /// (`SCHED_IDLE` on Linux: it runs when no other thread of the machine wants the core, and a
-/// waking thread preempts it at once, yet it still gets a sliver of a busy core, so a node at
-/// 100 % CPU falls behind on deletes instead of never doing them). It exits when the last
-/// [`LocalWrites`] clone is dropped.
+/// waking thread preempts it at once). It exits when the last [`LocalWrites`] clone is dropped.
+///
+/// A node at 100 % CPU would starve it (it gets ~0.3 % of a busy core), and compaction, which
+/// awaits its deletes before its next round, would fall ever further behind while the tail
+/// it keeps in memory grows. So once queued work has made no progress for
+/// [`STARVED_AFTER`], new jobs run on tokio's blocking pool at normal priority instead, as
+/// they did before this thread existed, until the thread catches up.
 #[derive(Clone)]
 struct Background {
     jobs: std::sync::mpsc::Sender<Job>,
+    progress: Arc<Progress>,
+}
+
+/// How long queued background work may wait without progress before new work bypasses it.
+const STARVED_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+struct Progress {
+    since: std::time::Instant,
+    /// Jobs sent to the thread and not yet finished.
+    pending: std::sync::atomic::AtomicUsize,
+    /// When (ms after `since`) the thread last finished a job, or work was queued while none
+    /// was pending.
+    last_ms: std::sync::atomic::AtomicU64,
+    starved_after: std::time::Duration,
+}
+
+impl Progress {
+    fn now_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    fn starved(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.pending.load(Ordering::Acquire) > 0
+            && self
+                .now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::Acquire))
+                >= self.starved_after.as_millis() as u64
+    }
 }
 
 impl Background {
     fn start() -> Result<Self> {
+        Self::start_with(STARVED_AFTER)
+    }
+
+    fn start_with(starved_after: std::time::Duration) -> Result<Self> {
+        use std::sync::atomic::Ordering;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let progress = Arc::new(Progress {
+            since: std::time::Instant::now(),
+            pending: 0.into(),
+            last_ms: 0.into(),
+            starved_after,
+        });
+        let done = Arc::clone(&progress);
         std::thread::Builder::new()
             .name("store-background".into())
             .spawn(move || {
                 lower_own_priority();
                 while let Ok(job) = queue.recv() {
                     job();
+                    done.last_ms.store(done.now_ms(), Ordering::Release);
+                    done.pending.fetch_sub(1, Ordering::AcqRel);
                 }
             })
             .map_err(|error| {
@@ -350,19 +397,34 @@ impl Background {
                     "cannot start the store's background thread: {error}"
                 ))
             })?;
-        Ok(Self { jobs })
+        Ok(Self { jobs, progress })
     }
 
-    /// Runs `job` on the thread and returns what it returned.
+    /// Runs `job` on the thread (or, while it is starved, on tokio's blocking pool) and
+    /// returns what it returned.
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
+        use std::sync::atomic::Ordering;
+        if self.progress.starved() {
+            metrics::counter!(crate::metrics::STORE_BACKGROUND_BYPASSED_TOTAL).increment(1);
+            return tokio::task::spawn_blocking(job)
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a store operation panicked")));
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(job());
         });
+        if self.progress.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Waiting starts now, not at the last job, which may be long ago.
+            self.progress
+                .last_ms
+                .store(self.progress.now_ms(), Ordering::Release);
+        }
         if self.jobs.send(job).is_err() {
+            self.progress.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(std::io::Error::other(
                 "the store's background thread is gone",
             ));
@@ -811,6 +873,37 @@ mod tests {
         assert!(directory.path().is_dir(), "but never the store's own");
         let missing = object_store::path::Path::from("segments/room/b/1");
         assert_eq!(writes.delete(&missing).await, Ok(()), "a missing object");
+    }
+
+    #[tokio::test]
+    async fn work_bypasses_a_background_thread_that_makes_no_progress() {
+        let background = Background::start_with(std::time::Duration::ZERO).expect("thread");
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel();
+        let stuck = {
+            let background = background.clone();
+            tokio::spawn(async move {
+                background
+                    .run(move || {
+                        let _ = started.send(std::thread::current().id());
+                        blocked.recv().map_err(std::io::Error::other)
+                    })
+                    .await
+            })
+        };
+        let thread = running.await.expect("the thread took the first job");
+        let ran_on = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            background.run(move || Ok(std::thread::current().id())),
+        )
+        .await
+        .expect("not queued behind the stuck job")
+        .expect("ran");
+        assert_ne!(ran_on, thread, "not on the stuck thread");
+        assert!(background.progress.starved());
+        release.send(()).expect("release");
+        stuck.await.expect("task").expect("the stuck job ends");
+        assert!(!background.progress.starved(), "nothing pending");
     }
 
     #[cfg(target_os = "linux")]
