@@ -163,6 +163,28 @@ impl<E: Entity> Context<'_, E> {
         Ok(())
     }
 
+    /// [`Context::remind`] for a reminder whose name and period the entity's code fixes, where
+    /// a refusal is a bug: it fails debug builds, and release builds log it as an error with
+    /// the entity and the name.
+    pub fn remind_fixed(&mut self, name: &str, due_ms: u64, period: Option<std::time::Duration>) {
+        let result = self.remind(name, due_ms, period);
+        self.bug_if_refused(name, result);
+    }
+
+    /// [`Context::forget`] for a reminder name the entity's code fixes (see
+    /// [`Context::remind_fixed`]).
+    pub fn forget_fixed(&mut self, name: &str) {
+        let result = self.forget(name);
+        self.bug_if_refused(name, result);
+    }
+
+    fn bug_if_refused(&self, name: &str, result: Result<(), crate::reminder::ReminderError>) {
+        if let Err(error) = result {
+            debug_assert!(false, "{}: reminder {name} refused: {error}", self.entity);
+            tracing::error!(entity = %self.entity, name, %error, "reminder refused (a bug in the entity's code)");
+        }
+    }
+
     fn assert_reminders_allowed(&self, what: &str) {
         assert!(
             self.persist_allowed,

@@ -96,7 +96,7 @@ impl Job {
         let phase = match not_before_ms {
             Some(not_before_ms) => {
                 context.persist(JobEvent::Scheduled { not_before_ms });
-                remind(context, START_REMINDER, not_before_ms);
+                context.remind_fixed(START_REMINDER, not_before_ms, None);
                 Phase::Scheduled
             }
             None => {
@@ -255,11 +255,7 @@ impl Job {
             Ok(output) => context.persist(JobEvent::Succeeded { output, at_ms }),
             Err(reason) => context.persist(JobEvent::Failed { reason, at_ms }),
         };
-        remind(
-            context,
-            EXPIRE_REMINDER,
-            at_ms.saturating_add(self.ttl_ms()),
-        );
+        context.remind_fixed(EXPIRE_REMINDER, at_ms.saturating_add(self.ttl_ms()), None);
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -313,9 +309,9 @@ impl Job {
         });
         // Nothing left to start or expire (a reminder that fires anyway is ignored).
         if state.phase == Phase::Scheduled {
-            forget(context, START_REMINDER);
+            context.forget_fixed(START_REMINDER);
         } else if state.phase.is_final() {
-            forget(context, EXPIRE_REMINDER);
+            context.forget_fixed(EXPIRE_REMINDER);
         }
         self.pool().cancel(context.key());
         Ok(JobReply::Ack)
@@ -335,11 +331,7 @@ impl Job {
         let pool = self.pool();
         if !pool.has_room() {
             tracing::info!(job = %context.key(), retry_ms = START_RETRY_MS, "scheduled job due while this node's queue is full; waiting");
-            remind(
-                context,
-                START_REMINDER,
-                now_ms.saturating_add(START_RETRY_MS),
-            );
+            context.remind_fixed(START_REMINDER, now_ms.saturating_add(START_RETRY_MS), None);
             return;
         }
         context.persist(JobEvent::Due { at_ms: now_ms });
@@ -360,7 +352,7 @@ impl Job {
         let due_ms = finished_ms.saturating_add(self.ttl_ms());
         let now_ms = runtime::clock::unix_ms();
         if now_ms < due_ms {
-            remind(context, EXPIRE_REMINDER, due_ms);
+            context.remind_fixed(EXPIRE_REMINDER, due_ms, None);
         } else {
             context.persist(JobEvent::Expired { at_ms: now_ms });
         }
@@ -417,23 +409,6 @@ impl Job {
                 store::delete_quietly(store, &store::marker_path(&job)).await;
             });
         }
-    }
-}
-
-/// Registers the job's reminder `name` at `due_ms`. The names are this module's constants,
-/// which the runtime accepts: a refusal is a programmer error.
-fn remind(context: &mut Context<'_, Job>, name: &str, due_ms: u64) {
-    if let Err(error) = context.remind(name, due_ms, None) {
-        debug_assert!(false, "job reminder {name} refused: {error}");
-        tracing::error!(job = %context.key(), name, %error, "job reminder refused");
-    }
-}
-
-/// Removes the job's reminder `name` (see [`remind`]).
-fn forget(context: &mut Context<'_, Job>, name: &str) {
-    if let Err(error) = context.forget(name) {
-        debug_assert!(false, "job reminder {name} refused: {error}");
-        tracing::error!(job = %context.key(), name, %error, "job reminder refused");
     }
 }
 

@@ -76,9 +76,9 @@ pub fn retire_reminder(user_id: &str) -> String {
 pub(super) fn follow(event: &UserEvent, limits: Limits, context: &mut Context<'_, User>) {
     match event {
         UserEvent::SignedUp { at_ms, .. } => {
-            remind(context, EXPIRE_REMINDER, due_ms(*at_ms, limits));
+            context.remind_fixed(EXPIRE_REMINDER, due_ms(*at_ms, limits), None);
         }
-        UserEvent::Verified { .. } => forget(context, EXPIRE_REMINDER),
+        UserEvent::Verified { .. } => context.forget_fixed(EXPIRE_REMINDER),
         _ => {}
     }
 }
@@ -107,10 +107,10 @@ fn expire_due(state: &UserState, limits: Limits, context: &mut Context<'_, User>
     let now_ms = unix_ms();
     match decide_expiry(state, limits, now_ms) {
         Expiry::Keep => {}
-        Expiry::NotYet { due_ms } => remind(context, EXPIRE_REMINDER, due_ms),
+        Expiry::NotYet { due_ms } => context.remind_fixed(EXPIRE_REMINDER, due_ms, None),
         Expiry::Expire { id } => {
             tracing::info!(user = %id, "unverified account expired");
-            remind(context, &retire_reminder(&id), now_ms);
+            context.remind_fixed(&retire_reminder(&id), now_ms, None);
             context.persist(UserEvent::Expired { id, at_ms: now_ms });
         }
     }
@@ -127,10 +127,10 @@ fn retire_due(state: &UserState, user_id: &str, context: &mut Context<'_, User>)
         .as_ref()
         .is_some_and(|account| account.id == user_id)
     {
-        forget(context, &name);
+        context.forget_fixed(&name);
         return;
     }
-    remind(context, &name, unix_ms().saturating_add(RETIRE_RETRY_MS));
+    context.remind_fixed(&name, unix_ms().saturating_add(RETIRE_RETRY_MS), None);
     let runtime = context.runtime().clone();
     let email = context.key().to_string();
     let user_id = user_id.to_string();
@@ -153,7 +153,7 @@ pub(super) fn id_retired(
         .is_some_and(|account| account.id == user_id);
     if retired && !alive && validate::is_user_id(user_id) {
         tracing::info!(user = %user_id, "expired account's id retired");
-        forget(context, &retire_reminder(user_id));
+        context.forget_fixed(&retire_reminder(user_id));
     }
 }
 
@@ -179,22 +179,5 @@ async fn retire(runtime: &runtime::Runtime, user_id: &str, email: String) -> boo
             tracing::warn!(user = %user_id, %error, "could not delete an expired account's photo; retried later");
             false
         }
-    }
-}
-
-/// Registers the account's reminder `name` at `due_ms`. The names are this module's, which the
-/// runtime accepts: a refusal is a programmer error.
-fn remind(context: &mut Context<'_, User>, name: &str, due_ms: u64) {
-    if let Err(error) = context.remind(name, due_ms, None) {
-        debug_assert!(false, "account reminder {name} refused: {error}");
-        tracing::error!(user = %context.key(), name, %error, "account reminder refused");
-    }
-}
-
-/// Removes the account's reminder `name` (see [`remind`]).
-fn forget(context: &mut Context<'_, User>, name: &str) {
-    if let Err(error) = context.forget(name) {
-        debug_assert!(false, "account reminder {name} refused: {error}");
-        tracing::error!(user = %context.key(), name, %error, "account reminder refused");
     }
 }
