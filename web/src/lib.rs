@@ -12,7 +12,7 @@ mod input;
 mod jobs;
 pub mod limits;
 pub mod openapi;
-mod outbound;
+pub mod outbound;
 mod page;
 mod rooms;
 mod routes;
