@@ -184,14 +184,10 @@ pub async fn store_id(store: &Arc<dyn ObjectStore>) -> Result<String> {
 /// Reads, listings and every other write still go through `object_store`, which sees the same
 /// files.
 ///
-/// Deletes run on [`Background`], one low-priority thread per store, never on a worker or
-/// tokio's blocking pool (see [`LocalWrites::delete`]).
+/// Deletes run on [`Background`], a low-priority thread (see [`LocalWrites::delete`]).
 #[derive(Clone)]
 pub struct LocalWrites {
     store: Arc<LocalFileSystem>,
-    /// The store's directory, canonical: a delete removes the empty directories above its
-    /// object up to here, not this one.
-    root: Arc<std::path::Path>,
     /// Whether this system links unnamed files in the store's directory (probed at open).
     unnamed: bool,
     background: Background,
@@ -230,14 +226,13 @@ impl LocalWrites {
         };
         Ok(Self {
             store,
-            root: root.into(),
             unnamed,
             background: Background::start()?,
         })
     }
 
-    /// Deletes `location` (a missing object is not an error), then the directories above it
-    /// that are left empty, on the store's [`Background`] thread.
+    /// Deletes `location` (a missing object is not an error) on the store's [`Background`]
+    /// thread. Its directory stays, even when empty.
     ///
     /// Compaction deletes about one log object per flush of the round, ~1,000 at a time under
     /// load. Through `object_store` each was a task on tokio's blocking pool, up to 16 at once:
@@ -245,6 +240,14 @@ impl LocalWrites {
     /// that burst was the p99 of a busy chat (15-18 ms at 50 rooms x 20 clients x 2 msg/s, 5-7
     /// ms with compaction pushed out of the run). On one thread that the kernel runs only when
     /// nothing else wants the core, the deletes wait instead of the posts.
+    ///
+    /// Directories stay because the journal writes into them again: a node's log directory gets
+    /// the next flush, an entity's segment directory the next compaction. Removing one when it
+    /// was left empty raced with that create; done by a thread at the idle priority, the race
+    /// could last as long as the thread was kept off the core mid-removal (its name still
+    /// resolving, its inode already unlinked: ext4 refuses the create with EPERM), which CI
+    /// saw. The journal never deletes a whole entity, so the only directories left empty for
+    /// good are those of dead nodes' logs, one per incarnation.
     pub async fn delete(
         &self,
         location: &object_store::path::Path,
@@ -253,10 +256,12 @@ impl LocalWrites {
             .store
             .path_to_filesystem(location)
             .map_err(|error| error.to_string())?;
-        let root = Arc::clone(&self.root);
         let shown = location.to_string();
         self.background
-            .run(move || remove_and_clean_up(&path, &root))
+            .run(move || match std::fs::remove_file(&path) {
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                removed => removed,
+            })
             .await
             .map_err(|error| format!("cannot delete {shown}: {error}"))
     }
@@ -299,27 +304,6 @@ impl LocalWrites {
             }
         }
     }
-}
-
-/// Removes `path`, then each directory above it that is empty, up to `root` (not included). A
-/// create that finds its directory gone makes it again ([`create_unnamed`], [`open_staging`]).
-fn remove_and_clean_up(path: &std::path::Path, root: &std::path::Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error),
-    }
-    let mut parent = path.parent();
-    while let Some(directory) = parent {
-        if directory == root
-            || !directory.starts_with(root)
-            || std::fs::remove_dir(directory).is_err()
-        {
-            break;
-        }
-        parent = directory.parent();
-    }
-    Ok(())
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -373,7 +357,6 @@ impl Background {
     }
 
     fn start_with(starved_after: std::time::Duration) -> Result<Self> {
-        use std::sync::atomic::Ordering;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         let progress = Arc::new(Progress {
             since: std::time::Instant::now(),
@@ -381,15 +364,12 @@ impl Background {
             last_ms: 0.into(),
             starved_after,
         });
-        let done = Arc::clone(&progress);
         std::thread::Builder::new()
             .name("store-background".into())
             .spawn(move || {
                 lower_own_priority();
                 while let Ok(job) = queue.recv() {
                     job();
-                    done.last_ms.store(done.now_ms(), Ordering::Release);
-                    done.pending.fetch_sub(1, Ordering::AcqRel);
                 }
             })
             .map_err(|error| {
@@ -414,8 +394,13 @@ impl Background {
                 .unwrap_or_else(|_| Err(std::io::Error::other("a store operation panicked")));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let progress = Arc::clone(&self.progress);
         let job: Job = Box::new(move || {
-            let _ = reply.send(job());
+            let result = job();
+            // Before the reply: whoever it wakes sees the progress.
+            progress.last_ms.store(progress.now_ms(), Ordering::Release);
+            progress.pending.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply.send(result);
         });
         if self.progress.pending.fetch_add(1, Ordering::AcqRel) == 0 {
             // Waiting starts now, not at the last job, which may be long ago.
@@ -528,11 +513,13 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
         }
         _ => Unnamed::Io(error),
     };
-    // A delete elsewhere removes a directory it left empty (see [`remove_and_clean_up`]); one
-    // that vanishes before the open or the link is made again. A removed directory says
-    // ENOENT, or EPERM to an unnamed open on ext4 (between the removal of its inode's links
-    // and of its name, the path still finds it); that this
-    // system allows unnamed files at all was settled at open (`LocalWrites::new`).
+    // Another process may remove a directory it left empty (`object_store`'s own deletes with
+    // automatic clean-up, as an older build of a node sharing this store did): one that
+    // vanishes before the open or the link is made again. A removed directory says ENOENT, or
+    // EPERM to an unnamed open on ext4 (between the removal of its inode's links and of its
+    // name, the path still finds it). That this system allows unnamed files at all was
+    // settled at open (`LocalWrites::new`).
+    let mut pause = std::time::Duration::from_micros(100);
     let mut last = None;
     for _ in 0..DIRECTORY_ATTEMPTS_MAX {
         let mut file = match open() {
@@ -542,12 +529,12 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
                 last = Some(error);
                 continue;
             }
-            // The directory is being removed: its name goes just after its links do, by the
-            // store's background thread, which runs only when this one does not (a yield
-            // would not let it; a sleep of this thread does).
+            // The directory is being removed: its name goes just after its links do, once the
+            // remover gets the core again (a sleep of this thread lets it; a yield may not).
             Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
                 last = Some(error);
-                std::thread::sleep(std::time::Duration::from_micros(100));
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(10));
                 continue;
             }
             Err(error) => return Err(classify(error)),
@@ -572,14 +559,16 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
 }
 
 /// `create_dir_all`, again if a concurrent delete removed a directory on the way (which it
-/// reports as not found).
+/// reports as not found, or as existing when it went between its `mkdir` and its check).
 fn make_directory(directory: &std::path::Path) -> std::io::Result<()> {
     let mut attempts = 1;
     loop {
         match std::fs::create_dir_all(directory) {
             Err(error)
-                if error.kind() == std::io::ErrorKind::NotFound
-                    && attempts < DIRECTORY_ATTEMPTS_MAX =>
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists
+                ) && attempts < DIRECTORY_ATTEMPTS_MAX =>
             {
                 attempts += 1;
             }
@@ -602,8 +591,8 @@ fn create_unnamed(
 /// The name of the object store's probe for unnamed files, in its root (listings skip `#`).
 const UNNAMED_PROBE: &str = "unnamed-files-probe#0";
 
-/// Times a create makes its directory again before giving up (each time, a concurrent delete
-/// removed it as empty).
+/// Times a create makes its directory again, or waits for its removal to end, before giving
+/// up (each time, another process removed it as empty meanwhile).
 const DIRECTORY_ATTEMPTS_MAX: u32 = 32;
 
 fn open_staging(
@@ -846,19 +835,28 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn creates_survive_deletes_that_remove_their_directory_meanwhile() {
+    async fn creates_survive_another_process_removing_their_directory_and_deletes_keep_it() {
         let directory = tempfile::tempdir().expect("temporary directory");
         let writes = local_writes(&directory);
+        // Another node deleting with object_store's automatic clean-up (as older builds did):
+        // each delete of the last object removes the directories it left empty.
+        let cleaning = Arc::new(
+            LocalFileSystem::new_with_prefix(directory.path())
+                .expect("store")
+                .with_automatic_cleanup(true),
+        );
         let writers: Vec<_> = (0..2)
             .map(|writer| {
                 let writes = writes.clone();
+                let cleaning = Arc::clone(&cleaning);
                 tokio::spawn(async move {
+                    use object_store::ObjectStoreExt;
                     for round in 0..400 {
                         let object = object_store::path::Path::from(format!(
                             "segments/room/a/{writer}-{round}"
                         ));
                         writes.create(&object, b"one event").expect("created");
-                        writes.delete(&object).await.expect("deleted");
+                        cleaning.delete(&object).await.expect("deleted");
                     }
                 })
             })
@@ -868,11 +866,17 @@ mod tests {
         }
         assert!(
             !directory.path().join("segments").exists(),
-            "the last delete removes the directories it left empty"
+            "the other node's last delete removed the directories"
         );
-        assert!(directory.path().is_dir(), "but never the store's own");
-        let missing = object_store::path::Path::from("segments/room/b/1");
-        assert_eq!(writes.delete(&missing).await, Ok(()), "a missing object");
+        let object = object_store::path::Path::from("segments/room/b/1");
+        writes.create(&object, b"one event").expect("created");
+        assert_eq!(writes.delete(&object).await, Ok(()));
+        assert!(!directory.path().join("segments/room/b/1").exists());
+        assert!(
+            directory.path().join("segments/room/b").is_dir(),
+            "a delete keeps the directory"
+        );
+        assert_eq!(writes.delete(&object).await, Ok(()), "a missing object");
     }
 
     #[tokio::test]
