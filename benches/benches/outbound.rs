@@ -1,7 +1,8 @@
 //! Criterion benchmark of one WebSocket delivery on the writing side, to a loopback socket that
-//! a thread drains: encoding the frame into a new buffer and one `write` (what
-//! `Outbound::send` did before), the header on the stack and one `writev` of header and
-//! message (what it does now), and `Outbound::send` itself. Only the send calls are timed;
+//! a thread drains: encoding the frame into a new buffer and one `write` (what `Outbound::send`
+//! does), the header on the stack and one `writev` of header and message (no buffer, no copy,
+//! which measured 3-9 % more CPU per delivery end to end, see benches/RESULTS.md), and
+//! `Outbound::send` itself. Only the send calls are timed;
 //! every 32 frames the benchmark waits (untimed) until the reader has taken everything, so
 //! every write is taken whole and none finds the socket full.
 //!

@@ -40,51 +40,22 @@ const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 
-/// The longest frame header: the first byte, 127 and a 64-bit length.
-const HEADER_MAX: usize = 10;
-
-/// Writes the header of one unmasked, final frame (RFC 6455 §5.2) of `len` payload bytes into
-/// `out`; returns its length.
-fn frame_header(out: &mut [u8; HEADER_MAX], opcode: u8, len: usize) -> usize {
-    out[0] = 0x80 | opcode;
-    match len {
-        0..=125 => {
-            out[1] = len as u8;
-            2
-        }
-        126..=0xffff => {
-            out[1] = 126;
-            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            out[1] = 127;
-            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        }
-    }
-}
-
 /// Appends one unmasked, final frame (RFC 6455 §5.2) to `out`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    let mut header = [0u8; HEADER_MAX];
-    let len = frame_header(&mut header, opcode, payload.len());
-    out.extend_from_slice(&header[..len]);
+    out.push(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
     out.extend_from_slice(payload);
 }
-
-fn encode_text_frames(frames: &[&str]) -> Vec<u8> {
-    let size: usize = frames.iter().map(|frame| frame.len() + HEADER_MAX).sum();
-    let mut bytes = Vec::with_capacity(size);
-    for frame in frames {
-        encode_frame(&mut bytes, OP_TEXT, frame.as_bytes());
-    }
-    bytes
-}
-
-/// Most frames of one send written straight from their strings (headers on the stack, one
-/// vectored write); more go through a buffer.
-const DIRECT_FRAMES_MAX: usize = 8;
 
 fn close_frame(reason: &CloseReason) -> Vec<u8> {
     // A close frame's payload is at most 125 bytes: the code and up to 123 bytes of reason.
@@ -246,10 +217,28 @@ impl Outbound {
 
     /// Writes the chunk now if nothing is ahead of it, else queues it; a queue already holding
     /// `frames_max` frames refuses it (`Full`) unless it is [`Bound::Exempt`].
-    fn push(&self, state: &mut State, chunk: Chunk, bound: Bound) -> Result<(), SinkError> {
+    fn push(&self, state: &mut State, mut chunk: Chunk, bound: Bound) -> Result<(), SinkError> {
         if !state.writer_running {
-            let written = self.stream.try_write(&chunk.bytes);
-            return self.after_direct_write(state, chunk, written);
+            match self.stream.try_write(&chunk.bytes) {
+                Ok(written) if written == chunk.bytes.len() => {
+                    count_frames(&self.frames_out, chunk.data_frames());
+                    return Ok(());
+                }
+                Ok(written) => {
+                    chunk.bytes.drain(..written);
+                    state.partial_front = written > 0;
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => {
+                    tracing::debug!(%error, "WebSocket write failed");
+                    self.fail(state);
+                    return Err(SinkError::Closed);
+                }
+            }
+            state.frames += chunk.frames;
+            state.queue.push_back(chunk);
+            self.start_writer(state);
+            return Ok(());
         }
         if bound == Bound::Enforced && state.frames + chunk.frames > self.frames_max {
             return Err(SinkError::Full);
@@ -257,60 +246,6 @@ impl Outbound {
         state.frames += chunk.frames;
         state.queue.push_back(chunk);
         Ok(())
-    }
-
-    /// What follows a write of `chunk` straight to the socket (no writer running): done, or
-    /// the rest queued for a writer that starts now, or the connection failed.
-    fn after_direct_write(
-        &self,
-        state: &mut State,
-        mut chunk: Chunk,
-        written: std::io::Result<usize>,
-    ) -> Result<(), SinkError> {
-        match written {
-            Ok(written) if written == chunk.bytes.len() => {
-                count_frames(&self.frames_out, chunk.data_frames());
-                return Ok(());
-            }
-            Ok(written) => {
-                chunk.bytes.drain(..written);
-                state.partial_front = written > 0;
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => {
-                tracing::debug!(%error, "WebSocket write failed");
-                self.fail(state);
-                return Err(SinkError::Closed);
-            }
-        }
-        state.frames += chunk.frames;
-        state.queue.push_back(chunk);
-        self.start_writer(state);
-        Ok(())
-    }
-
-    /// Writes up to [`DIRECT_FRAMES_MAX`] text frames with one vectored write, from the
-    /// callers' strings: no buffer is allocated or copied unless the socket takes only part.
-    fn write_direct(&self, state: &mut State, frames: &[&str]) -> Result<(), SinkError> {
-        let mut headers = [[0u8; HEADER_MAX]; DIRECT_FRAMES_MAX];
-        let mut header_lens = [0usize; DIRECT_FRAMES_MAX];
-        for ((header, len), frame) in headers.iter_mut().zip(&mut header_lens).zip(frames) {
-            *len = frame_header(header, OP_TEXT, frame.len());
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_FRAMES_MAX];
-        let mut total = 0;
-        for (index, frame) in frames.iter().enumerate() {
-            slices[2 * index] = IoSlice::new(&headers[index][..header_lens[index]]);
-            slices[2 * index + 1] = IoSlice::new(frame.as_bytes());
-            total += header_lens[index] + frame.len();
-        }
-        let written = self.stream.try_write_vectored(&slices[..2 * frames.len()]);
-        if matches!(written, Ok(written) if written == total) {
-            count_frames(&self.frames_out, frames.len() as u64);
-            return Ok(());
-        }
-        let chunk = Chunk::data(encode_text_frames(frames), frames.len());
-        self.after_direct_write(state, chunk, written)
     }
 
     /// Queues a control frame; one that does not fit closes the connection as too slow.
@@ -494,12 +429,14 @@ impl FrameSink for Outbound {
         if state.closing {
             return Err(SinkError::Closed);
         }
-        if !state.writer_running && frames.len() <= DIRECT_FRAMES_MAX {
-            return self.write_direct(&mut state, frames);
+        let size: usize = frames.iter().map(|frame| frame.len() + 10).sum();
+        let mut bytes = Vec::with_capacity(size);
+        for frame in frames {
+            encode_frame(&mut bytes, OP_TEXT, frame.as_bytes());
         }
         self.push(
             &mut state,
-            Chunk::data(encode_text_frames(frames), frames.len()),
+            Chunk::data(bytes, frames.len()),
             Bound::Enforced,
         )
     }
@@ -721,10 +658,9 @@ mod tests {
             .map(|(index, len)| format!("{index}").repeat(*len))
             .collect();
         let all: Vec<&str> = payloads.iter().map(String::as_str).collect();
-        // Up to DIRECT_FRAMES_MAX frames go out with one vectored write, more through a buffer.
         outbound.send(&all).expect("one send");
-        let many: Vec<&str> = std::iter::repeat_n("m", DIRECT_FRAMES_MAX + 1).collect();
-        outbound.send(&many).expect("more than the direct maximum");
+        let many: Vec<&str> = std::iter::repeat_n("m", 9).collect();
+        outbound.send(&many).expect("many short frames");
         outbound.send(&[all[2]]).expect("a single frame");
         // Everything queued is written before the socket is shut down.
         outbound.finish();
