@@ -209,19 +209,27 @@ impl LocalWrites {
     fn new(store: Arc<LocalFileSystem>, directory: &str) -> Result<Self> {
         let root = std::fs::canonicalize(directory)
             .map_err(|error| RuntimeError::Store(format!("cannot open {directory}: {error}")))?;
-        let unnamed = match create_unnamed(&root.join(UNNAMED_PROBE), b"") {
+        let probe = root.join(UNNAMED_PROBE);
+        let unnamed = match create_unnamed(&probe, b"") {
             Ok(()) => {
-                let _ = std::fs::remove_file(root.join(UNNAMED_PROBE));
+                let _ = std::fs::remove_file(&probe);
                 true
             }
+            // Another node sharing the store probed at the same moment, or a crashed one left
+            // its probe: the kernel checks whether the file may be linked before whether the
+            // name is free, so EEXIST means linking works here too.
             Err(Unnamed::Exists) => {
-                // A probe a crash left behind: it worked then.
-                let _ = std::fs::remove_file(root.join(UNNAMED_PROBE));
+                let _ = std::fs::remove_file(&probe);
                 true
             }
-            Err(Unnamed::Refused(error) | Unnamed::Io(error)) => {
+            Err(Unnamed::Refused(error)) => {
                 tracing::info!(%error, "unnamed files cannot be linked in the object store's directory; appends go through a staging file and a rename");
                 false
+            }
+            // Not a verdict on unnamed files: a create that is refused one falls back anyway.
+            Err(Unnamed::Io(error)) => {
+                tracing::warn!(%error, "could not write a probe file in the object store's directory; check its permissions and free space");
+                true
             }
         };
         Ok(Self {
@@ -278,13 +286,18 @@ impl LocalWrites {
             .path_to_filesystem(location)
             .map_err(|error| CreateError::Io(error.to_string()))?;
         if self.unnamed {
-            return match create_unnamed(&destination, bytes) {
-                Ok(()) => Ok(()),
-                Err(Unnamed::Exists) => Err(CreateError::Exists),
-                Err(Unnamed::Refused(error) | Unnamed::Io(error)) => {
-                    Err(CreateError::Io(format!("cannot write {location}: {error}")))
+            match create_unnamed(&destination, bytes) {
+                Ok(()) => return Ok(()),
+                Err(Unnamed::Exists) => return Err(CreateError::Exists),
+                Err(Unnamed::Io(error)) => {
+                    return Err(CreateError::Io(format!("cannot write {location}: {error}")));
                 }
-            };
+                // This directory (another mount under the store, say) refuses what the
+                // store's root allowed: a staging file and a rename for this object.
+                Err(Unnamed::Refused(error)) => {
+                    tracing::debug!(%location, %error, "no unnamed file here; staging instead");
+                }
+            }
         }
         let (mut file, staging) = open_staging(&destination)
             .map_err(|error| CreateError::Io(format!("cannot stage {location}: {error}")))?;
@@ -380,46 +393,81 @@ impl Background {
         Ok(Self { jobs, progress })
     }
 
-    /// Runs `job` on the thread (or, while it is starved, on tokio's blocking pool) and
-    /// returns what it returned.
+    /// Runs `job` on the thread and returns what it returned. While the thread is starved,
+    /// `job` runs on tokio's blocking pool instead; so does a job that waited in the queue for
+    /// [`STARVED_AFTER`] (compaction queues its deletes 16 at a time and then waits for them:
+    /// without this, a saturated node would leave them there).
     async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
         use std::sync::atomic::Ordering;
         if self.progress.starved() {
-            metrics::counter!(crate::metrics::STORE_BACKGROUND_BYPASSED_TOTAL).increment(1);
-            return tokio::task::spawn_blocking(job)
-                .await
-                .unwrap_or_else(|_| Err(std::io::Error::other("a store operation panicked")));
+            return bypass(job).await;
         }
+        // Whoever takes the job out of the slot runs it: the thread, or this caller after the
+        // wait; the thread skips a job already taken back.
+        let slot = Arc::new(Mutex::new(Some(job)));
         let (reply, answer) = tokio::sync::oneshot::channel();
         let progress = Arc::clone(&self.progress);
-        let job: Job = Box::new(move || {
-            let result = job();
+        let queued = Arc::clone(&slot);
+        let wrapped: Job = Box::new(move || {
+            let job = queued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let result = job.map(|job| job());
             // Before the reply: whoever it wakes sees the progress.
             progress.last_ms.store(progress.now_ms(), Ordering::Release);
             progress.pending.fetch_sub(1, Ordering::AcqRel);
-            let _ = reply.send(result);
+            if let Some(result) = result {
+                let _ = reply.send(result);
+            }
         });
-        if self.progress.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+        // Stored before the count, so no caller sees a pending job with an old time.
+        if self.progress.pending.load(Ordering::Acquire) == 0 {
             // Waiting starts now, not at the last job, which may be long ago.
             self.progress
                 .last_ms
                 .store(self.progress.now_ms(), Ordering::Release);
         }
-        if self.jobs.send(job).is_err() {
+        self.progress.pending.fetch_add(1, Ordering::AcqRel);
+        if self.jobs.send(wrapped).is_err() {
             self.progress.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(std::io::Error::other(
                 "the store's background thread is gone",
             ));
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(std::io::Error::other(
-                "the store's background thread stopped",
-            ))
-        })
+        let mut answer = std::pin::pin!(answer);
+        if let Ok(answered) =
+            tokio::time::timeout(self.progress.starved_after, answer.as_mut()).await
+        {
+            return answered.unwrap_or_else(|_| Err(thread_stopped()));
+        }
+        let taken_back = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match taken_back {
+            Some(job) => bypass(job).await,
+            // The thread has it: its answer comes.
+            None => answer.await.unwrap_or_else(|_| Err(thread_stopped())),
+        }
     }
+}
+
+fn thread_stopped() -> std::io::Error {
+    std::io::Error::other("the store's background thread stopped")
+}
+
+/// Runs `job` on tokio's blocking pool, at normal priority: the background thread is starved.
+async fn bypass<T: Send + 'static>(
+    job: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    metrics::counter!(crate::metrics::STORE_BACKGROUND_BYPASSED_TOTAL).increment(1);
+    tokio::task::spawn_blocking(job)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("a store operation panicked")))
 }
 
 /// Makes the calling thread `SCHED_IDLE` (Linux), or else as nice as it can be (19); if the
@@ -529,12 +577,12 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
                 last = Some(error);
                 continue;
             }
-            // The directory is being removed: its name goes just after its links do, once the
-            // remover gets the core again (a sleep of this thread lets it; a yield may not).
-            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+            // The directory is being removed (no links left, its name not gone yet): that ends
+            // once the remover gets the core again, which a sleep of this thread lets it do.
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) && being_removed(parent) => {
                 last = Some(error);
                 std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(10));
+                pause = (pause * 2).min(PAUSE_MAX);
                 continue;
             }
             Err(error) => return Err(classify(error)),
@@ -556,6 +604,18 @@ fn create_unnamed(destination: &std::path::Path, bytes: &[u8]) -> std::result::R
     Err(Unnamed::Refused(last.unwrap_or_else(|| {
         std::io::Error::other("the directory kept vanishing")
     })))
+}
+
+/// The longest pause of a create waiting for a removal of its directory to end: with
+/// [`DIRECTORY_ATTEMPTS_MAX`], about 60 ms at worst, on the caller's thread.
+const PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Whether `directory` is a directory whose links are all gone while its name still resolves
+/// (between the two steps of its removal).
+#[cfg(target_os = "linux")]
+fn being_removed(directory: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(directory).is_ok_and(|metadata| metadata.is_dir() && metadata.nlink() == 0)
 }
 
 /// `create_dir_all`, again if a concurrent delete removed a directory on the way (which it
@@ -836,8 +896,21 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn creates_survive_another_process_removing_their_directory_and_deletes_keep_it() {
+        if links_unnamed_files() {
+            let directory = tempfile::tempdir().expect("temporary directory");
+            let writes = local_writes(&directory);
+            assert!(writes.unnamed, "this kernel links unnamed files");
+            race_creates_with_removals(directory, writes).await;
+        }
         let directory = tempfile::tempdir().expect("temporary directory");
-        let writes = local_writes(&directory);
+        let mut writes = local_writes(&directory);
+        writes.unnamed = false;
+        race_creates_with_removals(directory, writes).await;
+    }
+
+    /// Creates and deletes objects in one directory from two tasks while another store's
+    /// deletes remove that directory whenever it is left empty.
+    async fn race_creates_with_removals(directory: tempfile::TempDir, writes: LocalWrites) {
         // Another node deleting with object_store's automatic clean-up (as older builds did):
         // each delete of the last object removes the directories it left empty.
         let cleaning = Arc::new(
@@ -880,8 +953,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn work_bypasses_a_background_thread_that_makes_no_progress() {
-        let background = Background::start_with(std::time::Duration::ZERO).expect("thread");
+    async fn work_queued_behind_a_stuck_background_thread_is_taken_back_and_new_work_bypasses_it() {
+        let starved_after = std::time::Duration::from_millis(50);
+        let background = Background::start_with(starved_after).expect("thread");
         let (release, blocked) = std::sync::mpsc::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel();
         let stuck = {
@@ -896,18 +970,29 @@ mod tests {
             })
         };
         let thread = running.await.expect("the thread took the first job");
+        // Queued behind the stuck job: taken back after the wait, not before.
+        let queued_at = std::time::Instant::now();
         let ran_on = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             background.run(move || Ok(std::thread::current().id())),
         )
         .await
-        .expect("not queued behind the stuck job")
+        .expect("not left behind the stuck job")
         .expect("ran");
         assert_ne!(ran_on, thread, "not on the stuck thread");
+        assert!(
+            queued_at.elapsed() >= starved_after,
+            "it waited its turn first"
+        );
+        // Meanwhile the thread is starved: new work goes straight to the blocking pool.
         assert!(background.progress.starved());
+        let ran_on = background
+            .run(move || Ok(std::thread::current().id()))
+            .await
+            .expect("ran");
+        assert_ne!(ran_on, thread);
         release.send(()).expect("release");
         stuck.await.expect("task").expect("the stuck job ends");
-        assert!(!background.progress.starved(), "nothing pending");
     }
 
     #[cfg(target_os = "linux")]
