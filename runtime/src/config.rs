@@ -180,7 +180,10 @@ pub struct JournalSection {
     pub flush_bytes_max: usize,
     /// How often owned partitions are compacted into entity segments.
     pub compact_interval_ms: u64,
-    /// A partition is compacted early once this many records wait.
+    /// A partition is compacted early once this many records wait. Keep it well under the
+    /// number of recent messages a room holds in memory (1,000): a room's history pages come
+    /// from its memory, then from compacted segments, so records of one room neither compacted
+    /// nor still in its memory would be missing from a page until the next compaction.
     pub compact_records_max: usize,
     /// How often a node that only reads looks for fences (a writer looks after every flush).
     pub fence_check_interval_ms: u64,
@@ -197,7 +200,7 @@ impl Default for JournalSection {
             flush_interval_ms: 0,
             flush_bytes_max: 4 * 1024 * 1024,
             compact_interval_ms: 2_000,
-            compact_records_max: 4_096,
+            compact_records_max: 256,
             fence_check_interval_ms: 1_000,
             janitor_interval_ms: 30_000,
             retain_events: std::collections::BTreeMap::new(),

@@ -60,7 +60,7 @@ impl Default for JournalSettings {
             flush_bytes_max: 4 * 1024 * 1024,
             fence_check_interval: Duration::from_secs(1),
             compact_interval: Duration::from_secs(2),
-            compact_records_max: 4096,
+            compact_records_max: 256,
             acquisitions_in_flight_max: 16,
             recovery_reads_in_flight_max: 16,
             janitor_interval: Duration::from_secs(30),
